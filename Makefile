@@ -1,0 +1,36 @@
+# Two entry points: `make demo` (the main job) and `make test` (the whole suite).
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+PIP := $(VPY) -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test venv data bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt numpy numba scipy h5py torch pytest hypothesis tqdm matplotlib
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian data sets used by the reference models (Fashion-MNIST, KJV). Installed when missing;
+# tests that need them skip with a reason only if this is impossible.
+data:
+	@if [ ! -d /usr/share/dataset-fashion-mnist ] || ! command -v bible >/dev/null; then \
+	  (apt-get install -y -q dataset-fashion-mnist bible-kjv >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist bible-kjv >/dev/null 2>&1)) || \
+	  echo "warning: could not install dataset-fashion-mnist/bible-kjv; data tests will be skipped"; fi
+
+demo: $(STAMP) data
+	$(VENV)/bin/nupes-sim demo
+
+test: $(STAMP) data
+	$(VPY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(VENV)/bin/nupes-sim bench --backend cpu
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""nupes_sim.reference: the PyTorch reference optimizer (RTN, PowerQuant, GPTQ, NUPES)."""
