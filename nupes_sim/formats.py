@@ -1,0 +1,154 @@
+"""Number formats (docs/ARITHMETIC.md §1): code ranges, power and uniform formats.
+
+Encoding of real values happens on the host in float64 (reference, tests); the
+simulator consumes integer codes only.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .rounding import DEFAULT, round_float
+from .validate import check_choice, check_finite_positive, check_int, check_int_array, check_real
+
+GRANULARITIES = ("tensor", "channel", "group")
+EXPONENT_MIN, EXPONENT_MAX = 1e-3, 16.0
+
+
+@dataclass(frozen=True)
+class CodeRange:
+    """b-bit codes: signed symmetric [-M, M], M = 2^(b-1)-1, or unsigned [0, 2^b-1]."""
+
+    bits: int
+    signed: bool
+
+    def __post_init__(self):
+        check_int("bits", self.bits, 2, 8)
+        if not isinstance(self.signed, (bool, np.bool_)):
+            raise TypeError(f"signed must be a bool, got {self.signed!r}")
+
+    @property
+    def qmin(self):
+        return -(2 ** (self.bits - 1) - 1) if self.signed else 0
+
+    @property
+    def qmax(self):
+        return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
+
+    @property
+    def n_codes(self):
+        return self.qmax - self.qmin + 1
+
+    @property
+    def max_magnitude(self):
+        return max(-self.qmin, self.qmax)
+
+    def all_codes(self):
+        return np.arange(self.qmin, self.qmax + 1, dtype=np.int64)
+
+    def check_codes(self, name, codes):
+        return check_int_array(name, codes, self.qmin, self.qmax)
+
+
+@dataclass(frozen=True, eq=False)
+class PowerFormat:
+    """Power format: q = clip(round(sign(x)|x|^a / s)), x̂ = sign(q)(s|q|)^(1/a).
+
+    scale has one entry ('tensor'), one per output channel ('channel', dim 0), or one per
+    (channel, group of group_size consecutive input elements) ('group', shape (C, K/g)).
+    """
+
+    bits: int
+    signed: bool
+    exponent: float
+    scale: np.ndarray
+    granularity: str = "tensor"
+    group_size: int = 0
+    range: CodeRange = field(init=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "range", CodeRange(self.bits, self.signed))
+        object.__setattr__(self, "exponent",
+                           check_real("exponent", self.exponent, EXPONENT_MIN, EXPONENT_MAX))
+        check_choice("granularity", self.granularity, GRANULARITIES)
+        s = check_finite_positive("scale", self.scale)
+        if self.granularity == "tensor":
+            if s.size != 1:
+                raise ValueError(f"scale must have 1 entry for granularity='tensor', got shape {s.shape}")
+            s = s.reshape(1)
+        elif self.granularity == "channel":
+            s = s.reshape(-1)
+        else:
+            check_int("group_size", self.group_size, 1, None)
+            if s.ndim != 2:
+                raise ValueError(f"scale must be 2-D (channels, groups) for granularity='group', got shape {s.shape}")
+        s = s.copy()
+        s.setflags(write=False)
+        object.__setattr__(self, "scale", s)
+
+    def scale_index(self, shape):
+        """Per-element index into scale.reshape(-1) for a weight of shape (C, K...)."""
+        C = shape[0]
+        K = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        if self.granularity == "tensor":
+            return np.zeros((C, K), np.int64)
+        if self.scale.shape[0] != C:
+            raise ValueError(f"scale has {self.scale.shape[0]} channels but the tensor has {C}")
+        if self.granularity == "channel":
+            return np.repeat(np.arange(C, dtype=np.int64)[:, None], K, axis=1)
+        g = self.group_size
+        if K % g or self.scale.shape[1] != K // g:
+            raise ValueError(f"group_size={g} and scale shape {self.scale.shape} do not fit K={K} input elements")
+        return np.arange(C, dtype=np.int64)[:, None] * (K // g) + (np.arange(K, dtype=np.int64) // g)[None, :]
+
+    def decode_real(self, codes, scale_index=None):
+        """Float64 x̂ = sign(q)(s|q|)^(1/a) (host only)."""
+        q = np.asarray(codes, dtype=np.float64)
+        s = self.scale.reshape(-1)[scale_index] if scale_index is not None else self.scale.reshape(-1)[0]
+        return np.sign(q) * (s * np.abs(q)) ** (1.0 / self.exponent)
+
+    def encode(self, x, rounding=DEFAULT, seed=0, tensor_id=0):
+        """Float64 codes of real x (host only): clip(round(sign(x)|x|^a/s), qmin, qmax)."""
+        x = np.asarray(x, dtype=np.float64)
+        if not np.isfinite(x).all():
+            raise ValueError("cannot encode non-finite values")
+        if self.granularity == "tensor":
+            s = self.scale[0]
+        else:
+            idx = self.scale_index(x.shape).reshape(x.shape)
+            s = self.scale.reshape(-1)[idx]
+        z = np.sign(x) * np.abs(x) ** self.exponent / s
+        q = round_float(z, rounding, seed, tensor_id)
+        return np.clip(q, self.range.qmin, self.range.qmax)
+
+
+@dataclass(frozen=True, eq=False)
+class UniformFormat:
+    """Affine uniform format (weight-only mode activations): x = scale·(q − zero_point)."""
+
+    bits: int
+    signed: bool
+    scale: float
+    zero_point: int = 0
+    range: CodeRange = field(init=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "range", UniformRange(self.bits, self.signed))
+        object.__setattr__(self, "scale", float(check_finite_positive("scale", self.scale)))
+        check_int("zero_point", self.zero_point, self.range.qmin, self.range.qmax)
+
+    def decode_real(self, codes, scale_index=None):
+        return self.scale * (np.asarray(codes, dtype=np.float64) - self.zero_point)
+
+    def encode(self, x, rounding=DEFAULT, seed=0, tensor_id=0):
+        x = np.asarray(x, dtype=np.float64)
+        q = round_float(x / self.scale, rounding, seed, tensor_id) + self.zero_point
+        return np.clip(q, self.range.qmin, self.range.qmax)
+
+
+@dataclass(frozen=True)
+class UniformRange(CodeRange):
+    """Uniform int codes use the full two's complement range [-2^(b-1), 2^(b-1)-1]."""
+
+    @property
+    def qmin(self):
+        return -(2 ** (self.bits - 1)) if self.signed else 0

@@ -1,0 +1,95 @@
+"""A graph of integer layers run by one backend, with every intermediate on request."""
+import importlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .layers import Add, AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d
+from .validate import check_choice
+
+BACKENDS = {"numpy": "nupes_sim.oracle", "cpu": "nupes_sim.cpu", "cuda": "nupes_sim.cuda.backend"}
+LAYER_TYPES = (Linear, Conv2d, Add, MaxPool2d, AvgPool2d, Flatten)
+INPUT = "input"
+
+
+def get_backend(name):
+    """The module implementing `run_layer(layer, *inputs) -> dict` for a backend name."""
+    check_choice("backend", name, BACKENDS)
+    module = importlib.import_module(BACKENDS[name])
+    if hasattr(module, "ensure_available"):
+        module.ensure_available()  # e.g. cuda: a clear error, never a silent fallback
+    return module
+
+
+@dataclass
+class Node:
+    layer: object
+    inputs: tuple = (INPUT,)
+
+    @property
+    def name(self):
+        return self.layer.name
+
+
+@dataclass
+class RunResult:
+    output: np.ndarray
+    stages: dict = field(default_factory=dict)  # name -> {acc_exact, acc, out}
+    overflow: dict = field(default_factory=dict)  # name -> count of exact sums outside the range
+
+
+def overflow_count(layer, stage):
+    if "acc_exact" not in stage:
+        return 0
+    e = stage["acc_exact"]
+    return int(((e < layer.acc.lo) | (e > layer.acc.hi)).sum())
+
+
+class Graph:
+    """Layers in execution order; each node names its inputs ('input' or an earlier node)."""
+
+    def __init__(self, nodes):
+        self.nodes = []
+        seen = {INPUT}
+        for n in nodes:
+            if not isinstance(n, Node):
+                n = Node(n[0], tuple(n[1])) if isinstance(n, tuple) else Node(n, (self.nodes[-1].name,) if self.nodes else (INPUT,))
+            if not isinstance(n.layer, LAYER_TYPES):
+                raise TypeError(f"unsupported layer type {type(n.layer).__name__}; supported: "
+                                f"{', '.join(t.__name__ for t in LAYER_TYPES)}")
+            if n.name in seen:
+                raise ValueError(f"duplicate layer name {n.name!r}")
+            for i in n.inputs:
+                if i not in seen:
+                    raise ValueError(f"layer {n.name!r} reads {i!r}, which is not 'input' or an earlier layer")
+            want = 2 if isinstance(n.layer, Add) else 1
+            if len(n.inputs) != want:
+                raise ValueError(f"layer {n.name!r} takes {want} input(s), got {len(n.inputs)}")
+            seen.add(n.name)
+            self.nodes.append(n)
+        if not self.nodes:
+            raise ValueError("a graph needs at least one layer")
+
+    @property
+    def layers(self):
+        return [n.layer for n in self.nodes]
+
+    def run(self, x, backend="cpu", intermediates=False):
+        be = get_backend(backend)
+        values = {INPUT: np.asarray(x)}
+        result = RunResult(output=None)
+        last_use = {}
+        for idx, n in enumerate(self.nodes):
+            for i in n.inputs:
+                last_use[i] = idx
+        for idx, n in enumerate(self.nodes):
+            stage = be.run_layer(n.layer, *(values[i] for i in n.inputs))
+            values[n.name] = stage["out"]
+            result.overflow[n.name] = overflow_count(n.layer, stage)
+            if intermediates:
+                result.stages[n.name] = stage
+            for i in n.inputs:  # free tensors no later node reads
+                if last_use[i] == idx and i != INPUT and not intermediates:
+                    values.pop(i, None)
+        result.output = values[self.nodes[-1].name]
+        return result

@@ -1,0 +1,257 @@
+"""NumPy oracle: the arithmetic contract written as plainly as possible (slow by design).
+
+Independent of nupes_sim.primitives: rounding uses exact rationals (fractions.Fraction),
+accumulation uses Python integers (object arrays), requantization counts thresholds by
+direct comparison. Tests use this module as the truth for every other backend.
+"""
+import math
+from fractions import Fraction
+
+import numpy as np
+
+from . import primitives as P
+from .layers import Add, AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d
+from .rounding import hash_words
+from .tables import Rescale, Thresholds
+
+HALF = Fraction(1, 2)
+
+
+def round_div_pow2(x, s, mode, r=0):
+    """x / 2^s rounded to an integer by `mode`, exactly (Python ints / Fractions)."""
+    x, s = int(x), int(s)
+    fr = Fraction(x, 2**s)
+    fl = math.floor(fr)
+    rem = fr - fl
+    if mode == P.FLOOR:
+        return fl
+    if mode == P.CEIL:
+        return math.ceil(fr)
+    if mode == P.TOWARD_ZERO:
+        return math.trunc(fr)
+    if mode == P.HALF_UP:
+        return fl + (rem >= HALF)
+    if mode == P.HALF_AWAY:
+        if rem == HALF:
+            return fl + 1 if fr > 0 else fl
+        return fl + (rem > HALF)
+    if mode == P.HALF_EVEN:
+        return round(fr)  # Fraction.__round__ rounds half to even
+    if mode == P.STOCHASTIC:
+        # Round up iff the fraction exceeds a uniform draw u = r / 2^32 quantized to the
+        # resolution of the fraction: 2^-s when s <= 32, else 2^-32.
+        if s <= 32:
+            return fl + (rem > Fraction(math.floor(Fraction(int(r), 2**32) * 2**s), 2**s))
+        return fl + (math.floor(rem * 2**32) > int(r))
+    raise ValueError(f"unknown rounding mode id {mode}")
+
+
+def wrap(x, width):
+    """Two's complement reduction of a Python int to `width` bits."""
+    h = 2 ** (width - 1)
+    return (int(x) + h) % (2 * h) - h
+
+
+def accumulate(products, bias, acc):
+    """Apply the accumulator contract along the last axis of `products`.
+
+    products: int64 array (..., K), each |p| < 2^62; bias: int array broadcastable to (...).
+    Returns (exact, result) as int64 arrays of shape (...).
+    """
+    prods = products.astype(object)
+    start = np.broadcast_to(np.asarray(bias, dtype=object), prods.shape[:-1]).copy()
+    exact = start + prods.sum(axis=-1) if prods.shape[-1] else start
+    lo, hi = acc.lo, acc.hi
+    if acc.overflow == "exact":
+        result = exact
+    elif acc.overflow == "wrap":
+        result = np.vectorize(lambda v: wrap(v, acc.width), otypes=[object])(exact) if exact.size else exact
+    else:
+        def clamp(v):
+            return np.where(v > hi, hi, np.where(v < lo, lo, v))
+
+        K = prods.shape[-1]
+        T = acc.tile if acc.tile else K
+        result = start
+        for t0 in range(0, K, max(T, 1)):
+            if acc.tile:
+                part = np.zeros(prods.shape[:-1], dtype=object)
+                for k in range(t0, min(t0 + T, K)):
+                    part = clamp(part + prods[..., k])
+                result = clamp(result + part)
+            else:
+                for k in range(t0, min(t0 + T, K)):
+                    result = clamp(result + prods[..., k])
+    return np.asarray(exact, dtype=object).astype(np.int64), np.asarray(result, dtype=object).astype(np.int64)
+
+
+def requantize(values, requant, channel_axis, seed, tensor_id):
+    """Requantize an int64 accumulator tensor; channel_axis picks the threshold/multiplier row."""
+    if requant is None:
+        return values.copy()
+    n_ch = values.shape[channel_axis] if values.ndim else 1
+    ch = np.broadcast_to(
+        np.arange(n_ch).reshape([-1 if a == channel_axis else 1 for a in range(values.ndim)]),
+        values.shape)
+    if isinstance(requant, Thresholds):
+        rows = requant.thr[np.where(requant.thr.shape[0] == 1, 0, ch)]  # (..., n)
+        return requant.qmin + (values[..., None] >= rows).sum(axis=-1).astype(np.int64)
+    assert isinstance(requant, Rescale)
+    rsel = np.where(requant.multiplier.shape[0] == 1, 0, ch)
+    m, sh = requant.multiplier[rsel], requant.shift[rsel]
+    words = hash_words(seed, tensor_id, np.arange(values.size)).reshape(values.shape)
+    out = np.empty(values.shape, np.int64)
+    for i in np.ndindex(values.shape):
+        y = round_div_pow2(int(values[i]) * int(m[i]), int(sh[i]), requant.rounding, int(words[i]))
+        out[i] = min(max(y + requant.zero_point, requant.qmin), requant.qmax)
+    return out
+
+
+def _mac_products(layer, x_cols, valid):
+    """Products (..., O, K) for input columns x_cols (..., K) against every output channel."""
+    qw = layer.w_codes.reshape(layer.out_channels, -1).astype(np.int64)
+    qx = x_cols.astype(np.int64)
+    if layer.datapath == "operand":
+        wv = layer.w_table.lut[layer.w_table_index, qw - layer.w_range.qmin]  # (O, K)
+        xv = layer.x_table.lut[0, qx - layer.x_range.qmin]  # (..., K)
+        prods = xv[..., None, :] * wv
+    else:
+        pt = layer.p_table
+        mw, mx = np.abs(qw), np.abs(qx)
+        if pt.by_product:
+            index = mx[..., None, :] * mw
+        else:
+            index = mw * (pt.mx + 1) + mx[..., None, :]
+        mags = pt.lut[np.broadcast_to(layer.w_table_index, index.shape), index]
+        prods = np.sign(qw) * np.sign(qx)[..., None, :] * mags
+    return np.where(valid[..., None, :], prods, 0)
+
+
+def linear(layer, x):
+    layer.x_range.check_codes(f"{layer.name} input", x)
+    if x.ndim != 2 or x.shape[1] != layer.k:
+        raise ValueError(f"{layer.name}: input shape {x.shape}; expected (batch, {layer.k})")
+    prods = _mac_products(layer, x, np.ones(x.shape, bool))  # (B, O, K)
+    exact, acc = accumulate(prods, layer.bias[None, :], layer.acc)
+    out = requantize(acc, layer.requant, 1, layer.seed, layer.tensor_id)
+    return dict(acc_exact=exact, acc=acc, out=out)
+
+
+def im2col(x, kernel, stride, padding, dilation, pad_value=0):
+    """Columns (B, Ho, Wo, C, kh, kw) of x (B, C, H, W) and the validity mask of each tap."""
+    B, C, H, W = x.shape
+    kh, kw = kernel
+    ho = (H + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (W + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    cols = np.full((B, ho, wo, C, kh, kw), pad_value, dtype=np.int64)
+    valid = np.zeros((B, ho, wo, C, kh, kw), dtype=bool)
+    for oh in range(ho):
+        for ow in range(wo):
+            for i in range(kh):
+                for j in range(kw):
+                    h = oh * stride[0] - padding[0] + i * dilation[0]
+                    w = ow * stride[1] - padding[1] + j * dilation[1]
+                    if 0 <= h < H and 0 <= w < W:
+                        cols[:, oh, ow, :, i, j] = x[:, :, h, w]
+                        valid[:, oh, ow, :, i, j] = True
+    return cols, valid
+
+
+def conv2d(layer, x):
+    layer.x_range.check_codes(f"{layer.name} input", x)
+    O, Cg, kh, kw = layer.w_codes.shape
+    if x.ndim != 4 or x.shape[1] != Cg * layer.groups:
+        raise ValueError(f"{layer.name}: input shape {x.shape}; expected (B, {Cg * layer.groups}, H, W)")
+    B = x.shape[0]
+    ho, wo = layer.out_hw(*x.shape[2:])
+    pad_code = 0 if layer.x_range.qmin <= 0 <= layer.x_range.qmax else layer.x_range.qmin
+    cols, valid = im2col(x, (kh, kw), layer.stride, layer.padding, layer.dilation, pad_code)
+    Og = O // layer.groups
+    exact = np.empty((B, ho, wo, O), np.int64)
+    acc = np.empty_like(exact)
+    for g in range(layer.groups):
+        sub = _group_view(layer, g, Og)
+        c = cols[:, :, :, g * Cg:(g + 1) * Cg].reshape(B, ho, wo, -1)
+        v = valid[:, :, :, g * Cg:(g + 1) * Cg].reshape(B, ho, wo, -1)
+        prods = _mac_products(sub, c, v)  # (B, ho, wo, Og, K)
+        e, a = accumulate(prods, sub.bias, layer.acc)
+        exact[..., g * Og:(g + 1) * Og] = e
+        acc[..., g * Og:(g + 1) * Og] = a
+    exact = exact.transpose(0, 3, 1, 2).copy()
+    acc = acc.transpose(0, 3, 1, 2).copy()
+    out = requantize(acc, layer.requant, 1, layer.seed, layer.tensor_id)
+    return dict(acc_exact=exact, acc=acc, out=out)
+
+
+class _GroupView:
+    """The slice of a conv layer's weights/tables belonging to one group."""
+
+    def __init__(self, layer, g, og):
+        sl = slice(g * og, (g + 1) * og)
+        self.w_codes = layer.w_codes[sl]
+        self.out_channels = og
+        self.w_table_index = layer.w_table_index[sl]
+        self.bias = layer.bias[sl]
+        for name in ("datapath", "w_table", "x_table", "p_table", "w_range", "x_range"):
+            setattr(self, name, getattr(layer, name))
+
+
+def _group_view(layer, g, og):
+    return _GroupView(layer, g, og)
+
+
+def add(layer, a, b):
+    layer.a_range.check_codes(f"{layer.name} input a", a)
+    layer.b_range.check_codes(f"{layer.name} input b", b)
+    if a.shape != b.shape:
+        raise ValueError(f"{layer.name}: input shapes differ: {a.shape} and {b.shape}")
+    va = layer.a_table.lut[0, a.astype(np.int64) - layer.a_range.qmin]
+    vb = layer.b_table.lut[0, b.astype(np.int64) - layer.b_range.qmin]
+    exact, acc = accumulate(np.stack([va, vb], axis=-1), 0, layer.acc)
+    out = requantize(acc, layer.requant, 1 if acc.ndim > 1 else 0, layer.seed, layer.tensor_id)
+    return dict(acc_exact=exact, acc=acc, out=out)
+
+
+def maxpool2d(layer, x):
+    if x.ndim != 4:
+        raise ValueError(f"{layer.name}: input must be (B, C, H, W), got shape {x.shape}")
+    B, C, H, W = x.shape
+    kh, kw = layer.kernel
+    ho = (H + 2 * layer.padding[0] - kh) // layer.stride[0] + 1
+    wo = (W + 2 * layer.padding[1] - kw) // layer.stride[1] + 1
+    out = np.empty((B, C, ho, wo), np.int64)
+    for oh in range(ho):
+        for ow in range(wo):
+            h0, w0 = oh * layer.stride[0] - layer.padding[0], ow * layer.stride[1] - layer.padding[1]
+            win = x[:, :, max(h0, 0):min(h0 + kh, H), max(w0, 0):min(w0 + kw, W)]
+            out[:, :, oh, ow] = win.reshape(B, C, -1).max(axis=-1)
+    return dict(out=out)
+
+
+def avgpool2d(layer, x):
+    layer.x_range.check_codes(f"{layer.name} input", x)
+    if x.ndim != 4:
+        raise ValueError(f"{layer.name}: input must be (B, C, H, W), got shape {x.shape}")
+    B, C, H, W = x.shape
+    kernel = layer.kernel or (H, W)
+    stride = layer.stride or kernel
+    if kernel[0] * kernel[1] != layer.window:
+        raise ValueError(f"{layer.name}: window {kernel} has {kernel[0] * kernel[1]} elements; "
+                         f"the requant tables were built for {layer.window}")
+    v = layer.x_table.lut[0, x.astype(np.int64) - layer.x_range.qmin]
+    cols, _ = im2col(v, kernel, stride, (0, 0), (1, 1))  # (B, Ho, Wo, C, kh, kw)
+    cols = cols.transpose(0, 3, 1, 2, 4, 5).reshape(*cols.shape[:1], C, cols.shape[1], cols.shape[2], -1)
+    exact, acc = accumulate(cols, 0, layer.acc)
+    out = requantize(acc, layer.requant, 1, layer.seed, layer.tensor_id)
+    return dict(acc_exact=exact, acc=acc, out=out)
+
+
+def flatten(layer, x):
+    return dict(out=x.reshape(x.shape[0], -1).copy())
+
+
+OPS = {Linear: linear, Conv2d: conv2d, Add: add, MaxPool2d: maxpool2d, AvgPool2d: avgpool2d, Flatten: flatten}
+
+
+def run_layer(layer, *inputs):
+    return OPS[type(layer)](layer, *inputs)
