@@ -1,0 +1,321 @@
+"""Export a (batch-norm folded, weight-quantized) PyTorch model to the integer simulator.
+
+The exporter walks the torch.fx graph of the model, fuses ReLU/ReLU6 into the preceding
+op's requantization, calibrates a power format for every activation tensor, and produces
+two views of one op list:
+
+- `graph`: the integer `nupes_sim.graph.Graph` (codes, LUTs, thresholds, bias tables);
+- `fake_quant(x)`: a float64 PyTorch execution of the same ops on decoded weights with the
+  same activation quantizers, the float reference the integer model must match up to the
+  table rounding bound of docs/ARITHMETIC.md §9.
+
+Supported ops: Conv2d, Linear (each must carry `nupes_quant` codes from
+`nupes_sim.reference`, or is quantized here by RTN-power with the given exponent), ReLU,
+ReLU6, residual add, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1), Flatten. Anything else is
+an error listing these.
+"""
+import math
+import operator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from nupes_sim.formats import PowerFormat
+from nupes_sim.graph import Graph, Node
+from nupes_sim.layers import Accumulator, Add, AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d
+
+SUPPORTED = "Conv2d, Linear, ReLU, ReLU6, residual add, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1), Flatten"
+_RELU_FUNCS = (F.relu, torch.relu)
+_ADD_FUNCS = (operator.add, torch.add)
+_FLATTEN_FUNCS = (torch.flatten,)
+
+
+@dataclass
+class ExportConfig:
+    """Integer settings of the exported graph.
+
+    *_lut_bits: magnitude bits of the largest LUT entry; each table's fractional bits are
+    chosen so its largest entry lies in [2^(bits-1), 2^bits).
+    """
+
+    datapath: str = "operand"
+    w_lut_bits: int = 16
+    x_lut_bits: int = 12
+    p_lut_bits: int = 24
+    add_lut_bits: int = 16
+    acc: Accumulator = field(default_factory=lambda: Accumulator(48, "saturate"))
+    act_bits: int = 8
+    act_exponent: float = None  # None: searched per activation tensor on the calibration data
+    act_percentile: float = 100.0
+    rounding: str = "half_even"
+
+
+def _frac_bits(max_abs, bits):
+    """Fractional bits so that round(max_abs·2^F) < 2^bits, clamped to [0, 40]."""
+    if max_abs <= 0:
+        return bits
+    return int(min(40, max(0, bits - 1 - math.floor(math.log2(max_abs)))))
+
+
+def calibrate_format(samples, bits, signed, exponent=None, percentile=100.0):
+    """Per-tensor PowerFormat for activation samples (float64): scale from the (percentile)
+    max magnitude; exponent given, or the grid point in [0.25, 1.5] minimizing the MSE."""
+    x = np.asarray(samples, dtype=np.float64).ravel()
+    m = float(np.percentile(np.abs(x), percentile)) if x.size else 0.0
+    if m <= 0:
+        m = 1.0
+    M = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
+
+    def fmt(a):
+        return PowerFormat(bits, signed, a, m**a / M)
+
+    if exponent is not None:
+        return fmt(float(exponent))
+    sub = x if x.size <= 200_000 else x[np.random.default_rng(0).choice(x.size, 200_000, replace=False)]
+    best = None
+    for a in np.round(np.arange(0.25, 1.5001, 0.05), 4):
+        f = fmt(float(a))
+        err = float(np.mean((f.decode_real(f.encode(sub)) - sub) ** 2))
+        if best is None or err < best[0]:
+            best = (err, f)
+    return best[1]
+
+
+def quantize_act(fmt, t):
+    """Float64 fake quantization of a torch tensor with a PowerFormat (host rounding)."""
+    arr = t.detach().double().cpu().numpy()
+    return torch.from_numpy(fmt.decode_real(fmt.encode(arr)))
+
+
+@dataclass
+class _Op:
+    kind: str  # mac | add | maxpool | avgpool | gap | flatten
+    name: str
+    inputs: tuple
+    module: object = None
+    relu: bool = False
+    clip_max: float = None
+    out: str = None  # value name produced
+
+
+def _weight_codes(module, name):
+    q = getattr(module, "nupes_quant", None)
+    if q is None:
+        raise ValueError(f"layer {name!r} has no quantized weights (nupes_quant); quantize the model first")
+    codes = np.asarray(q.codes.cpu().numpy() if torch.is_tensor(q.codes) else q.codes).astype(np.int64)
+    codes = codes.reshape(module.weight.shape)
+    scales = np.asarray(q.scales.cpu().numpy() if torch.is_tensor(q.scales) else q.scales, dtype=np.float64)
+    gran = q.granularity
+    if gran == "group":
+        scales = scales.reshape(codes.shape[0], -1)
+    elif gran == "channel":
+        scales = scales.reshape(-1)
+    else:
+        scales = scales.reshape(1)
+    fmt = PowerFormat(int(q.bits), True, float(q.exponent), scales, gran, int(q.group_size or 0))
+    return codes, fmt
+
+
+class Exported:
+    """The integer graph, the float64 fake-quant reference, and the formats at each tensor."""
+
+    def __init__(self, ops, formats, weights, graph, input_name):
+        self.ops, self.formats, self.weights, self.graph = ops, formats, weights, graph
+        self.input_name = input_name
+
+    @property
+    def input_format(self):
+        return self.formats[self.input_name]
+
+    def encode_input(self, x):
+        return self.input_format.encode(np.asarray(x, dtype=np.float64))
+
+    def logit_unit(self):
+        return self.graph.nodes[-1].layer.unit
+
+    def fake_quant(self, x, return_values=False):
+        """Float64 forward of the same ops: decoded weights, activations quantized at every
+        point the integer graph requantizes (the last layer's output stays real)."""
+        vals = {self.input_name: quantize_act(self.input_format, torch.as_tensor(x))}
+        for op in self.ops:
+            y = _apply(op, [vals[i] for i in op.inputs], self.weights)
+            fmt = self.formats.get(op.out)
+            if fmt is not None and op.kind not in ("maxpool", "flatten"):
+                y = quantize_act(fmt, y)
+            vals[op.out] = y
+        out = vals[self.ops[-1].out]
+        return (out, vals) if return_values else out
+
+
+def _trace_ops(model):
+    gm = fx.symbolic_trace(model)
+    modules = dict(gm.named_modules())
+    ops, alias, placeholder = [], {}, None
+
+    def src(n):
+        return alias.get(n.name, n.name)
+
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            if placeholder is not None:
+                raise ValueError("only single-input models can be exported")
+            placeholder = node.name
+            continue
+        if node.op == "output":
+            continue
+        mod = modules.get(node.target) if node.op == "call_module" else None
+        is_relu = (isinstance(mod, (nn.ReLU, nn.ReLU6)) or (node.op == "call_function" and node.target in _RELU_FUNCS)
+                   or (node.op == "call_method" and node.target == "relu"))
+        if is_relu:
+            prev = node.args[0]
+            last = ops[-1] if ops else None
+            if last is None or last.out != src(prev) or last.relu or len(prev.users) != 1 or \
+                    last.kind in ("maxpool", "flatten"):
+                raise ValueError(f"ReLU {node.name!r} must directly follow a conv/linear/add/pool used only by it")
+            last.relu = True
+            last.clip_max = 6.0 if isinstance(mod, nn.ReLU6) else None
+            alias[node.name] = last.out
+            continue
+        if isinstance(mod, (nn.Conv2d, nn.Linear)):
+            ops.append(_Op("mac", node.target, (src(node.args[0]),), mod, out=node.name))
+        elif node.op == "call_function" and node.target in _ADD_FUNCS:
+            a, b = node.args[:2]
+            if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)):
+                raise ValueError(f"add {node.name!r} must add two tensors")
+            ops.append(_Op("add", node.name, (src(a), src(b)), out=node.name))
+        elif isinstance(mod, nn.MaxPool2d):
+            if mod.dilation not in (1, (1, 1)) or mod.ceil_mode:
+                raise ValueError(f"MaxPool2d {node.target!r}: dilation and ceil_mode are not supported")
+            ops.append(_Op("maxpool", node.target, (src(node.args[0]),), mod, out=node.name))
+        elif isinstance(mod, nn.AdaptiveAvgPool2d):
+            if mod.output_size not in (1, (1, 1)):
+                raise ValueError(f"AdaptiveAvgPool2d {node.target!r}: only output size 1 is supported")
+            ops.append(_Op("gap", node.target, (src(node.args[0]),), mod, out=node.name))
+        elif isinstance(mod, nn.AvgPool2d):
+            if mod.padding not in (0, (0, 0)):
+                raise ValueError(f"AvgPool2d {node.target!r}: padding is not supported")
+            ops.append(_Op("avgpool", node.target, (src(node.args[0]),), mod, out=node.name))
+        elif isinstance(mod, nn.Flatten) or (node.op == "call_function" and node.target in _FLATTEN_FUNCS):
+            ops.append(_Op("flatten", node.name, (src(node.args[0]),), out=node.name))
+        elif isinstance(mod, nn.Identity) or isinstance(mod, nn.Dropout):
+            alias[node.name] = src(node.args[0])
+        else:
+            what = type(mod).__name__ if mod is not None else f"{node.op} {getattr(node.target, '__name__', node.target)}"
+            raise ValueError(f"cannot export {node.name!r} ({what}); supported: {SUPPORTED}")
+    return ops, placeholder
+
+
+def export_model(model, calib, config=None, input_signed=None):
+    """Export a folded, weight-quantized model to (integer graph, float64 fake-quant view).
+
+    calib: float input batch (torch tensor) used to calibrate activation formats.
+    """
+    cfg = config or ExportConfig()
+    model = model.eval()
+    ops, inp = _trace_ops(model)
+    weights = {op.name: _weight_codes(op.module, op.name) for op in ops if op.kind == "mac"}
+    calib = torch.as_tensor(calib).double()
+    # 1. activation formats, calibrated on the float64 run of the weight-quantized ops
+    signed_in = bool((calib < 0).any()) if input_signed is None else input_signed
+    formats = {inp: calibrate_format(calib.numpy(), cfg.act_bits, signed_in, cfg.act_exponent, cfg.act_percentile)}
+    shapes = {}
+    vals = {inp: quantize_act(formats[inp], calib)}
+    for i, op in enumerate(ops):
+        y = _apply(op, [vals[n] for n in op.inputs], weights)  # upstream already quantized
+        if op.kind in ("maxpool", "flatten"):
+            formats[op.out] = formats[op.inputs[0]]  # codes pass through unchanged
+        elif i < len(ops) - 1:
+            signed = not op.relu and bool((y < 0).any())
+            formats[op.out] = calibrate_format(y.numpy(), cfg.act_bits, signed, cfg.act_exponent, cfg.act_percentile)
+        shapes[op.out] = tuple(y.shape)
+        vals[op.out] = quantize_act(formats[op.out], y) if (op.out in formats and op.kind not in ("maxpool", "flatten")) else y
+    # 2. integer graph
+    nodes = []
+    for i, op in enumerate(ops):
+        last = i == len(ops) - 1
+        out_fmt = None if last else formats[op.out]
+        name = op.name
+        if op.kind == "mac":
+            codes, wfmt = weights[op.name]
+            xfmt = formats[op.inputs[0]]
+            xmax = float(np.abs(xfmt.decode_real(xfmt.range.all_codes())).max())
+            kw = dict(datapath=cfg.datapath, w_frac_bits=_frac_bits(_table_max(wfmt), cfg.w_lut_bits),
+                      x_frac_bits=_frac_bits(xmax, cfg.x_lut_bits),
+                      product_frac_bits=_frac_bits(_table_max(wfmt) * xmax, cfg.p_lut_bits),
+                      bias=None if op.module.bias is None else op.module.bias.detach().double().numpy(),
+                      acc=cfg.acc, out_fmt=out_fmt, relu=op.relu, clip_max=op.clip_max,
+                      rounding=cfg.rounding, tensor_id=(3 * i) % 2**32)
+            if isinstance(op.module, nn.Conv2d):
+                m = op.module
+                if isinstance(m.padding, str) or m.padding_mode != "zeros":
+                    raise ValueError(f"{op.name}: only numeric zero padding is supported")
+                layer = Conv2d.build(name, codes, wfmt, xfmt, stride=m.stride, padding=m.padding,
+                                     dilation=m.dilation, groups=m.groups, **kw)
+            else:
+                layer = Linear.build(name, codes, wfmt, xfmt, **kw)
+        elif op.kind == "add":
+            fa, fb = formats[op.inputs[0]], formats[op.inputs[1]]
+            vmax = max(_table_max(fa), _table_max(fb))
+            layer = Add.build(name, fa, fb, frac_bits=_frac_bits(2 * vmax, cfg.add_lut_bits), acc=cfg.acc,
+                              out_fmt=out_fmt, relu=op.relu, clip_max=op.clip_max, rounding=cfg.rounding,
+                              tensor_id=(3 * i) % 2**32)
+        elif op.kind == "maxpool":
+            m = op.module
+            layer = MaxPool2d(name, m.kernel_size, m.stride, m.padding)
+        elif op.kind in ("gap", "avgpool"):
+            fx_ = formats[op.inputs[0]]
+            h, w = shapes[op.inputs[0]][2:] if op.kind == "gap" else (None, None)
+            layer = AvgPool2d.build(name, fx_, frac_bits=_frac_bits(_table_max(fx_), cfg.x_lut_bits), acc=cfg.acc,
+                                    kernel=None if op.kind == "gap" else op.module.kernel_size,
+                                    stride=None if op.kind == "gap" else op.module.stride,
+                                    window=h * w if op.kind == "gap" else None, out_fmt=out_fmt,
+                                    rounding=cfg.rounding, tensor_id=(3 * i) % 2**32)
+        else:
+            layer = Flatten(name)
+        nodes.append(Node(layer, tuple(_node_name(ops, n, inp) for n in op.inputs)))
+    graph = Graph(nodes)
+    return Exported(ops, formats, weights, graph, inp)
+
+
+def _table_max(fmt):
+    return float(np.abs(fmt.decode_real(np.array([fmt.range.max_magnitude]), None)).max()) \
+        if fmt.granularity == "tensor" else float((fmt.scale.max() * fmt.range.max_magnitude) ** (1 / fmt.exponent))
+
+
+def _node_name(ops, value, inp):
+    if value == inp:
+        return "input"
+    for op in ops:
+        if op.out == value:
+            return op.name
+    raise ValueError(f"internal: value {value!r} has no producer")
+
+
+def _apply(op, args, weights):
+    """One op in float64 on decoded weights, ReLU included, output not quantized."""
+    if op.kind == "mac":
+        w, fmt = weights[op.name]
+        idx = fmt.scale_index(w.shape)
+        wd = torch.from_numpy(fmt.decode_real(w.reshape(w.shape[0], -1), idx).reshape(w.shape))
+        m = op.module
+        b = m.bias.detach().double() if m.bias is not None else None
+        y = F.conv2d(args[0], wd, b, m.stride, m.padding, m.dilation, m.groups) if isinstance(m, nn.Conv2d) \
+            else F.linear(args[0], wd, b)
+    elif op.kind == "add":
+        y = args[0] + args[1]
+    elif op.kind == "maxpool":
+        m = op.module
+        y = F.max_pool2d(args[0], m.kernel_size, m.stride, m.padding)
+    elif op.kind == "gap":
+        y = args[0].mean(dim=(2, 3), keepdim=True)
+    elif op.kind == "avgpool":
+        y = F.avg_pool2d(args[0], op.module.kernel_size, op.module.stride)
+    else:
+        y = torch.flatten(args[0], 1)
+    if op.relu:
+        y = torch.clamp(y, min=0.0) if op.clip_max is None else torch.clamp(y, 0.0, op.clip_max)
+    return y
