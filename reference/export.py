@@ -44,7 +44,7 @@ class ExportConfig:
 
     datapath: str = "operand"
     w_lut_bits: int = 16
-    x_lut_bits: int = 12
+    x_lut_bits: int = 16
     p_lut_bits: int = 24
     add_lut_bits: int = 16
     acc: Accumulator = field(default_factory=lambda: Accumulator(48, "saturate"))
