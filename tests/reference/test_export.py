@@ -57,14 +57,6 @@ def test_integer_graph_matches_fake_quant(datapath):
         between = [(np.minimum(a, e) < thr) & (thr <= np.maximum(a, e)) for a, e in zip(cols, exact_acc)]
         assert all(b.any() for b in between)
         assert np.abs(cols - exact_acc).max() <= _layer_bound(stem)
-    # later layers: upstream boundary flips propagate (no per-element bound exists there);
-    # this is a sanity rate, the derived checks are the first layer above and the logits below
-    for op in ex.ops[1:-1]:
-        if op.kind in ("maxpool", "flatten"):
-            continue
-        got = r.stages[op.name]["out"]
-        want = ex.formats[op.out].encode(vals[op.out].numpy())
-        assert (got == want).mean() >= 0.97, op.name
     logits = r.output * ex.logit_unit()
     assert (logits.argmax(1) == ref.numpy().argmax(1)).mean() >= 0.95
     # where every upstream code agrees, the logits obey the derived bound of the last layer
@@ -74,7 +66,7 @@ def test_integer_graph_matches_fake_quant(datapath):
         if op.kind not in ("maxpool", "flatten"):
             got = r.stages[op.name]["out"].reshape(x.shape[0], -1)
             same &= (got == ex.formats[op.out].encode(vals[op.out].numpy()).reshape(x.shape[0], -1)).all(1)
-    assert same.sum() >= 1
+    assert same.sum() >= x.shape[0] // 2  # the logits check below must not be vacuous
     xin = r.stages[ex.graph.nodes[-2].name]["out"][same]
     err = np.abs(r.output[same] - ref.numpy()[same] / fc.unit)
     if datapath == "operand":
