@@ -59,23 +59,21 @@ def test_integer_graph_matches_fake_quant(datapath):
         assert np.abs(cols - exact_acc).max() <= _layer_bound(stem)
     logits = r.output * ex.logit_unit()
     assert (logits.argmax(1) == ref.numpy().argmax(1)).mean() >= 0.95
-    # where every upstream code agrees, the logits obey the derived bound of the last layer
+    # the logits obey the derived bound of the last layer against float64 execution of
+    # that layer on the same input codes (ARITHMETIC.md §9)
     fc = ex.graph.nodes[-1].layer
-    same = np.ones(x.shape[0], bool)
-    for op in ex.ops[:-1]:
-        if op.kind not in ("maxpool", "flatten"):
-            got = r.stages[op.name]["out"].reshape(x.shape[0], -1)
-            same &= (got == ex.formats[op.out].encode(vals[op.out].numpy()).reshape(x.shape[0], -1)).all(1)
-    assert same.sum() >= x.shape[0] // 2  # the logits check below must not be vacuous
-    xin = r.stages[ex.graph.nodes[-2].name]["out"][same]
-    err = np.abs(r.output[same] - ref.numpy()[same] / fc.unit)
+    xin = r.stages[ex.graph.nodes[-2].name]["out"]
+    w, wfmt = ex.weights[ex.ops[-1].name]
+    xr = ex.formats[ex.ops[-2].out].decode_real(xin)
+    ref_fc = xr @ wfmt.decode_real(w, wfmt.scale_index(w.shape)).T + ex.ops[-1].module.bias.detach().double().numpy()
+    err = np.abs(r.output - ref_fc / fc.unit)
     if datapath == "operand":
-        X = ex.formats[ex.ops[-2].out].decode_real(xin) * 2.0**fc.x_table.frac_bits
+        X = xr * 2.0**fc.x_table.frac_bits
         Wt = fc.w_table.lut[fc.w_table_index, fc.w_codes.astype(np.int64) - fc.w_range.qmin]
         bound = 0.5 + 0.5 * (np.abs(Wt).sum(1)[None, :] + np.abs(X).sum(1)[:, None])
     else:
         bound = 0.5 + fc.k / 2
-    bound = bound + 1e-9 * (np.abs(ref.numpy()[same]) / fc.unit + 1)  # float64 reference error
+    bound = bound + 1e-9 * (np.abs(ref_fc) / fc.unit + 1)  # float64 reference error, generous
     assert (err <= bound).all()
 
 
