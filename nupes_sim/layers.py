@@ -60,12 +60,25 @@ def build_requant(unit, out_fmt, acc, rounding=DEFAULT, relu=False, clip_max=Non
     if out_fmt is None:
         return None
     if isinstance(out_fmt, PowerFormat):
-        return threshold_table(unit, out_fmt, acc.width, rounding, relu, clip_max)
+        # exact mode passes unclamped sums (< 2^63) on: clamp thresholds to int64 instead
+        width = 64 if acc.overflow == "exact" else acc.width
+        return threshold_table(unit, out_fmt, width, rounding, relu, clip_max)
     if isinstance(out_fmt, UniformFormat):
         if clip_max is not None:
             raise ValueError("clip_max (ReLU6) is only folded into threshold requantization")
         return rescale_table(unit, out_fmt, acc.width, mult_bits, rounding, relu)
     raise TypeError(f"out_fmt must be a PowerFormat, UniformFormat or None, got {type(out_fmt).__name__}")
+
+
+def _check_requant_input(name, requant, acc, bound):
+    """In exact mode the requantizer sees the unclamped exact sum (|acc| <= bound), so its
+    preconditions must hold for the bound, not only for the accumulator range."""
+    if acc.overflow != "exact" or requant is None:
+        return
+    if isinstance(requant, Rescale):
+        if bound * int(requant.multiplier.max(initial=0)) >= 2**62:
+            raise ValueError(f"{name}: exact mode with a rescale requantizer needs bound·multiplier < 2^62 "
+                             f"(bound {bound}); lower mult_bits or use wrap/saturate")
 
 
 def _check_requant(requant):
@@ -131,6 +144,7 @@ class MacLayer:
         if self.bias.min(initial=0) < self.acc.lo or self.bias.max(initial=0) > self.acc.hi:
             raise ValueError(f"{self.name}: bias outside the {self.acc.width}-bit accumulator range")
         self.bound = self._worst_case()
+        _check_requant_input(self.name, self.requant, self.acc, int(self.bound.max(initial=0)))
         if self.requant is not None and self.requant.__class__ is Thresholds:
             if self.requant.thr.shape[0] not in (1, O):
                 raise ValueError(f"{self.name}: thresholds need 1 or {O} rows")
@@ -149,12 +163,21 @@ class MacLayer:
         return int(np.prod(self.w_codes.shape[1:]))
 
     def max_abs_product(self):
-        """(O, K) int64: the largest |product| each weight can make over all input codes."""
+        """(O, K) int64: the largest |product| each weight can make over all input codes.
+
+        Raises if any single product could reach 2^62 (checked in Python ints before any
+        int64 multiplication, so nothing can wrap)."""
         qw = self.w_codes.reshape(self.out_channels, -1).astype(np.int64)
         if self.datapath == "operand":
-            w = self.w_table.lut[self.w_table_index, qw - self.w_range.qmin]
-            return np.abs(w) * int(np.abs(self.x_table.lut).max())
+            w = np.abs(self.w_table.lut[self.w_table_index, qw - self.w_range.qmin])
+            xmax = int(np.abs(self.x_table.lut).max())
+            if int(w.max(initial=0)) * xmax >= 2**62:
+                raise ValueError(f"{self.name}: a single product can reach {int(w.max()) * xmax} >= 2^62; "
+                                 "lower the fractional bits")
+            return w * xmax
         mags = self.p_table.lut  # (T, L)
+        if int(np.abs(mags).max(initial=0)) >= 2**62:
+            raise ValueError(f"{self.name}: a product table entry reaches 2^62; lower the fractional bits")
         mw = np.abs(qw)
         if self.p_table.by_product:
             idx = mw[..., None] * np.arange(self.p_table.mx + 1)[None, None, :]
@@ -169,15 +192,12 @@ class MacLayer:
         so that the simulator can hold every exact sum in int64 (docs/ARITHMETIC.md §4).
         """
         mp = self.max_abs_product()
-        if mp.size and mp.max() >= 2**62:
-            raise ValueError(f"{self.name}: a single product can reach {int(mp.max())} >= 2^62; "
-                             "lower the fractional bits")
         bound = np.array([abs(int(b)) + int(np.sum(row, dtype=object)) for b, row in zip(self.bias, mp)],
                          dtype=object)
         worst = int(bound.max()) if bound.size else 0
-        if worst > INT64_LIMIT:
+        if worst >= INT64_LIMIT:
             raise ValueError(f"{self.name}: the worst-case accumulator magnitude {worst} does not fit "
-                             "int64 (2^63-1); lower the fractional bits or split the layer")
+                             "int64 (below 2^63-1); lower the fractional bits or split the layer")
         return bound.astype(np.int64)
 
     def no_overflow_possible(self):
@@ -283,6 +303,7 @@ class Add:
         if worst >= 2**62:
             raise ValueError(f"{self.name}: decoded values too large (>= 2^62)")
         self.bound = np.array([worst], np.int64)
+        _check_requant_input(self.name, self.requant, self.acc, worst)
 
     @classmethod
     def build(cls, name, a_fmt, b_fmt, frac_bits=12, acc=None, out_fmt=None, relu=False, clip_max=None,
@@ -349,6 +370,7 @@ class AvgPool2d:
         if worst > INT64_LIMIT:
             raise ValueError(f"{self.name}: worst-case window sum does not fit int64")
         self.bound = np.array([worst], np.int64)
+        _check_requant_input(self.name, self.requant, self.acc, worst)
 
     @classmethod
     def build(cls, name, x_fmt, frac_bits=12, acc=None, kernel=None, stride=None, window=None,

@@ -149,9 +149,9 @@ def threshold_table(unit, out_fmt, acc_width, rounding=DEFAULT, relu=False, clip
     if clip_max is not None:
         cm = check_real("clip_max", clip_max, 0.0, lo_open=True)
         qmax = min(qmax, int(out_fmt.encode(np.array([cm]), rounding)[0]))
-    lo, hi = -(2 ** (acc_width - 1)), 2 ** (acc_width - 1)  # hi = acc_max + 1
-    if acc_width == 64 and qmax > qmin:
-        hi = 2**63 - 1
+    # hi = acc_max + 1 (never reached); for 64 bits int64 cannot hold 2^63, so INT64_MAX
+    # stands for "never reached": layers guarantee every sum is below 2^63 - 1.
+    lo, hi = -(2 ** (acc_width - 1)), min(2 ** (acc_width - 1), 2**63 - 1)
     rows = []
     for u in unit:
         row = []
@@ -163,8 +163,6 @@ def threshold_table(unit, out_fmt, acc_width, rounding=DEFAULT, relu=False, clip
             row.append(min(max(t, lo), hi))
         rows.append(row)
     thr = np.array(rows, dtype=np.int64).reshape(len(unit), qmax - qmin)
-    if acc_width == 64 and (thr == 2**63 - 1).any():
-        raise ValueError("a threshold lies beyond a 64-bit accumulator's range; use acc_width <= 63")
     return Thresholds(thr, qmin, qmax)
 
 
