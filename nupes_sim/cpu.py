@@ -452,9 +452,28 @@ def _mac_fast(layer, X, wts, bias):
     return total + bias[None, :]
 
 
+def _check_product_range(layer):
+    """Refuse layers whose products can reach 2^62 (the contract's limit).
+
+    MacLayer.max_abs_product forms |w|*max|x| in int64, which wraps for huge tables (e.g.
+    8-bit codes with w_frac_bits=30, x_frac_bits=20): the layer is then accepted with a
+    wrong (negative) bound and the oracle's own int64 products wrap too. Python ints here.
+    """
+    if layer.datapath == "operand":
+        mw = _maxabs(np.asarray(layer.w_table.lut))
+        mx = _maxabs(np.asarray(layer.x_table.lut))
+        top = mw * mx
+    else:
+        top = _maxabs(np.asarray(layer.p_table.lut))
+    if top >= 2**62 or int(layer.bound.min(initial=0)) < 0:
+        raise ValueError(f"{layer.name}: a single product can reach {top} >= 2^62 (or the layer bound "
+                         "is corrupt); lower the fractional bits")
+
+
 def _mac(layer, X, sl=slice(None), fast=None):
     """(exact, acc) of shape (N, O_sl) for activation rows X (N, K) (decoded/codes, int64)."""
     fast = FAST_PATHS if fast is None else fast
+    _check_product_range(layer)
     wts = _weights(layer, sl)
     bias = np.ascontiguousarray(layer.bias[sl], np.int64)
     acc_cfg = layer.acc
