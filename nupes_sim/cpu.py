@@ -84,10 +84,10 @@ def _feed(acc, part, p, k, kk, tile, lo, hi):
     return acc, part
 
 
-@njit(parallel=True)
+@njit  # serial: trivial work, and no thread hand-off next to BLAS threads
 def _wrap_array(x, width):
     out = np.empty_like(x)
-    for i in prange(x.size):
+    for i in range(x.size):
         out[i] = wrap(x[i], width)
     return out
 
@@ -432,10 +432,15 @@ def _mac_fast(layer, X, wts, bias):
     # a sum over a subset of k of products bounded by max_abs_product[o,k], so it is <= bound[o]:
     # each GEMM is exact under the same proof (bnd = max bound).
     mw, tidx = wts["mw"], wts["tidx"]
-    pairs = np.unique(np.stack([tidx[mw > 0], mw[mw > 0]], axis=1), axis=0) if mw.size else np.zeros((0, 2))
+    pt = layer.p_table
+    T, nm = pt.lut.shape[0], int(mw.max(initial=0)) + 1
+    if T * (nm - 1) > PRODUCT_GEMM_MAX and T > PRODUCT_GEMM_MAX:
+        return None  # e.g. per-channel weight scales: one product table per output channel
+    present = np.bincount((tidx * nm + mw).reshape(-1), minlength=T * nm).reshape(T, nm)
+    present[:, 0] = 0  # |qw| = 0 contributes nothing
+    pairs = np.argwhere(present > 0)
     if len(pairs) > PRODUCT_GEMM_MAX:
         return None
-    pt = layer.p_table
     lut = np.asarray(pt.lut, np.int64)
     ax = np.abs(X)
     sx = np.sign(X)
