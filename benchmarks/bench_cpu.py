@@ -193,6 +193,16 @@ weights and activations, `torch.set_num_threads({cores()})`. The oracle is timed
 Targets: operand datapath <= 3x PyTorch fp32, product datapath <= 12x, both >= 100x faster
 than the oracle.
 
+Caveat: the project machine is shared; when other jobs load its two cores (see the load
+average above) every number here, PyTorch's included, slows down several-fold and two-thread
+BLAS/OpenMP regions suffer most. Compare ratios from one run only.
+
+Why the product datapath with per-channel weight scales is slow: each output channel has its
+own product table (lut row t = o), so sum_k lut[o, idx(|qw|,|qx|)] is one table lookup per MAC
+and no GEMM identity applies (the one-hot decomposition needs T_m(X) independent of o). The
+integer kernel is then bound by vector-gather throughput. With per-tensor weight scales the
+decomposition into Mw = 7 exact GEMMs applies (`product_gemm`).
+
 Paths: `gemm_f64`/`gemm_f32` = exact float GEMM (proof in `nupes_sim/cpu.py`), `int_sum` =
 integer kernel (order-free sum), `product_gemm` = one-hot decomposition of the product
 datapath (per-tensor weight tables only; with per-channel weight scales every output channel
