@@ -250,7 +250,7 @@ def _requant_thresholds(v, thr, inner, nch, qmin, monotone):
 @njit(parallel=True)
 def _requant_rescale(v, mult, shift, lim, zp, lo, hi, mode, seed, tensor_id, inner, nch):
     """primitives.rescale per element; elements outside its |v*m| < 2^62 precondition are
-    flagged (out = 0, flag = 1) and redone by the caller in Python integers."""
+    flagged (out = 0, flag = 1): the caller refuses them (layers prevent them)."""
     out = np.empty(v.size, np.int64)
     flag = np.zeros(v.size, np.uint8)
     R = mult.shape[0]
@@ -295,17 +295,8 @@ def _requantize(values, requant, channel_axis, seed, tensor_id):
         lim[r] = -1 if not 0 <= s <= 62 else ((2**62 - 1) // abs(m) if m else 2**62 - 1)
     out, flag = _requant_rescale(v, mult, shift, lim, requant.zero_point, requant.qmin, requant.qmax,
                                  requant.rounding, seed, tensor_id, max(inner, 1), max(nch, 1))
-    if flag.any():
-        # Accumulators beyond the requant's design range (overflow='exact' keeps sums wider
-        # than the accumulator): the same primitive, run by the Python interpreter on
-        # unbounded integers, is exact where the int64 compiled copy would overflow.
-        R = mult.shape[0]
-        for i in np.flatnonzero(flag):
-            i = int(i)
-            row = 0 if R == 1 else (i // max(inner, 1)) % max(nch, 1)
-            r = P.hash32(seed, tensor_id, i) if requant.rounding == P.STOCHASTIC else 0
-            out[i] = P.rescale(int(v[i]), int(mult[row]), int(shift[row]), requant.zero_point,
-                               requant.qmin, requant.qmax, requant.rounding, r)
+    if flag.any():  # layers refuse such requantizers at construction (_check_requant_input)
+        raise ValueError("rescale input beyond its |acc·m| < 2^62 precondition; the layer was not validated")
     return out.reshape(shape)
 
 

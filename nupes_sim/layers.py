@@ -71,14 +71,14 @@ def build_requant(unit, out_fmt, acc, rounding=DEFAULT, relu=False, clip_max=Non
 
 
 def _check_requant_input(name, requant, acc, bound):
-    """In exact mode the requantizer sees the unclamped exact sum (|acc| <= bound), so its
-    preconditions must hold for the bound, not only for the accumulator range."""
-    if acc.overflow != "exact" or requant is None:
+    """The requantizer sees |acc| <= bound (exact mode: the unclamped sum) and
+    |acc| <= 2^(width-1) otherwise; rescale's |acc·m| < 2^62 must hold for that limit."""
+    if not isinstance(requant, Rescale):
         return
-    if isinstance(requant, Rescale):
-        if bound * int(requant.multiplier.max(initial=0)) >= 2**62:
-            raise ValueError(f"{name}: exact mode with a rescale requantizer needs bound·multiplier < 2^62 "
-                             f"(bound {bound}); lower mult_bits or use wrap/saturate")
+    limit = bound if acc.overflow == "exact" else min(bound, 2 ** (acc.width - 1))
+    if limit * int(np.abs(requant.multiplier).max(initial=0)) >= 2**62:
+        raise ValueError(f"{name}: rescale needs |acc|·multiplier < 2^62, but |acc| can reach {limit}; "
+                         "lower mult_bits (or use wrap/saturate instead of exact)")
 
 
 def _check_requant(requant):
