@@ -48,7 +48,8 @@ def check_finite_tensor(name, t):
 
 def _np_pow(x, p):
     """NumPy float64 x**p for a scalar p (the single pow kernel shared by both paths)."""
-    return np.power(np.ascontiguousarray(x, dtype=np.float64), np.float64(p))
+    with np.errstate(over="ignore", under="ignore"):  # out-of-range scales are reported by scales()
+        return np.power(np.ascontiguousarray(x, dtype=np.float64), np.float64(p))
 
 
 def _t_pow(x, p):
@@ -154,7 +155,15 @@ class PowerQuantizer:
                                                                                                     dtype=torch.float64)
         s = _t_pow(m, self.exponent) / self.qmax
         s = torch.where(m > 0, s, torch.ones_like(s))
+        self._check_representable(m.numpy(), s.numpy(), name)
         return s.reshape(self.scales_shape(w.shape))
+
+    def _check_representable(self, m, s, name):
+        bad = (m > 0) & ~((s > 0) & np.isfinite(s))
+        if bad.any():
+            v = float(m[bad].reshape(-1)[0])
+            raise ValueError(f"{name}: max|w|^a / qmax = {v!r}^{self.exponent} / {self.qmax} is not a finite "
+                             f"positive float64 (under/overflow); rescale the tensor or use an exponent closer to 1")
 
     def _bscale_t(self, s, shape):
         R, G, g = self.blocks_shape(shape)
@@ -193,6 +202,7 @@ class PowerQuantizer:
         m = np.abs(w.astype(np.float64).reshape(R, G, g)).max(axis=2) if g else np.zeros((R, G))
         s = _np_pow(m, self.exponent) / self.qmax
         s = np.where(m > 0, s, 1.0)
+        self._check_representable(m, s, name)
         return s.reshape(self.scales_shape(w.shape))
 
     def encode_np(self, w, scales=None, name="w"):
