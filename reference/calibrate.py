@@ -1,0 +1,115 @@
+"""Calibration plumbing: capturing layer inputs with hooks, and the activation quantizer module."""
+import torch
+from torch import nn
+
+from .powerquant import ActivationFormat, calibrate_activation
+from .quantizer import check_finite_tensor
+
+
+class _Stop(Exception):
+    """Raised by a capture hook to end a forward pass once the layer's input is recorded."""
+
+
+def as_batches(calib, batch_size=64):
+    """A tensor (split along dim 0) or an iterable of batches (tensors, or tuples/lists whose
+    first element is the input) → list of input tensors."""
+    if calib is None:
+        return None
+    if torch.is_tensor(calib):
+        if calib.dim() == 0 or calib.shape[0] == 0:
+            raise ValueError(f"calib must have at least one sample along dim 0, got shape {tuple(calib.shape)}")
+        return list(torch.split(calib, batch_size))
+    out = []
+    for b in calib:
+        if isinstance(b, (tuple, list)):
+            b = b[0]
+        if not torch.is_tensor(b):
+            raise TypeError(f"calibration batches must be tensors (or tuples starting with one), got {type(b).__name__}")
+        out.append(b)
+    if not out:
+        raise ValueError("calib is empty: give at least one batch")
+    return out
+
+
+def capture_inputs(model, module, batches, name="layer"):
+    """Concatenated first positional input of `module` over the batches (None if it never
+    runs). The forward stops at the module, so later layers cost nothing."""
+    got = []
+
+    def hook(mod, args):
+        got.append(args[0].detach())
+        raise _Stop
+
+    h = module.register_forward_pre_hook(hook)
+    try:
+        with torch.no_grad():
+            for b in batches:
+                try:
+                    model(b)
+                except _Stop:
+                    pass
+    finally:
+        h.remove()
+    if not got:
+        return None
+    x = torch.cat(got, 0)
+    check_finite_tensor(f"layer {name!r}: calibration input", x)
+    return x
+
+
+def execution_order(model, modules, batch):
+    """Names of `modules` ({name: module}) in the order a forward pass first calls them."""
+    order, handles = [], []
+    for n, m in modules.items():
+        handles.append(m.register_forward_pre_hook(lambda mod, args, n=n: order.append(n) if n not in order else None))
+    try:
+        with torch.no_grad():
+            model(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return order
+
+
+class PowerActQuant(nn.Module):
+    """Fake power quantization of an activation (per-tensor scale, own exponent).
+
+    Readable for export: `bits`, `signed`, `exponent`, `scale` (floats/ints), `qmin`, `qmax`.
+    Output dtype = input dtype; arithmetic is the exact float64 contract (quantizer.py).
+    """
+
+    def __init__(self, fmt: ActivationFormat):
+        super().__init__()
+        self.fmt = fmt
+
+    bits = property(lambda self: self.fmt.bits)
+    signed = property(lambda self: self.fmt.signed)
+    exponent = property(lambda self: self.fmt.exponent)
+    scale = property(lambda self: self.fmt.scale)
+    qmin = property(lambda self: self.fmt.quantizer.qmin)
+    qmax = property(lambda self: self.fmt.quantizer.qmax)
+
+    @classmethod
+    def calibrate(cls, samples, bits=8, signed=None, exponent=None, seed=0, name="activation"):
+        """Unsigned if every sample is >= 0 (post-ReLU), else signed; see calibrate_activation."""
+        return cls(calibrate_activation(samples, bits, signed, exponent, seed=seed, name=name))
+
+    def forward(self, x):
+        if not self.signed:
+            x = x.clamp_min(0)  # negative inputs saturate to code 0 in an unsigned format
+        return self.fmt.fake_quant(x).to(x.dtype)
+
+    def extra_repr(self):
+        return f"bits={self.bits}, signed={self.signed}, exponent={self.exponent:.6g}, scale={self.scale:.6g}"
+
+
+def act_prehook(module, args):
+    """Forward pre-hook applying `module.nupes_act` to the layer's input."""
+    return (module.nupes_act(args[0]),) + tuple(args[1:])
+
+
+def attach_act_quant(module, act):
+    """Make `act` (a PowerActQuant) quantize `module`'s input: child `nupes_act` + pre-hook."""
+    module.nupes_act = act
+    module.register_forward_pre_hook(act_prehook)
+    return module
