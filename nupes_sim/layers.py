@@ -108,7 +108,7 @@ class MacLayer:
     p_table: ProductTable = None
     bias: np.ndarray = None
     requant: object = None
-    unit: float = 1.0  # real value of one accumulator LSB (host only)
+    unit: object = 1.0  # real value of one accumulator LSB: float, or (O,) per channel (host only)
     tensor_id: int = 0
     seed: int = 0
     bound: np.ndarray = field(init=False, repr=False)
@@ -211,7 +211,10 @@ def _tables_for(w_fmt, x_fmt, datapath, w_frac_bits, x_frac_bits, product_frac_b
         xt = decode_table(x_fmt, x_frac_bits, rounding, seed, tensor_id + 1)
         return dict(w_table=wt, x_table=xt), wt.unit * xt.unit
     pt = product_table(w_fmt, x_fmt, product_frac_bits, rounding, seed, tensor_id)
-    return dict(p_table=pt), pt.unit
+    if pt.channel_factor is None:
+        return dict(p_table=pt), pt.unit
+    unit = pt.unit * pt.channel_factor  # per-channel LSB (ProductTable docstring)
+    return dict(p_table=pt), (float(unit[0]) if w_fmt.granularity == "tensor" else unit)
 
 
 def _build(cls, name, w_codes, w_fmt, x_fmt, *, datapath="operand", w_frac_bits=12, x_frac_bits=8,
@@ -223,6 +226,8 @@ def _build(cls, name, w_codes, w_fmt, x_fmt, *, datapath="operand", w_frac_bits=
     tables, unit = _tables_for(w_fmt, x_fmt, datapath, w_frac_bits, x_frac_bits, product_frac_bits,
                                rounding, seed, tensor_id)
     idx = w_fmt.scale_index(w_codes.shape)
+    if "p_table" in tables and tables["p_table"].channel_factor is not None:
+        idx = np.zeros_like(idx)  # one shared product table; the scale lives in `unit`
     b = None if bias is None else bias_table(bias, unit, acc.width, rounding, seed, tensor_id + 2)
     rq = build_requant(unit, out_fmt, acc, requant_rounding or rounding, relu, clip_max, mult_bits)
     return cls(name=name, w_codes=w_codes, w_range=w_fmt.range, x_range=x_fmt.range, datapath=datapath,

@@ -60,7 +60,13 @@ class ProductTable:
 
     index = |qw|·|qx| when `by_product` (both power formats with equal exponents, so the
     real product (s_w s_x |qw||qx|)^(1/a) depends on the integer product alone), else
-    |qw|·(Mx+1) + |qx| (pair table). lut = round(|ŵ x̂|·2^F), unit = 2^-F.
+    |qw|·(Mx+1) + |qx| (pair table). lut = round(|ŵ x̂|·2^F / f), unit = 2^-F.
+
+    Per-tensor and per-channel weight scales factor out of every product:
+    (s_w m)^(1/a_w)·x̂ = s_w^(1/a_w)·(m^(1/a_w) x̂), so one table (s_w = 1) serves every
+    channel and f = channel_factor[o] = s_w[o]^(1/a_w) moves into the accumulator unit of
+    channel o (per-channel requant rows and bias). Per-group scales cannot leave the sum:
+    then the table has one row per scale entry and channel_factor is None.
     """
 
     lut: np.ndarray  # int64 (T, L)
@@ -68,6 +74,7 @@ class ProductTable:
     mx: int  # largest activation code magnitude
     unit: float
     frac_bits: int
+    channel_factor: np.ndarray = None  # (C,) float64 host reals, or None
 
 
 def product_table(wfmt, xfmt, frac_bits, rounding=DEFAULT, seed=0, tensor_id=0):
@@ -78,7 +85,8 @@ def product_table(wfmt, xfmt, frac_bits, rounding=DEFAULT, seed=0, tensor_id=0):
     if xfmt.granularity != "tensor":
         raise ValueError("the product-domain datapath needs a per-tensor activation scale")
     mw, mx = wfmt.range.max_magnitude, xfmt.range.max_magnitude
-    sw = wfmt.scale.reshape(-1)[:, None]
+    factored = wfmt.granularity in ("tensor", "channel")
+    sw = np.ones((1, 1)) if factored else wfmt.scale.reshape(-1)[:, None]
     sx = float(xfmt.scale[0])
     by_product = wfmt.exponent == xfmt.exponent
     if by_product:
@@ -91,7 +99,8 @@ def product_table(wfmt, xfmt, frac_bits, rounding=DEFAULT, seed=0, tensor_id=0):
             ((sx * n) ** (1.0 / xfmt.exponent))[None, None, :]
         real = real.reshape(sw.shape[0], -1)
     lut = round_float(real * 2.0**F, rounding, seed, tensor_id)
-    return ProductTable(lut, bool(by_product), mx, 2.0**-F, F)
+    factor = wfmt.scale.reshape(-1) ** (1.0 / wfmt.exponent) if factored else None
+    return ProductTable(lut, bool(by_product), mx, 2.0**-F, F, factor)
 
 
 @dataclass(frozen=True, eq=False)

@@ -245,7 +245,7 @@ def export_model(model, calib, config=None, input_signed=None):
             xmax = float(np.abs(xfmt.decode_real(xfmt.range.all_codes())).max())
             kw = dict(datapath=cfg.datapath, w_frac_bits=_frac_bits(_table_max(wfmt), cfg.w_lut_bits),
                       x_frac_bits=_frac_bits(xmax, cfg.x_lut_bits),
-                      product_frac_bits=_frac_bits(_table_max(wfmt) * xmax, cfg.p_lut_bits),
+                      product_frac_bits=_frac_bits(_product_max(wfmt, xmax), cfg.p_lut_bits),
                       bias=None if op.module.bias is None else op.module.bias.detach().double().numpy(),
                       acc=cfg.acc, out_fmt=out_fmt, relu=op.relu, clip_max=op.clip_max,
                       rounding=cfg.rounding, tensor_id=(3 * i) % 2**32)
@@ -284,6 +284,14 @@ def export_model(model, calib, config=None, input_signed=None):
 def _table_max(fmt):
     return float(np.abs(fmt.decode_real(np.array([fmt.range.max_magnitude]), None)).max()) \
         if fmt.granularity == "tensor" else float((fmt.scale.max() * fmt.range.max_magnitude) ** (1 / fmt.exponent))
+
+
+def _product_max(wfmt, xmax):
+    """Largest real value in the product table: per-tensor/channel weight scales are
+    factored out of it (tables.ProductTable), per-group scales are not."""
+    if wfmt.granularity == "group":
+        return _table_max(wfmt) * xmax
+    return wfmt.range.max_magnitude ** (1 / wfmt.exponent) * xmax
 
 
 def _node_name(ops, value, inp):

@@ -156,7 +156,7 @@ def _mac_common(draw, cls, w_shape, k, extra):
         else:
             req = _try(lambda: rescale_table(units, rq["out_fmt"], acc.width, rq["mult_bits"],
                                              rq["requant_rounding"], rq["relu"]))
-        layer = dataclasses.replace(layer, requant=req)
+        layer = _try(lambda: dataclasses.replace(layer, requant=req))
     return layer, xfmt
 
 

@@ -49,20 +49,30 @@ def test_uniform_decode_table_is_exact_affine():
 
 
 @pytest.mark.parametrize("wbits, xbits", [(2, 2), (4, 8), (8, 8)])
-def test_product_table_by_product_equals_pair_values(wbits, xbits):
-    wf = PowerFormat(wbits, True, 0.6, 0.11)
-    xf = PowerFormat(xbits, False, 0.6, 0.02)
-    t = product_table(wf, xf, 14)
-    assert t.by_product
-    xf2 = PowerFormat(xbits, False, 0.6000001, 0.02)
-    t2 = product_table(wf, xf2, 14)
-    assert not t2.by_product
-    mw, mx = wf.range.max_magnitude, xf.range.max_magnitude
-    for m in range(mw + 1):
-        for n in range(mx + 1):
-            exact = (0.11 * m) ** (1 / 0.6) * (0.02 * n) ** (1 / 0.6) * 2.0**14
-            assert abs(t.lut[0, m * n] - exact) <= 0.5 + 1e-9 * exact
-            assert abs(t2.lut[0, m * (mx + 1) + n] - exact) <= 0.5 + 1e-5 * exact
+@pytest.mark.parametrize("granularity", ["tensor", "channel", "group"])
+def test_product_table_every_entry(wbits, xbits, granularity):
+    """Every entry of the product table (by product and pair) against the exact real product
+    in table LSBs; per-tensor/channel weight scales are factored out into channel_factor."""
+    scales = {"tensor": 0.11, "channel": np.array([0.11, 0.7]), "group": np.array([[0.11, 0.7], [0.3, 0.05]])}
+    wf = PowerFormat(wbits, True, 0.6, scales[granularity], granularity, group_size=2 if granularity == "group" else 0)
+    mw = wf.range.max_magnitude
+    for a_x in (0.6, 0.6000001):
+        xf = PowerFormat(xbits, False, a_x, 0.02)
+        t = product_table(wf, xf, 14)
+        assert t.by_product == (a_x == 0.6)
+        mx = xf.range.max_magnitude
+        rows = wf.scale.reshape(-1) if granularity == "group" else np.ones(1)
+        if granularity != "group":
+            assert np.allclose(t.channel_factor, wf.scale.reshape(-1) ** (1 / 0.6), rtol=1e-15)
+        else:
+            assert t.channel_factor is None
+        assert t.lut.shape[0] == len(rows)
+        for r, sw in enumerate(rows):
+            for m in range(mw + 1):
+                for n in range(mx + 1):
+                    exact = (sw * m) ** (1 / 0.6) * (0.02 * n) ** (1 / a_x) * 2.0**14
+                    idx = m * n if t.by_product else m * (mx + 1) + n
+                    assert abs(t.lut[r, idx] - exact) <= 0.5 + 1e-12 * exact  # + float64 pow error
 
 
 def _float_code(acc, unit, fmt, rounding, relu, clip_max):
