@@ -291,3 +291,21 @@ def test_repo_root_first_does_not_shadow_nvidia_cuda():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "cuda.bindings numba.cuda 9" in r.stdout
+
+
+def test_numpy_without_row_stack_imports_numba_cuda():
+    """NumPy 2.5 removed np.row_stack, which numba-cuda 0.30.4 overloads at import: the shim in
+    cuda/_compat.py must make the import work and leave np.vstack untouched."""
+    from nupes_sim.cuda import _compat
+    if not _compat.numba_cuda_installed():
+        require_or_skip("numba-cuda is not installed")
+    code = ("import numpy as np\n"
+            "if hasattr(np, 'row_stack'): del np.row_stack\n"
+            "vstack = np.vstack\n"
+            "import nupes_sim.cuda.kernels as k\n"
+            "from nupes_sim.cuda import _compat as c\n"
+            "assert c.ROW_STACK_SHIM and np.vstack is vstack and np.row_stack is not vstack\n"
+            "assert (np.row_stack(([1], [2])) == [[1], [2]]).all()\n"
+            "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
