@@ -11,6 +11,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt numpy numba scipy h5py torch pytest hypothesis tqdm matplotlib
 	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PIP) install -q -c constraints.txt numba-cuda nvidia-cuda-nvrtc || echo "warning: numba-cuda not installed; cuda tests will be skipped"
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -27,7 +28,8 @@ demo: $(STAMP) data
 	$(VENV)/bin/nupes-sim demo
 
 test: $(STAMP) data
-	$(VPY) -m pytest -q tests
+	$(VPY) -m pytest -q tests --ignore=tests/cuda/test_cuda_backend.py
+	NUMBA_ENABLE_CUDASIM=1 $(VPY) -m pytest -q tests/cuda/test_cuda_backend.py
 
 bench: $(STAMP)
 	$(VENV)/bin/nupes-sim bench --backend cpu
