@@ -256,6 +256,9 @@ class _AtomicH5:
             if et is None:
                 with open(self.tmp, "rb+") as fh:
                     os.fsync(fh.fileno())
+                um = os.umask(0)
+                os.umask(um)
+                os.chmod(self.tmp, 0o666 & ~um)  # mkstemp makes 0600; give the usual mode
                 os.replace(self.tmp, self.path)
                 dfd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
                 try:
