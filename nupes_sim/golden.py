@@ -308,8 +308,9 @@ def _expect_members(path, where, group, want):
 def _read_ds(path, where, group, name, strict, want_attrs=("sha256",)):
     import h5py
 
-    obj = group[name]
     w = f"{where}/{name}"
+    _LOC["where"] = w
+    obj = group[name]
     if not isinstance(obj, h5py.Dataset):
         _fail(path, w, "expected a dataset, found a group")
     if set(obj.attrs.keys()) != set(want_attrs):
@@ -331,7 +332,7 @@ def read_golden(path, strict=True):
     a dump may legitimately hold wrong values; diff reports them.
     """
     path = os.fspath(path)
-    where = "/"
+    _LOC["where"] = "/"
     try:
         return _read(path, strict)
     except GoldenFormatError:
@@ -339,8 +340,11 @@ def read_golden(path, strict=True):
     except FileNotFoundError:
         raise GoldenFormatError(f"{path}: no such file") from None
     except Exception as e:  # HDF5/h5py/json errors of corrupt files: one clear error type
-        raise GoldenFormatError(f"{path}: {where}: unreadable or corrupt golden file "
+        raise GoldenFormatError(f"{path}: {_LOC['where']}: unreadable or corrupt golden file "
                                 f"({type(e).__name__}: {e})") from None
+
+
+_LOC = {"where": "/"}  # last location visited by the reader, named in errors of corrupt files
 
 
 def _read(path, strict):
@@ -364,7 +368,7 @@ def _read(path, strict):
             missing, extra = sorted(set(ROOT_ATTRS) - set(attrs)), sorted(set(attrs) - set(ROOT_ATTRS))
             _fail(path, where, f"root attributes: missing {missing}, unexpected {extra}")
         _expect_members(path, where, f, ("model", "layers", "vectors"))
-        where = "/model"
+        where = _LOC["where"] = "/model"
         try:
             graph, _, _ = read_graph_h5(f["model"], f"{path}:/model")
         except ModelFormatError as e:
