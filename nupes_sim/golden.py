@@ -183,18 +183,14 @@ def random_inputs(graph, n, seed, input_shape):
     return rng.integers(r[0], r[1] + 1, (n,) + tuple(input_shape), dtype=np.int64)
 
 
-def stage_range(layer, stage):
-    """(lo, hi) every value of a stage must lie in, or None (no constraint)."""
+def stage_range(graph, i, stage):
+    """(lo, hi) every value of stage `stage` of node i must lie in, or None (no constraint)."""
+    layer = graph.nodes[i].layer
     if stage == "acc_exact":
         return None
     if stage == "acc":
         return None if layer.acc.overflow == "exact" else (layer.acc.lo, layer.acc.hi)
-    rq = getattr(layer, "requant", None)
-    if rq is not None:
-        return rq.qmin, rq.qmax
-    if hasattr(layer, "acc") and layer.acc.overflow != "exact":
-        return layer.acc.lo, layer.acc.hi
-    return None
+    return _out_code_range(graph, i)
 
 
 # ---- writer ------------------------------------------------------------------------------
@@ -344,6 +340,10 @@ def read_golden(path, strict=True):
                                 f"({type(e).__name__}: {e})") from None
 
 
+def _py(v):
+    return v.item() if isinstance(v, np.generic) else v
+
+
 _LOC = {"where": "/"}  # last location visited by the reader, named in errors of corrupt files
 
 
@@ -358,7 +358,7 @@ def _read(path, strict):
     except OSError as e:
         _fail(path, where, f"not a readable HDF5 file ({e})")
     with f:
-        attrs = {k: f.attrs[k] for k in f.attrs.keys()}
+        attrs = {k: _py(f.attrs[k]) for k in f.attrs.keys()}
         if attrs.get("schema") != SCHEMA:
             _fail(path, where, f"schema attribute is {attrs.get('schema')!r}; expected {SCHEMA!r}")
         if "schema_version" not in attrs or int(attrs["schema_version"]) != SCHEMA_VERSION:
@@ -429,7 +429,7 @@ def _read(path, strict):
                 bad = int(x.min()) if x.min() < irange[0] else int(x.max())
                 _fail(path, f"{w}/input", f"code {bad} outside the input format range [{irange[0]}, {irange[1]}]")
             stages = {}
-            for key, n in zip(lkeys, graph.nodes):
+            for li, (key, n) in enumerate(zip(lkeys, graph.nodes)):
                 lw = f"{w}/{key}"
                 sg = g[key]
                 if len(sg.attrs.keys()):
@@ -442,7 +442,7 @@ def _read(path, strict):
                     prev = shapes.setdefault((n.name, s), a.shape)
                     if a.shape != prev:
                         _fail(path, f"{lw}/{s}", f"shape {a.shape} differs from vector 0's {prev}")
-                    r = stage_range(n.layer, s) if strict else None
+                    r = stage_range(graph, li, s) if strict else None
                     if r and a.size and (a.min() < r[0] or a.max() > r[1]):
                         bad = int(a.min()) if a.min() < r[0] else int(a.max())
                         _fail(path, f"{lw}/{s}", f"value {bad} outside the declared range [{r[0]}, {r[1]}]")
@@ -537,7 +537,7 @@ def _out_code_range(graph, i):
     if rq is not None:
         return rq.qmin, rq.qmax
     if hasattr(L, "acc"):
-        return L.acc.lo, L.acc.hi
+        return None if L.acc.overflow == "exact" else (L.acc.lo, L.acc.hi)
     src = graph.nodes[i].inputs[0]
     if src == INPUT:
         return input_range(graph)

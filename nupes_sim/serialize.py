@@ -214,6 +214,14 @@ def write_graph_h5(group, graph, compression=None):
 
 def read_graph_h5(group, where="model"):
     """(graph, arrays, attrs) from a group written by write_graph_h5, checksums verified."""
+    if set(group.keys()) != {"graph_json", "arrays"} or len(group.attrs.keys()):
+        raise ModelFormatError(f"{where}: expected exactly 'graph_json' and 'arrays' and no attributes, "
+                               f"found {sorted(group.keys())} with attributes {sorted(group.attrs.keys())}")
+    for k, ds in [("graph_json", group["graph_json"])] + [(f"arrays/{k}", v) for k, v in group["arrays"].items()]:
+        if set(ds.attrs.keys()) != {"sha256"}:
+            raise ModelFormatError(f"{where}/{k}: attributes {sorted(ds.attrs.keys())}; expected ['sha256']")
+    if len(group["arrays"].attrs.keys()):
+        raise ModelFormatError(f"{where}/arrays: unexpected attributes {sorted(group['arrays'].attrs.keys())}")
     raw = bytes(np.asarray(group["graph_json"][()], np.uint8).tobytes())
     if hashlib.sha256(raw).hexdigest() != group["graph_json"].attrs.get("sha256"):
         raise ModelFormatError(f"{where}/graph_json: checksum mismatch")
