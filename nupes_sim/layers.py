@@ -48,6 +48,30 @@ class Accumulator:
         return 2 ** (self.width - 1) - 1
 
 
+def format_meta(fmt):
+    """JSON-able description of a real-valued format (None stays None); see `meta` on layers."""
+    if fmt is None:
+        return None
+    if isinstance(fmt, PowerFormat):
+        return {"kind": "power", "bits": int(fmt.bits), "signed": bool(fmt.signed), "exponent": float(fmt.exponent),
+                "scale": np.asarray(fmt.scale, np.float64).tolist(), "scale_shape": list(fmt.scale.shape),
+                "granularity": fmt.granularity, "group_size": int(fmt.group_size)}
+    if isinstance(fmt, UniformFormat):
+        return {"kind": "uniform", "bits": int(fmt.bits), "signed": bool(fmt.signed), "scale": float(fmt.scale),
+                "zero_point": int(fmt.zero_point)}
+    raise TypeError(f"unknown format type {type(fmt).__name__}")
+
+
+def format_from_meta(d):
+    """Inverse of format_meta."""
+    if d is None:
+        return None
+    if d["kind"] == "power":
+        scale = np.asarray(d["scale"], np.float64).reshape(d["scale_shape"])
+        return PowerFormat(d["bits"], d["signed"], d["exponent"], scale, d["granularity"], d["group_size"])
+    return UniformFormat(d["bits"], d["signed"], d["scale"], d["zero_point"])
+
+
 def out_range(requant, acc):
     """(lo, hi) of a stage's output values: the requantized code range or the accumulator's."""
     if requant is None:
@@ -112,6 +136,9 @@ class MacLayer:
     tensor_id: int = 0
     seed: int = 0
     bound: np.ndarray = field(init=False, repr=False)
+    # Optional host-only description (real formats, real bias, relu) set by the builders;
+    # JSON-able, never read by the integer datapath. Golden files and the audit use it.
+    meta: dict = field(default=None, repr=False)
 
     def __post_init__(self):
         check_choice("datapath", self.datapath, DATAPATHS)
@@ -230,9 +257,12 @@ def _build(cls, name, w_codes, w_fmt, x_fmt, *, datapath="operand", w_frac_bits=
         idx = np.zeros_like(idx)  # one shared product table; the scale lives in `unit`
     b = None if bias is None else bias_table(bias, unit, acc.width, rounding, seed, tensor_id + 2)
     rq = build_requant(unit, out_fmt, acc, requant_rounding or rounding, relu, clip_max, mult_bits)
+    meta = {"w_format": format_meta(w_fmt), "x_format": format_meta(x_fmt), "out_format": format_meta(out_fmt),
+            "bias_real": None if bias is None else np.asarray(bias, np.float64).reshape(-1).tolist(),
+            "relu": bool(relu), "clip_max": None if clip_max is None else float(clip_max)}
     return cls(name=name, w_codes=w_codes, w_range=w_fmt.range, x_range=x_fmt.range, datapath=datapath,
                w_table_index=idx, acc=acc, bias=b, requant=rq, unit=unit, tensor_id=tensor_id,
-               seed=seed, **tables, **extra)
+               seed=seed, meta=meta, **tables, **extra)
 
 
 @dataclass(eq=False)
@@ -298,6 +328,7 @@ class Add:
     unit: float = 1.0
     tensor_id: int = 0
     seed: int = 0
+    meta: dict = field(default=None, repr=False)  # host-only description, see MacLayer.meta
 
     def __post_init__(self):
         _check_requant(self.requant)
@@ -319,7 +350,9 @@ class Add:
         if isinstance(a_fmt, UniformFormat) or isinstance(b_fmt, UniformFormat):
             raise TypeError("residual add aligns power-format inputs; both must be PowerFormat")
         rq = build_requant(at.unit, out_fmt, acc, requant_rounding or rounding, relu, clip_max, mult_bits)
-        return cls(name, a_fmt.range, b_fmt.range, at, bt, acc, rq, at.unit, tensor_id, seed)
+        meta = {"a_format": format_meta(a_fmt), "b_format": format_meta(b_fmt), "out_format": format_meta(out_fmt),
+                "relu": bool(relu), "clip_max": None if clip_max is None else float(clip_max)}
+        return cls(name, a_fmt.range, b_fmt.range, at, bt, acc, rq, at.unit, tensor_id, seed, meta)
 
     def no_overflow_possible(self):
         return int(self.bound[0]) <= self.acc.hi
@@ -363,6 +396,7 @@ class AvgPool2d:
     unit: float = 1.0
     tensor_id: int = 0
     seed: int = 0
+    meta: dict = field(default=None, repr=False)  # host-only description, see MacLayer.meta
 
     def __post_init__(self):
         _check_requant(self.requant)
@@ -388,7 +422,8 @@ class AvgPool2d:
         if window is None:
             raise ValueError(f"{name}: global average pooling needs window = H*W of its input")
         rq = build_requant(xt.unit / window, out_fmt, acc, requant_rounding or rounding, False, None, mult_bits)
-        return cls(name, x_fmt.range, xt, acc, kernel, stride, rq, window, xt.unit / window, tensor_id, seed)
+        meta = {"x_format": format_meta(x_fmt), "out_format": format_meta(out_fmt)}
+        return cls(name, x_fmt.range, xt, acc, kernel, stride, rq, window, xt.unit / window, tensor_id, seed, meta)
 
     def no_overflow_possible(self):
         return int(self.bound[0]) <= self.acc.hi

@@ -1,0 +1,301 @@
+"""Numerical-stability audit of an integer graph on given input codes.
+
+Per layer with an accumulator: observed range of the exact sums vs the analytic worst case
+(`layer.bound`) and the configured width (headroom in bits, minimal safe width), overflow
+counts, how many results the configured mode / wrap / saturate change relative to the exact
+sum, fractions of zero and clipped output codes, the error of the integer accumulator against
+a float64 execution in accumulator LSBs (histogram), the formats' exponents/scales when known
+(layer.meta), and a per-layer loss history if the model file carries one.
+
+Float64 reference: operands are decoded with the formats' real values
+(sign(q)(s|q|)^(1/a), or s(q - z)) and the real bias when the layer carries `meta`
+(built by the builders); otherwise with the integer LUT values times their unit (then the
+error only shows accumulator overflow/saturation effects, not table rounding).
+"""
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from . import oracle
+from .graph import INPUT, get_backend
+from .layers import Accumulator, Add, AvgPool2d, Conv2d, Linear, MacLayer, format_from_meta
+from .serialize import load_model, model_hash
+from .tables import Rescale
+
+FAIL_CHOICES = ("overflow", "saturation", "clipping")
+
+
+def bits_needed(m):
+    """Smallest two's complement width holding [-m, m]."""
+    return int(m).bit_length() + 1
+
+
+def _fmt(layer, key):
+    meta = getattr(layer, "meta", None) or {}
+    return format_from_meta(meta.get(key)) if meta.get(key) else None
+
+
+def _mac_reference(layer, x):
+    """(float64 exact sum in accumulator LSBs, reference kind) for a MAC layer on codes x."""
+    wf, xf = _fmt(layer, "w_format"), _fmt(layer, "x_format")
+    real = wf is not None and xf is not None
+    O = layer.out_channels
+    qw = layer.w_codes.reshape(O, -1).astype(np.int64)
+    if real:
+        w = wf.decode_real(qw, layer.w_table_index)
+        bias_real = (layer.meta or {}).get("bias_real")
+        b = np.zeros(O) if bias_real is None else np.asarray(bias_real, np.float64)
+    else:
+        b = layer.bias.astype(np.float64) * layer.unit
+
+    def prods_sum(cols, valid, sub, row0):
+        # cols (..., K) codes, valid (..., K) mask; sub: the layer or a group view
+        Og = sub.w_codes.shape[0]
+        if real:
+            xv = np.where(valid, xf.decode_real(cols), 0.0)
+            wsub = w[row0:row0 + Og]
+            return np.einsum("...k,ok->...o", xv, wsub)
+        p = oracle._mac_products(sub, cols, valid).astype(np.float64) * layer.unit  # (..., O, K)
+        return p.sum(axis=-1)
+
+    if isinstance(layer, Linear):
+        y = prods_sum(x.astype(np.int64), np.ones(x.shape, bool), layer, 0) + b
+    else:
+        O, Cg, kh, kw = layer.w_codes.shape
+        pad = 0 if layer.x_range.qmin <= 0 <= layer.x_range.qmax else layer.x_range.qmin
+        cols, valid = oracle.im2col(x.astype(np.int64), (kh, kw), layer.stride, layer.padding, layer.dilation, pad)
+        B, ho, wo = cols.shape[:3]
+        Og = O // layer.groups
+        y = np.empty((B, ho, wo, O))
+        for g in range(layer.groups):
+            sub = oracle._group_view(layer, g, Og)
+            c = cols[:, :, :, g * Cg:(g + 1) * Cg].reshape(B, ho, wo, -1)
+            v = valid[:, :, :, g * Cg:(g + 1) * Cg].reshape(B, ho, wo, -1)
+            y[..., g * Og:(g + 1) * Og] = prods_sum(c, v, sub, g * Og) + b[g * Og:(g + 1) * Og]
+        y = y.transpose(0, 3, 1, 2)
+    return y / layer.unit, "real formats" if real else "LUT values x unit"
+
+
+def _decode(layer, fmt_key, table, rng, codes):
+    f = _fmt(layer, fmt_key)
+    if f is not None:
+        return f.decode_real(codes), True
+    return table.lut[0, codes.astype(np.int64) - rng.qmin].astype(np.float64) * table.unit, False
+
+
+def reference_sum(layer, inputs):
+    """Float64 exact result in accumulator LSBs for a layer with an accumulator, and which
+    reference was used ('real formats' or 'LUT values x unit')."""
+    if isinstance(layer, MacLayer):
+        return _mac_reference(layer, inputs[0])
+    if isinstance(layer, Add):
+        a, ra = _decode(layer, "a_format", layer.a_table, layer.a_range, inputs[0])
+        b, rb = _decode(layer, "b_format", layer.b_table, layer.b_range, inputs[1])
+        return (a + b) / layer.unit, "real formats" if ra and rb else "LUT values x unit"
+    if isinstance(layer, AvgPool2d):
+        x = inputs[0]
+        v, r = _decode(layer, "x_format", layer.x_table, layer.x_range, x)
+        H, W = x.shape[2:]
+        k = layer.kernel or (H, W)
+        s = layer.stride or k
+        cols, _ = oracle.im2col(np.zeros(x.shape, np.int64), k, s, (0, 0), (1, 1))
+        ho, wo = cols.shape[1:3]
+        out = np.empty(x.shape[:2] + (ho, wo))
+        for i in range(ho):
+            for j in range(wo):
+                out[:, :, i, j] = v[:, :, i * s[0]:i * s[0] + k[0], j * s[1]:j * s[1] + k[1]].mean(axis=(2, 3))
+        return out / layer.unit, "real formats" if r else "LUT values x unit"
+    return None, None
+
+
+def _changed_under(layer, mode, inputs, be, exact):
+    """Elements whose accumulator under `mode` differs from the exact sum."""
+    if layer.no_overflow_possible():
+        return 0
+    tile = layer.acc.tile if mode == "saturate" else 0
+    alt = dataclasses.replace(layer, acc=Accumulator(layer.acc.width, mode, tile), requant=None)
+    st = be.run_layer(alt, *inputs)
+    return int((st["acc"] != exact).sum())
+
+
+def _clipped(layer, out):
+    rq = getattr(layer, "requant", None)
+    if rq is None:
+        return 0
+    floor = rq.zero_point if isinstance(rq, Rescale) else 0
+    hi = out == rq.qmax
+    lo = (out == rq.qmin) if rq.qmin < floor else np.zeros(out.shape, bool)
+    return int((hi | lo).sum())
+
+
+def audit(model, input_codes, out_dir, fail_on=(), backend="numpy", clip_tolerance=0.0, plots=True):
+    """Audit `model` (Graph, model file path) on input codes (N, ...) and write report.md,
+    report.json and PNG plots into out_dir. Returns the report dict; report['failed'] lists
+    the fail_on checks that triggered (the CLI exits 1 when it is non-empty)."""
+    for c in fail_on:
+        if c not in FAIL_CHOICES:
+            raise ValueError(f"fail_on={c!r} is not allowed; choose from {FAIL_CHOICES}")
+    history = {}
+    if isinstance(model, (str, os.PathLike)):
+        m = load_model(model, full=True)
+        graph, history = m.graph, m.loss_history
+    elif hasattr(model, "graph"):
+        graph, history = model.graph, getattr(model, "loss_history", {}) or {}
+    else:
+        graph = model
+    x = np.asarray(input_codes)
+    be = get_backend(backend)
+    res = graph.run(x, backend=backend, intermediates=True)
+    os.makedirs(out_dir, exist_ok=True)
+    values = {INPUT: x}
+    layers, errors = [], {}
+    for n in graph.nodes:
+        L, st = n.layer, res.stages[n.name]
+        inputs = [values[i] for i in n.inputs]
+        values[n.name] = st["out"]
+        rec = {"name": n.name, "type": type(L).__name__}
+        out = np.asarray(st["out"])
+        if hasattr(L, "acc"):
+            exact, acc = np.asarray(st["acc_exact"]), np.asarray(st["acc"])
+            omax = int(np.abs(exact).max(initial=0))
+            bound = int(np.asarray(L.bound).max(initial=0))
+            rec.update(acc_width=L.acc.width, overflow_mode=L.acc.overflow, tile=L.acc.tile,
+                       observed_min=int(exact.min(initial=0)), observed_max=int(exact.max(initial=0)),
+                       observed_bits=bits_needed(omax), bound=bound, min_safe_width=bits_needed(bound),
+                       headroom_bits=L.acc.width - bits_needed(omax),
+                       bound_headroom_bits=L.acc.width - bits_needed(bound),
+                       overflow_count=int(res.overflow[n.name]),
+                       changed_configured=int((acc != exact).sum()),
+                       changed_if_wrap=_changed_under(L, "wrap", inputs, be, exact),
+                       changed_if_saturate=_changed_under(L, "saturate", inputs, be, exact))
+            ref, kind = reference_sum(L, inputs)
+            if ref is not None:
+                err = acc.astype(np.float64) - ref
+                errors[n.name] = err.reshape(-1)
+                rec.update(reference=kind, err_lsb_mean=float(err.mean()), err_lsb_max_abs=float(np.abs(err).max()),
+                           err_lsb_rms=float(np.sqrt((err**2).mean())), unit=float(L.unit))
+            rq = L.requant
+            rec["requant"] = None if rq is None else type(rq).__name__
+            if rq is not None:
+                rec.update(out_qmin=int(rq.qmin), out_qmax=int(rq.qmax))
+        rec.update(elements=int(out.size), zero_fraction=float((out == 0).mean()) if out.size else 0.0,
+                   clipped_fraction=_clipped(L, out) / out.size if out.size else 0.0)
+        meta = getattr(L, "meta", None)
+        if meta:
+            rec["formats"] = {k: {kk: v[kk] for kk in ("kind", "bits", "exponent", "scale", "zero_point") if kk in v}
+                              for k, v in meta.items() if k.endswith("_format") and v}
+        if n.name in history:
+            rec["loss_history"] = [float(v) for v in history[n.name]]
+        layers.append(rec)
+    failed = []
+    if "overflow" in fail_on and any(r.get("overflow_count", 0) for r in layers):
+        failed.append("overflow")
+    if "saturation" in fail_on and any(r.get("changed_configured", 0) for r in layers):
+        failed.append("saturation")
+    if "clipping" in fail_on and any(r["clipped_fraction"] > clip_tolerance for r in layers):
+        failed.append("clipping")
+    report = {"model_hash": model_hash(graph), "n_vectors": int(x.shape[0]), "backend": backend,
+              "reference_note": __doc__.split("Float64 reference: ")[1].strip().replace("\n", " "),
+              "definitions": {
+                  "headroom_bits": "acc_width - bits needed for the largest observed |exact sum|",
+                  "min_safe_width": "bits needed for the analytic worst case bound (no overflow possible)",
+                  "changed_*": "elements whose accumulator result differs from the exact sum under that mode",
+                  "clipped_fraction": "out codes at qmax, or at qmin when qmin is below the zero code (not ReLU)",
+                  "err_lsb": "integer accumulator minus float64 reference, in accumulator LSBs"},
+              "layers": layers, "fail_on": list(fail_on), "failed": failed, "plots": []}
+    if plots:
+        report["plots"] = _plots(layers, errors, history, out_dir)
+    with open(os.path.join(out_dir, "report.json"), "w") as fh:
+        json.dump(report, fh, indent=1)
+    with open(os.path.join(out_dir, "report.md"), "w") as fh:
+        fh.write(_markdown(report))
+    return report
+
+
+def _plots(layers, errors, history, out_dir):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    acc_layers = [r for r in layers if "acc_width" in r]
+    if acc_layers:
+        fig, ax = plt.subplots(figsize=(max(4, len(acc_layers) * 1.2), 3.5))
+        idx = np.arange(len(acc_layers))
+        ax.bar(idx - 0.25, [r["observed_bits"] for r in acc_layers], 0.25, label="observed")
+        ax.bar(idx, [r["min_safe_width"] for r in acc_layers], 0.25, label="worst-case bound")
+        ax.bar(idx + 0.25, [r["acc_width"] for r in acc_layers], 0.25, label="configured width")
+        ax.set_xticks(idx, [r["name"] for r in acc_layers], rotation=30)
+        ax.set_ylabel("bits")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, "acc_bits.png"), dpi=80)
+        plt.close(fig)
+        files.append("acc_bits.png")
+    for name, err in errors.items():
+        fig, ax = plt.subplots(figsize=(4, 3))
+        ax.hist(err, bins=50)
+        ax.set_title(f"{name}: integer - float64 (acc LSB)", fontsize=8)
+        fig.tight_layout()
+        fn = f"err_{_safe(name)}.png"
+        fig.savefig(os.path.join(out_dir, fn), dpi=80)
+        plt.close(fig)
+        files.append(fn)
+    if history:
+        fig, ax = plt.subplots(figsize=(4, 3))
+        for name, h in history.items():
+            ax.plot(np.asarray(h), label=name)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, "loss_history.png"), dpi=80)
+        plt.close(fig)
+        files.append("loss_history.png")
+    return files
+
+
+def _safe(name):
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _markdown(rep):
+    lines = [f"# nupes-sim audit", "", f"model_hash `{rep['model_hash']}`, {rep['n_vectors']} vectors, "
+             f"backend {rep['backend']}", "", "Float64 reference: " + rep["reference_note"], "",
+             "| layer | type | width | mode | observed bits | bound bits (min safe width) | headroom | overflow | "
+             "changed (configured/wrap/saturate) | zero % | clipped % | err LSB max / rms | reference |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rep["layers"]:
+        if "acc_width" in r:
+            err = f"{r['err_lsb_max_abs']:.3g} / {r['err_lsb_rms']:.3g}" if "err_lsb_rms" in r else "-"
+            lines.append(f"| {r['name']} | {r['type']} | {r['acc_width']} | {r['overflow_mode']} | {r['observed_bits']} | "
+                         f"{r['min_safe_width']} | {r['headroom_bits']} | {r['overflow_count']} | "
+                         f"{r['changed_configured']}/{r['changed_if_wrap']}/{r['changed_if_saturate']} | "
+                         f"{100 * r['zero_fraction']:.1f} | {100 * r['clipped_fraction']:.1f} | {err} | "
+                         f"{r.get('reference', '-')} |")
+        else:
+            lines.append(f"| {r['name']} | {r['type']} | - | - | - | - | - | - | - | {100 * r['zero_fraction']:.1f} | "
+                         f"{100 * r['clipped_fraction']:.1f} | - | - |")
+    lines += ["", "## Formats (exponent, scale)", ""]
+    for r in rep["layers"]:
+        for k, f in r.get("formats", {}).items():
+            sc = f.get("scale")
+            sc = sc if not isinstance(sc, list) or len(sc) <= 8 else f"{sc[:8]}... ({len(sc)} entries)"
+            lines.append(f"- {r['name']}.{k}: {f.get('kind')} {f.get('bits')} bits, exponent {f.get('exponent', '-')}, "
+                         f"scale {sc}")
+    hist = [r for r in rep["layers"] if "loss_history" in r]
+    if hist:
+        lines += ["", "## Loss history", ""]
+        for r in hist:
+            h = r["loss_history"]
+            lines.append(f"- {r['name']}: {len(h)} steps, first {h[0]:.4g}, last {h[-1]:.4g}")
+    lines += ["", "## Definitions", ""] + [f"- {k}: {v}" for k, v in rep["definitions"].items()]
+    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in rep["plots"]]
+    lines += ["", f"Checks requested: {rep['fail_on'] or 'none'}; failed: {rep['failed'] or 'none'}", ""]
+    return "\n".join(lines)
+
+
+__all__ = ["audit", "reference_sum", "bits_needed", "FAIL_CHOICES"]

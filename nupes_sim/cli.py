@@ -1,0 +1,346 @@
+"""`nupes-sim` command line: demo, quantize, simulate, golden, verify, diff, audit, bench, eval.
+
+Exit codes: 0 ok, 1 mismatch or failed check, 2 usage error or bad input (one line on
+stderr, no traceback).
+"""
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+BACKENDS = ("numpy", "cpu", "cuda")
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+def _progress(args):
+    if args.quiet or args.json:
+        return None
+    from tqdm import tqdm
+
+    return lambda it, total=None: tqdm(it, total=total, unit="vec", file=sys.stderr, leave=False)
+
+
+def _say(args, text):
+    if not args.quiet and not args.json:
+        print(text)
+
+
+def _emit_json(args, obj):
+    if args.json:
+        print(json.dumps(obj, indent=1, default=str))
+
+
+def _lazy(module, attr, what):
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name and (module == e.name or module.startswith(e.name + ".")):
+            raise CliError(f"{what} needs {module}, which is not available in this install ({e})") from None
+        raise
+    if not hasattr(mod, attr):
+        raise CliError(f"{what} needs {module}.{attr}, which this version of {module} does not provide")
+    return getattr(mod, attr)
+
+
+def _load_inputs(path, dataset=None):
+    path = str(path)
+    if not os.path.exists(path):
+        raise CliError(f"input file {path} does not exist")
+    if path.endswith(".npy"):
+        try:
+            x = np.load(path, allow_pickle=False)
+        except Exception as e:
+            raise CliError(f"cannot read {path} as .npy: {e}") from None
+    elif path.endswith((".h5", ".hdf5")):
+        import h5py
+
+        try:
+            with h5py.File(path, "r") as f:
+                if dataset is None:
+                    names = [k for k in f.keys() if isinstance(f[k], h5py.Dataset)]
+                    if "input" in names:
+                        dataset = "input"
+                    elif len(names) == 1:
+                        dataset = names[0]
+                    else:
+                        raise CliError(f"{path}: name the input dataset with --dataset (found {names})")
+                x = f[dataset][()]
+        except CliError:
+            raise
+        except Exception as e:
+            raise CliError(f"cannot read {path}: {e}") from None
+    else:
+        raise CliError(f"input {path}: expected a .npy or .h5 file of integer codes")
+    x = np.asarray(x)
+    if x.dtype.kind not in "iu":
+        raise CliError(f"input {path}: codes must be integers, got dtype {x.dtype}")
+    return x.astype(np.int64)
+
+
+def _load_model(path):
+    from .serialize import load_model
+
+    if not os.path.exists(path):
+        raise CliError(f"model file {path} does not exist")
+    return load_model(path, full=True)
+
+
+def _inputs_for(args, m):
+    from .golden import random_inputs
+
+    if args.input:
+        return _load_inputs(args.input, getattr(args, "dataset", None)), {"input_file": os.path.basename(args.input)}
+    if args.random is None:
+        raise CliError("give --input FILE or --random N")
+    shape = tuple(int(s) for s in args.shape.split(",")) if args.shape else m.input_shape
+    if shape is None:
+        first = m.graph.nodes[0].layer
+        if hasattr(first, "k") and type(first).__name__ == "Linear":
+            shape = (first.k,)
+        else:
+            raise CliError("the model file does not record its input shape; give --shape C,H,W")
+    return random_inputs(m.graph, args.random, args.seed, shape), {"input_seed": args.seed, "n_random": args.random}
+
+
+# ---- verbs ----------------------------------------------------------------------------
+
+def cmd_simulate(args):
+    m = _load_model(args.model)
+    x = _load_inputs(args.input, args.dataset)
+    r = m.graph.run(x, backend=args.backend, intermediates=args.intermediates)
+    out = args.out
+    if out.endswith(".npy"):
+        if args.intermediates:
+            raise CliError("--intermediates needs an .h5 output")
+        np.save(out, r.output)
+    elif out.endswith((".h5", ".hdf5")):
+        from .serialize import atomic_h5
+
+        with atomic_h5(out) as f:
+            f.create_dataset("output", data=np.asarray(r.output), track_times=False)
+            for name, st in r.stages.items():
+                g = f.create_group(f"stages/{name.replace('/', '_')}")
+                for s, a in st.items():
+                    g.create_dataset(s, data=np.asarray(a), track_times=False)
+            f.attrs["overflow"] = json.dumps(r.overflow)
+    else:
+        raise CliError("--out must end in .npy or .h5")
+    _say(args, f"wrote {out}: output shape {tuple(np.shape(r.output))}; overflow counts {r.overflow}")
+    _emit_json(args, {"out": out, "shape": list(np.shape(r.output)), "overflow": r.overflow})
+    return 0
+
+
+def cmd_golden(args):
+    from .golden import export_hex, write_golden
+
+    m = _load_model(args.model)
+    x, seeds = _inputs_for(args, m)
+    n = write_golden(m.graph, x, args.out, backend=args.backend, seeds=seeds,
+                     compression=None if args.no_compress else "gzip", progress=_progress(args))
+    res = {"out": args.out, "vectors": n, "model_hash": m.model_hash}
+    if args.hex:
+        man = export_hex(args.out, args.hex)
+        res["hex"] = {"dir": args.hex, "tensors": len(man["tensors"])}
+    _say(args, f"wrote {n} golden vectors to {args.out}" + (f" and hex files to {args.hex}" if args.hex else ""))
+    _emit_json(args, res)
+    return 0
+
+
+def _report(args, rep):
+    _emit_json(args, rep.to_dict())
+    if not args.json and not (args.quiet and rep.ok):
+        print(rep.format_text())
+    return 0 if rep.ok else 1
+
+
+def cmd_verify(args):
+    from .verify import verify
+
+    return _report(args, verify(args.golden, backend=args.backend, progress=_progress(args)))
+
+
+def cmd_diff(args):
+    from .verify import diff
+
+    if not os.path.exists(args.observed):
+        raise CliError(f"{args.observed} does not exist")
+    return _report(args, diff(args.expected, args.observed))
+
+
+def cmd_audit(args):
+    from .audit import audit
+
+    m = _load_model(args.model)
+    x, _ = _inputs_for(args, m)
+    rep = audit(m, x, args.out, fail_on=tuple(args.fail_on or ()), backend=args.backend,
+                clip_tolerance=args.clip_tolerance)
+    _emit_json(args, {"out": args.out, "failed": rep["failed"], "layers": rep["layers"]})
+    if not args.json and not args.quiet:
+        print(f"wrote {args.out}/report.md, report.json and {len(rep['plots'])} plots")
+    if rep["failed"]:
+        if not args.json:
+            print(f"audit failed: {', '.join(rep['failed'])}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_bench(args):
+    rest = list(args.rest)
+    if args.backend == "cpu":
+        path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_cpu.py"
+        if not path.exists():
+            raise CliError(f"the CPU benchmark ({path}) is not available in this install")
+        spec = importlib.util.spec_from_file_location("nupes_bench_cpu", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        if not hasattr(mod, "main"):
+            raise CliError(f"{path} has no main(argv)")
+        return int(mod.main(rest) or 0)
+    return int(_lazy("nupes_sim.cuda.bench", "main", "bench --backend cuda")(rest) or 0)
+
+
+def cmd_demo(args):
+    return int(_lazy("nupes_sim.demo", "main", "demo")(list(args.rest)) or 0)
+
+
+def cmd_eval(args):
+    return int(_lazy("nupes_sim.reference.results", "main", "eval")(list(args.rest)) or 0)
+
+
+def cmd_quantize(args):
+    """Assumed contract (nupes_sim.reference, written in parallel): quantize_model(name, method=,
+    bits=, seed=) returns (float model with quantized weights, calibration batch); export_model
+    (model, calib) returns an object with .graph (and optionally .loss_history)."""
+    quantize_model = _lazy("nupes_sim.reference.api", "quantize_model", "quantize")
+    export_model = _lazy("nupes_sim.reference.export", "export_model", "quantize")
+    from .serialize import save_model
+
+    q = quantize_model(args.model, method=args.method, bits=args.bits, seed=args.seed)
+    model, calib = q if isinstance(q, tuple) else (q.model, q.calib)
+    ex = export_model(model, calib)
+    hist = getattr(q, "loss_history", None) or getattr(ex, "loss_history", None)
+    shape = tuple(np.shape(calib)[1:]) if calib is not None else None
+    save_model(ex.graph, args.out, input_shape=shape, loss_history=hist)
+    _say(args, f"wrote quantized model {args.out}")
+    _emit_json(args, {"out": args.out})
+    return 0
+
+
+# ---- parser ------------------------------------------------------------------------------
+
+EXAMPLES = {
+    "demo": "nupes-sim demo                      # the project's main job (nupes_sim.demo)",
+    "quantize": "nupes-sim quantize resnet_toy --method nupes --bits 4 --out model.h5",
+    "simulate": "nupes-sim simulate model.h5 --input x.npy --out y.npy\n"
+                "  nupes-sim simulate model.h5 --input x.h5 --out run.h5 --intermediates --backend cpu",
+    "golden": "nupes-sim golden model.h5 --random 16 --seed 3 --out golden.h5 --hex golden_hex/\n"
+              "  nupes-sim golden model.h5 --input codes.npy --out golden.h5",
+    "verify": "nupes-sim verify golden.h5 --backend cpu",
+    "diff": "nupes-sim diff golden.h5 hw_dump.h5\n  nupes-sim diff golden.h5 hw_hex_dir/ --json",
+    "audit": "nupes-sim audit model.h5 --random 64 --out audit/ --fail-on overflow --fail-on clipping",
+    "bench": "nupes-sim bench --backend cpu -- --help",
+    "eval": "nupes-sim eval -- --help        # nupes_sim.reference.results",
+}
+
+
+def build_parser():
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", "-q", action="store_true", help="no progress bars or summaries")
+    common.add_argument("--json", action="store_true", help="machine-readable JSON on stdout")
+    p = argparse.ArgumentParser(prog="nupes-sim", description="Bit-exact integer simulator of power-quantized "
+                                "networks: golden vectors, verification, numerical audit.",
+                                epilog="exit codes: 0 ok, 1 mismatch/failed check, 2 usage or bad input",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="verb", metavar="VERB")
+    sub.required = True
+
+    def add(name, help_, fn):
+        sp = sub.add_parser(name, help=help_, description=help_, parents=[common],
+                            epilog="example:\n  " + EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    def inputs(sp):
+        sp.add_argument("--input", help="integer input codes (.npy, or .h5 with --dataset), first axis = vectors")
+        sp.add_argument("--dataset", help="dataset name inside an .h5 input (default 'input' or the only one)")
+        sp.add_argument("--random", type=int, metavar="N", help="draw N random valid input vectors instead")
+        sp.add_argument("--seed", type=int, default=0, help="seed for --random (default 0)")
+        sp.add_argument("--shape", help="per-vector input shape for --random, e.g. 3,32,32 (default: from the model)")
+
+    def backend(sp, default="numpy"):
+        sp.add_argument("--backend", choices=BACKENDS, default=default, help=f"simulator backend (default {default})")
+
+    sp = add("demo", "run the project's demo (nupes_sim.demo.main)", cmd_demo)
+    sp.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to the demo")
+    sp = add("quantize", "quantize a reference model and save the integer graph (nupes_sim.reference)", cmd_quantize)
+    sp.add_argument("model", help="reference model name")
+    sp.add_argument("--method", default="nupes", help="quantization method (default nupes)")
+    sp.add_argument("--bits", type=int, default=4, help="weight bits (default 4)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out", required=True, help="model file to write (.h5)")
+    sp = add("simulate", "run a saved model on input codes and write its outputs", cmd_simulate)
+    sp.add_argument("model", help="quantized model file (.h5, see save_model)")
+    sp.add_argument("--input", required=True, help="input codes (.npy or .h5)")
+    sp.add_argument("--dataset", help="dataset name inside an .h5 input")
+    sp.add_argument("--out", required=True, help="output file: .npy (final output) or .h5")
+    sp.add_argument("--intermediates", action="store_true", help="also store every stage (needs .h5)")
+    backend(sp)
+    sp = add("golden", "write golden vectors (HDF5, docs/GOLDEN.md) for a model", cmd_golden)
+    sp.add_argument("model", help="quantized model file (.h5)")
+    inputs(sp)
+    sp.add_argument("--out", required=True, help="golden file to write (.h5)")
+    sp.add_argument("--hex", metavar="DIR", help="also export $readmemh hex files + manifest.json into DIR")
+    sp.add_argument("--no-compress", action="store_true", help="no gzip compression of datasets")
+    backend(sp)
+    sp = add("verify", "recompute a golden file's intermediates and compare bit for bit", cmd_verify)
+    sp.add_argument("golden", help="golden file (.h5)")
+    backend(sp)
+    sp = add("diff", "compare a golden file with a hardware dump; report the first divergence", cmd_diff)
+    sp.add_argument("expected", help="golden file (.h5)")
+    sp.add_argument("observed", help="dump in the golden schema (.h5) or a hex folder with manifest.json")
+    sp = add("audit", "numerical-stability audit: ranges, headroom, overflow, clipping, float64 error", cmd_audit)
+    sp.add_argument("model", help="quantized model file (.h5)")
+    inputs(sp)
+    sp.add_argument("--out", required=True, help="folder for report.md, report.json and plots")
+    sp.add_argument("--fail-on", action="append", choices=("overflow", "saturation", "clipping"),
+                    help="exit 1 if this happens (repeatable)")
+    sp.add_argument("--clip-tolerance", type=float, default=0.0,
+                    help="fraction of clipped codes tolerated by --fail-on clipping (default 0)")
+    backend(sp)
+    sp = add("bench", "benchmarks (benchmarks/bench_cpu.py or nupes_sim.cuda.bench)", cmd_bench)
+    sp.add_argument("--backend", choices=("cpu", "cuda"), default="cpu")
+    sp.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
+    sp = add("eval", "evaluation tables of the reference (nupes_sim.reference.results.main)", cmd_eval)
+    sp.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed on")
+    return p
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if hasattr(args, "rest") and args.rest[:1] == ["--"]:
+        args.rest = args.rest[1:]
+    from .golden import GoldenFormatError
+    from .serialize import ModelFormatError
+
+    try:
+        return args.fn(args)
+    except (CliError, GoldenFormatError, ModelFormatError, ValueError, TypeError, OSError, KeyError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"nupes-sim {args.verb}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nupes-sim: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
