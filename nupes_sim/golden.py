@@ -81,6 +81,12 @@ def _acc(a):
     return {"acc_width": int(a.width), "overflow": a.overflow, "tile": int(a.tile)}
 
 
+def _unit(u):
+    """A unit as JSON: one float, or a list (one per output channel)."""
+    u = np.asarray(u, dtype=np.float64)
+    return float(u) if u.ndim == 0 else [float(v) for v in u]
+
+
 def _table_info(prefix, t):
     return {f"{prefix}_frac_bits": int(t.frac_bits), f"{prefix}_unit": float(t.unit)}
 
@@ -94,7 +100,7 @@ def layer_params(layer):
         ds["weight_table_index"] = layer.w_table_index
         ds["bias"] = layer.bias
         info.update(datapath=layer.datapath, weight_range=_range(layer.w_range), input_range=_range(layer.x_range),
-                    packing=PACKING, packed_bits=int(layer.w_range.bits), unit=float(layer.unit),
+                    packing=PACKING, packed_bits=int(layer.w_range.bits), unit=_unit(layer.unit),
                     seed=int(layer.seed), tensor_id=int(layer.tensor_id),
                     bound_max=int(layer.bound.max(initial=0)), **_acc(layer.acc))
         if layer.datapath == "operand":
@@ -104,14 +110,16 @@ def layer_params(layer):
         else:
             ds["p_lut"] = layer.p_table.lut
             info.update(_table_info("p_lut", layer.p_table), p_lut_by_product=bool(layer.p_table.by_product),
-                        p_lut_mx=int(layer.p_table.mx))
+                        p_lut_mx=int(layer.p_table.mx),
+                        p_lut_channel_factor=None if layer.p_table.channel_factor is None
+                        else _unit(layer.p_table.channel_factor))
         if isinstance(layer, Conv2d):
             info.update(stride=list(layer.stride), padding=list(layer.padding), dilation=list(layer.dilation),
                         groups=int(layer.groups), kernel=list(layer.w_codes.shape[2:]))
         rq_ds, rq_info = _requant_params(layer.requant)
     elif isinstance(layer, Add):
         ds["a_lut"], ds["b_lut"] = layer.a_table.lut, layer.b_table.lut
-        info.update(a_range=_range(layer.a_range), b_range=_range(layer.b_range), unit=float(layer.unit),
+        info.update(a_range=_range(layer.a_range), b_range=_range(layer.b_range), unit=_unit(layer.unit),
                     seed=int(layer.seed), tensor_id=int(layer.tensor_id), **_acc(layer.acc),
                     **_table_info("a_lut", layer.a_table), **_table_info("b_lut", layer.b_table))
         rq_ds, rq_info = _requant_params(layer.requant)
@@ -119,7 +127,7 @@ def layer_params(layer):
         ds["x_lut"] = layer.x_table.lut
         info.update(input_range=_range(layer.x_range), kernel=None if layer.kernel is None else list(layer.kernel),
                     stride=None if layer.stride is None else list(layer.stride), window=int(layer.window),
-                    unit=float(layer.unit), seed=int(layer.seed), tensor_id=int(layer.tensor_id), **_acc(layer.acc),
+                    unit=_unit(layer.unit), seed=int(layer.seed), tensor_id=int(layer.tensor_id), **_acc(layer.acc),
                     **_table_info("x_lut", layer.x_table))
         rq_ds, rq_info = _requant_params(layer.requant)
     elif isinstance(layer, MaxPool2d):

@@ -178,6 +178,10 @@ class MacLayer:
         if isinstance(self.requant, Rescale) and self.requant.multiplier.shape[0] not in (1, O):
             raise ValueError(f"{self.name}: rescale needs 1 or {O} multipliers")
 
+    def channel_units(self):
+        """(O,) float64: the real value of one accumulator LSB of each output channel."""
+        return np.broadcast_to(np.asarray(self.unit, dtype=np.float64), (self.out_channels,)).copy()
+
     def _n_tables(self):
         return (self.w_table if self.datapath == "operand" else self.p_table).lut.shape[0]
 

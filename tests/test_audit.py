@@ -57,3 +57,23 @@ def test_audit_clipping_check(tmp_path):
     assert ("clipping" in rep["failed"]) == clipped
     with pytest.raises(ValueError):
         audit(g, conv_inputs(1), str(tmp_path / "c"), fail_on=("nonsense",))
+
+
+def test_audit_error_of_a_per_channel_product_layer_is_within_the_table_bound(tmp_path):
+    """Product tables factor per-channel scales into per-channel units; the audit's float64
+    reference must use each channel's own scale (error within 1/2 + K/2 LSBs, ARITHMETIC §9)."""
+    import json
+
+    from nupes_sim.audit import audit
+    from nupes_sim.formats import PowerFormat
+    from nupes_sim.graph import Graph
+    from nupes_sim.layers import Accumulator, Linear
+
+    rng = np.random.default_rng(0)
+    wf = PowerFormat(4, True, 0.7, np.array([0.01, 0.1, 1.0]), "channel")
+    xf = PowerFormat(8, False, 0.7, 0.01)
+    L = Linear.build("fc", rng.integers(-7, 8, (3, 6)), wf, xf, datapath="product", acc=Accumulator(48, "exact"))
+    audit(Graph([L]), rng.integers(0, 256, (5, 6)), str(tmp_path), plots=False)
+    rec = json.loads((tmp_path / "report.json").read_text())
+    layer = rec["layers"][0] if isinstance(rec.get("layers"), list) else rec["layers"]["fc"]
+    assert layer["err_lsb_max_abs"] <= 0.5 + 6 / 2
