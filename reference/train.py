@@ -42,6 +42,7 @@ def save_atomic(obj, path) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -177,7 +178,7 @@ def main(argv=None) -> int:
         out = args.out or "data/charlm_kjv.pt"
         ckpt = train_charlm(args)
     ckpt["command"] = "python -m nupes_sim.reference.train " + shlex.join(sys.argv[1:] if argv is None else argv)
-    ckpt["torch_version"] = torch.__version__
+    ckpt["torch_version"] = str(torch.__version__)  # plain str: loadable with weights_only=True
     ckpt["state_dict"] = {k: v.detach().float().contiguous().clone() for k, v in ckpt["state_dict"].items()}
     save_atomic(ckpt, out)
     print(f"wrote {out} ({os.path.getsize(out) / 1e6:.2f} MB): {ckpt['metrics']}")
