@@ -209,12 +209,14 @@ class MacLayer:
         mags = self.p_table.lut  # (T, L)
         if int(np.abs(mags).max(initial=0)) >= 2**62:
             raise ValueError(f"{self.name}: a product table entry reaches 2^62; lower the fractional bits")
-        mw = np.abs(qw)
-        if self.p_table.by_product:
-            idx = mw[..., None] * np.arange(self.p_table.mx + 1)[None, None, :]
-        else:
-            idx = mw[..., None] * (self.p_table.mx + 1) + np.arange(self.p_table.mx + 1)[None, None, :]
-        return np.abs(mags[self.w_table_index[..., None], idx]).max(axis=-1)
+        # per (table row, |qw| = m): the largest entry over every activation magnitude n,
+        # a (T, Mw+1) table, then gathered per weight (never an (O, K, Mx+1) array)
+        mwmax = int(np.abs(qw).max(initial=0))
+        m = np.arange(mwmax + 1)[:, None]
+        n = np.arange(self.p_table.mx + 1)[None, :]
+        idx = m * n if self.p_table.by_product else m * (self.p_table.mx + 1) + n
+        best = np.abs(mags[:, idx]).max(axis=-1)  # (T, mwmax+1)
+        return best[self.w_table_index, np.abs(qw)]
 
     def _worst_case(self):
         """Per-channel bound |bias| + sum_k max|product| as Python ints (exact).
