@@ -216,21 +216,31 @@ def cmd_eval(args):
 
 
 def cmd_quantize(args):
-    """Assumed contract (nupes_sim.reference, written in parallel): quantize_model(name, method=,
-    bits=, seed=) returns (float model with quantized weights, calibration batch); export_model
-    (model, calib) returns an object with .graph (and optionally .loss_history)."""
-    quantize_model = _lazy("nupes_sim.reference.api", "quantize_model", "quantize")
-    export_model = _lazy("nupes_sim.reference.export", "export_model", "quantize")
+    """Quantize a user's model (state dict + --arch, a torch.export .pt2, or the shipped
+    'fashion-resnet') and save the exported integer graph (nupes_sim.reference.pipeline)."""
+    pipeline = _lazy("nupes_sim.reference.pipeline", "quantize_to_graph", "quantize")
+    from nupes_sim.reference.pipeline import load_calibration
+
     from .serialize import save_model
 
-    q = quantize_model(args.model, method=args.method, bits=args.bits, seed=args.seed)
-    model, calib = q if isinstance(q, tuple) else (q.model, q.calib)
-    ex = export_model(model, calib)
-    hist = getattr(q, "loss_history", None) or getattr(ex, "loss_history", None)
-    shape = tuple(np.shape(calib)[1:]) if calib is not None else None
-    save_model(ex.graph, args.out, input_shape=shape, loss_history=hist)
-    _say(args, f"wrote quantized model {args.out}")
-    _emit_json(args, {"out": args.out})
+    calib = load_calibration(args.calib, args.dataset) if args.calib else None
+    if calib is None:
+        raise CliError("--calib is required: activation formats are calibrated on a few inputs "
+                       "(with --data-free the weights still ignore them)")
+    ex, report = pipeline(args.model, arch=args.arch, calib=None if args.data_free else calib,
+                          export_calib=calib, method=args.method, wbits=args.wbits, abits=args.abits,
+                          granularity=args.granularity, group_size=args.group_size, steps=args.steps,
+                          datapath=args.datapath, acc_width=args.acc_width, overflow=args.overflow,
+                          seed=args.seed, progress=not args.quiet)
+    hist = {r["name"]: np.array([r["loss_before"], r["loss_after"]], np.float64)
+            for r in report["layers"] if r.get("loss_before") is not None}
+    save_model(ex.graph, args.out, input_shape=tuple(calib.shape[1:]), loss_history=hist)
+    _say(args, f"wrote quantized model {args.out} ({len(ex.graph.nodes)} layers; input format: "
+               f"{ex.input_format.bits}-bit power, a={ex.input_format.exponent:.3f}, s={float(ex.input_format.scale[0]):.6g})")
+    _emit_json(args, {"out": args.out, "layers": report["layers"],
+                      "input_format": {"bits": ex.input_format.bits, "signed": ex.input_format.signed,
+                                       "exponent": ex.input_format.exponent,
+                                       "scale": float(ex.input_format.scale[0])}})
     return 0
 
 
@@ -238,7 +248,7 @@ def cmd_quantize(args):
 
 EXAMPLES = {
     "demo": "nupes-sim demo                      # the project's main job (nupes_sim.demo)",
-    "quantize": "nupes-sim quantize resnet_toy --method nupes --bits 4 --out model.h5",
+    "quantize": "nupes-sim quantize fashion-resnet --calib calib.npy --method nupes --wbits 4 --abits 8 --out model.h5\n  nupes-sim quantize my_weights.pt --arch fashion-resnet --calib calib.h5 --data-free --method powerquant --out model.h5",
     "simulate": "nupes-sim simulate model.h5 --input x.npy --out y.npy\n"
                 "  nupes-sim simulate model.h5 --input x.h5 --out run.h5 --intermediates --backend cpu",
     "golden": "nupes-sim golden model.h5 --random 16 --seed 3 --out golden.h5 --hex golden_hex/\n"
@@ -280,10 +290,21 @@ def build_parser():
 
     sp = add("demo", "run the project's demo (nupes_sim.demo.main)", cmd_demo)
     sp.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to the demo")
-    sp = add("quantize", "quantize a reference model and save the integer graph (nupes_sim.reference)", cmd_quantize)
-    sp.add_argument("model", help="reference model name")
-    sp.add_argument("--method", default="nupes", help="quantization method (default nupes)")
-    sp.add_argument("--bits", type=int, default=4, help="weight bits (default 4)")
+    sp = add("quantize", "quantize a model and save its integer graph (nupes_sim.reference.pipeline)", cmd_quantize)
+    sp.add_argument("model", help="state dict (.pt, with --arch), torch.export program (.pt2), or 'fashion-resnet'")
+    sp.add_argument("--arch", help="built-in architecture of a state dict: fashion-resnet")
+    sp.add_argument("--calib", help="float calibration inputs (.npy or .h5), batch first")
+    sp.add_argument("--dataset", help="dataset name inside an .h5 calibration file")
+    sp.add_argument("--data-free", action="store_true", help="quantize weights data-free (calib only sets activation formats)")
+    sp.add_argument("--method", default="nupes", choices=("rtn", "powerquant", "gptq", "gptq_power", "nupes"))
+    sp.add_argument("--wbits", type=int, default=4, help="weight bits (default 4)")
+    sp.add_argument("--abits", type=int, default=8, help="activation bits (default 8)")
+    sp.add_argument("--granularity", default="channel", choices=("tensor", "channel", "group"))
+    sp.add_argument("--group-size", type=int, default=None)
+    sp.add_argument("--steps", type=int, default=None, help="NUPES steps per layer")
+    sp.add_argument("--datapath", default="operand", choices=("operand", "product"))
+    sp.add_argument("--acc-width", type=int, default=48)
+    sp.add_argument("--overflow", default="saturate", choices=("wrap", "saturate", "exact"))
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", required=True, help="model file to write (.h5)")
     sp = add("simulate", "run a saved model on input codes and write its outputs", cmd_simulate)
@@ -325,6 +346,9 @@ def build_parser():
 
 def main(argv=None):
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) > 1 and argv[0] in ("demo", "eval") and argv[1] != "--":
+        argv.insert(1, "--")  # everything after these verbs belongs to their own parser
     args = parser.parse_args(argv)
     if hasattr(args, "rest") and args.rest[:1] == ["--"]:
         args.rest = args.rest[1:]
@@ -333,7 +357,7 @@ def main(argv=None):
 
     try:
         return args.fn(args)
-    except (CliError, GoldenFormatError, ModelFormatError, ValueError, TypeError, OSError, KeyError) as e:
+    except (CliError, GoldenFormatError, ModelFormatError, ValueError, TypeError, OSError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"nupes-sim {args.verb}: error: {msg}", file=sys.stderr)
         return 2

@@ -263,7 +263,8 @@ def render(results, args, seconds):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="nupes-sim eval", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="examples:\n  nupes-sim eval\n  nupes-sim eval --quick --only fashion")
     p.add_argument("--quick", action="store_true", help="fewer settings and test samples (minutes, not tens)")
     p.add_argument("--only", default="fashion,charlm,minilm", help="comma-separated subset")
     p.add_argument("--steps", type=int, default=50, help="NUPES steps per layer")
