@@ -43,7 +43,7 @@ class ExportConfig:
     """
 
     datapath: str = "operand"
-    w_lut_bits: int = 16
+    w_lut_bits: int = 20
     x_lut_bits: int = 16
     p_lut_bits: int = 24
     add_lut_bits: int = 16
