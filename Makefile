@@ -20,7 +20,7 @@ venv: $(STAMP)
 # Debian data sets used by the reference models (Fashion-MNIST, KJV). Installed when missing;
 # tests that need them skip with a reason only if this is impossible.
 data:
-	@if [ ! -d /usr/share/dataset-fashion-mnist ] || ! command -v bible >/dev/null; then \
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] || ! command -v bible >/dev/null; then \
 	  (apt-get install -y -q dataset-fashion-mnist bible-kjv >/dev/null 2>&1 || \
 	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist bible-kjv >/dev/null 2>&1)) || \
 	  echo "warning: could not install dataset-fashion-mnist/bible-kjv; data tests will be skipped"; fi
