@@ -9,7 +9,8 @@ another backend. The CUDA simulator (NUMBA_ENABLE_CUDASIM=1) counts as available
 Launch configuration (results never depend on it; the tests run several):
   run_layer(layer, *inputs, threads=None, gemm=None, fast=None)
   threads: threads per block of the one-thread-per-element kernels (default THREADS)
-  gemm:    dict(BM, BN, BK, TM, TN) tile shape of the register-tiled MAC kernel (default GEMM)
+  gemm:    dict(BM, BN, BK, TM, TN) tile shape of the register-tiled MAC kernel (default
+           kernels.gemm_default: GEMM for the int32 operand path, BK=8 for the others)
   fast:    False forces the sequential per-output MAC kernel on every mode (default FAST)
 ``STATS`` counts which MAC path ran ("gemm_int32", "gemm_int64", "seq").
 """
@@ -22,9 +23,8 @@ from nupes_sim.tables import Rescale, Thresholds
 from ._compat import SIMULATOR, import_cuda
 
 THREADS = 128
-GEMM = dict(BM=128, BN=128, BK=8, TM=8, TN=8)
+GEMM = dict(BM=128, BN=128, BK=16, TM=8, TN=8)  # int32 operand path (others: kernels.gemm_default)
 FAST = True
-LUT_SHARED_MAX = 4096  # product LUT entries staged in shared memory by the GEMM kernel
 STATS = {}
 _I31 = 2**31
 
@@ -135,36 +135,44 @@ def _plan(layer, fast):
     return "gemm", ("int32" if small else "int64")
 
 
-def _mac(layer, AT, N, sl, HW, O_total, o_off, exact_d, acc_d, plan, opt):
+def _mac_weights(layer, sl, plan):
+    """Device side of the weights of output channels `sl` for the MAC kernels: host work
+    (decode/table offsets, (K, O) transpose) and host-to-device copies, once per call."""
     K = _k()
     cuda = K.cuda
     w = _weights_t(layer, sl)
+    path, acc_type = plan
+    bias = cuda.to_device(np.ascontiguousarray(layer.bias[sl], np.int64))
+    dummy = cuda.to_device(np.zeros((1, 1), np.int64))
+    if layer.datapath == "operand":
+        wdt = np.int32 if acc_type == "int32" else np.int64
+        return dict(WV=cuda.to_device(w["WV"].astype(wdt)), Bb=dummy, Bm=dummy,
+                    lut=cuda.to_device(np.zeros(1, np.int64)), bias=bias)
+    wdt = np.int32 if path == "gemm" else np.int64
+    return dict(WV=dummy, Bb=cuda.to_device(w["Bbase"].astype(wdt)), Bm=cuda.to_device(w["Bm"].astype(wdt)),
+                lut=cuda.to_device(np.ascontiguousarray(layer.p_table.lut, np.int64).reshape(-1)), bias=bias)
+
+
+def _mac_launch(layer, wd, AT, N, HW, O_total, o_off, exact_d, acc_d, plan, opt):
+    """The MAC kernel launch alone (device arrays from _mac_weights): no host work."""
+    K = _k()
     dp = K.DP_OPERAND if layer.datapath == "operand" else K.DP_PRODUCT
     Kd = layer.k
-    bias = cuda.to_device(np.ascontiguousarray(layer.bias[sl], np.int64))
-    O = bias.shape[0]
+    O = wd["bias"].shape[0]
     acc = layer.acc
     mode = K.MODES[acc.overflow]
     path, acc_type = plan
-    dummy = cuda.to_device(np.zeros((1, 1), np.int64))
-    if dp == K.DP_OPERAND:
-        wdt = np.int32 if acc_type == "int32" else np.int64
-        WV = cuda.to_device(w["WV"].astype(wdt))
-        Bb = Bm = dummy
-        lut = cuda.to_device(np.zeros(1, np.int64))
-    else:
-        wdt = np.int32 if path == "gemm" else np.int64
-        WV = dummy
-        Bb, Bm = cuda.to_device(w["Bbase"].astype(wdt)), cuda.to_device(w["Bm"].astype(wdt))
-        lut = cuda.to_device(np.ascontiguousarray(layer.p_table.lut, np.int64).reshape(-1))
+    WV, Bb, Bm, lut, bias = wd["WV"], wd["Bb"], wd["Bm"], wd["lut"], wd["bias"]
     if N == 0 or O == 0:
         return
     if path == "gemm":
-        cfg = dict(GEMM if opt.get("gemm") is None else opt["gemm"])
-        lut_shared = LUT_SHARED_MAX if (dp == K.DP_PRODUCT and lut.shape[0] <= LUT_SHARED_MAX) else 0
+        cfg, lut_max = K.gemm_default(acc_type, dp)
+        if opt.get("gemm") is not None:
+            cfg = dict(opt["gemm"])
+        lut_shared = lut_max if (dp == K.DP_PRODUCT and lut.shape[0] <= lut_max) else 0
         kern = _gemm_kernel(acc_type, dp, cfg, lut_shared)
         nt = (cfg["BM"] // cfg["TM"]) * (cfg["BN"] // cfg["TN"])
-        grid = ((O + cfg["BN"] - 1) // cfg["BN"], (N + cfg["BM"] - 1) // cfg["BM"])
+        grid = K.gemm_grid(N, O, cfg["BM"], cfg["BN"])
         emode = K.MODE_EXACT if mode == K.MODE_SAT else mode  # saturate that cannot clamp
         kern[grid, nt](AT, WV, Bb, Bm, lut, bias, N, O, Kd, emode, acc.width, HW, O_total, o_off,
                        exact_d, acc_d)
@@ -173,6 +181,11 @@ def _mac(layer, AT, N, sl, HW, O_total, o_off, exact_d, acc_d, plan, opt):
         _launch(K.mac_seq, N * O, opt["threads"], dp, AT, WV, Bb, Bm, lut, bias, N, O, Kd, mode,
                 acc.width, acc.tile, acc.lo, acc.hi, HW, O_total, o_off, exact_d, acc_d)
         _note("seq")
+
+
+def _mac(layer, AT, N, sl, HW, O_total, o_off, exact_d, acc_d, plan, opt):
+    wd = _mac_weights(layer, sl, plan)
+    _mac_launch(layer, wd, AT, N, HW, O_total, o_off, exact_d, acc_d, plan, opt)
 
 
 def _at_dtype(layer, plan):

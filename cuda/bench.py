@@ -3,7 +3,10 @@
 Times, on the same GPU in the same run:
   * linear 4096x4096 at batch 4096 and a 3x3 conv 128->128 on 32x56x56 (pad 1), both
     datapaths, through the register-tiled MAC kernel (conv: device im2col + GEMM), inputs
-    already on the device (integer work only: decode/im2col included, host transfers not);
+    and weights already on the device: the device time is the decode/im2col kernel plus the
+    MAC kernel (integer work only; the ratio vs fp32 uses it). The weight preparation (host
+    decode + (K, O) transpose + copy) happens once per layer, outside the timed loop;
+  * one end-to-end run_layer call per case (checks, weight prep, transfers, outputs), wall clock;
   * torch.matmul float32 with TF32 off on the equivalent GEMM shapes (and cudnn conv2d fp32).
 Prints each time, the integer MAC throughput, and the ratio to fp32 (ours / fp32 throughput).
 Every timed result is checked against an int64 NumPy computation on sampled rows (bit-exact,
@@ -109,10 +112,13 @@ def _prepare(backend, layer, x, conv):
     size = int(np.prod(shape))
     exact_d = cuda.device_array(size, np.int64)
     acc_d = cuda.device_array(size, np.int64)
+    # weight side (host decode/transpose + copy): per layer, not per activation batch; it is
+    # in the end-to-end time printed next to the device time, not in the device time
+    wd = backend._mac_weights(layer, slice(None), plan)
 
-    def run():
+    def run():  # device work only: decode/im2col kernel + MAC kernel, nothing on the host
         fill()
-        backend._mac(layer, AT, N, slice(None), HW, layer.out_channels, 0, exact_d, acc_d, plan, opt)
+        backend._mac_launch(layer, wd, AT, N, HW, layer.out_channels, 0, exact_d, acc_d, plan, opt)
     return run, exact_d, shape, plan
 
 
@@ -177,7 +183,11 @@ def main(argv=None):
     K = backend._k()
     cuda = K.cuda
     name = getattr(cuda.get_current_device(), "name", b"CUDA simulator")
-    print(f"device: {name.decode() if isinstance(name, bytes) else name}  gemm tile {backend.GEMM}")
+    print(f"device: {name.decode() if isinstance(name, bytes) else name}  gemm tiles "
+          + "; ".join(f"{a}/{'operand' if d == K.DP_OPERAND else 'product'} {K.gemm_default(a, d)[0]}"
+                      for a in ("int32", "int64") for d in (K.DP_OPERAND, K.DP_PRODUCT)))
+    print("device time = decode/im2col + MAC kernel (CUDA events; weights already on the device); "
+          "end to end = one run_layer call")
     rng = np.random.default_rng(0)
     lin = (20, 24, 16) if args.quick else (4096, 4096, 4096)
     cnv = (1, 4, 6, 6, 4) if args.quick else (32, 128, 56, 56, 128)
@@ -208,8 +218,17 @@ def main(argv=None):
             failures += bad != 0
             ratio = (tt / t) if tt else float("nan")
             results.append((kind, dp, t, ratio, bad))
-            print(f"  {dp:8s} path={plan[0]}/{plan[1]}  {t * 1e3:9.3f} ms  {macs / t / 1e12:7.3f} TMAC/s  "
+            print(f"  {dp:8s} path={plan[0]}/{plan[1]}  device {t * 1e3:9.3f} ms  {macs / t / 1e12:7.3f} TMAC/s  "
                   f"ratio vs fp32 GEMM = {ratio:.3f}  sampled mismatches = {bad}  (layer build {tb:.1f} s)")
+            # end to end: one run_layer call (checks, weight prep + copies, input copy, kernels,
+            # requant, all outputs back to the host), wall clock, after the warm-up above
+            cuda.synchronize()
+            t0 = time.perf_counter()
+            backend.run_layer(layer, x)
+            cuda.synchronize()
+            te = time.perf_counter() - t0
+            print(f"  {'':8s} end to end run_layer {te * 1e3:9.1f} ms  ({macs / te / 1e12:.3f} TMAC/s incl. host "
+                  f"work and transfers)")
     # the sequential (saturate) path, on a smaller batch: informative only
     from nupes_sim.layers import Accumulator
     layer, x = _layers("linear", "operand", (1024, 1024, 256) if not args.quick else (6, 10, 4), rng)

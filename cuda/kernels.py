@@ -30,10 +30,11 @@ import numpy as np
 
 from nupes_sim import primitives as P
 
+from ._compat import SIMULATOR as _SIMULATOR
 from ._compat import import_cuda
 
 cuda = import_cuda()
-from numba import int32, int64  # noqa: E402  (after the numpy shim in _compat)
+from numba import int32, int64, uint64  # noqa: E402  (after the numpy shim in _compat)
 
 MODE_WRAP, MODE_SAT, MODE_EXACT = 0, 1, 2
 MODES = {"wrap": MODE_WRAP, "saturate": MODE_SAT, "exact": MODE_EXACT}
@@ -131,162 +132,322 @@ def mac_seq(dp, AT, WV, Bbase, Bm, lut, bias, N, O, K, mode, width, tile, lo, hi
     acc_out[i] = acc
 
 
-def make_gemm(acc_type, dp, BM=128, BN=128, BK=8, TM=8, TN=8, lut_shared=0):
+def _vec(t):
+    """Width of the contiguous runs of a thread's register rows/columns (4, 2 or 1)."""
+    return 4 if t % 4 == 0 else (2 if t % 2 == 0 else 1)
+
+
+def gemm_grid(N, O, BM, BN):
+    """Blocks of the 1-D GEMM grid (see make_gemm: grouped ordering over (n, o) tiles)."""
+    return ((N + BM - 1) // BM) * ((O + BN - 1) // BN)
+
+
+SMEM_STATIC_MAX = 48 * 1024  # bytes of static shared memory a kernel may declare
+
+
+def gemm_default(acc_name, dp):
+    """(tile dict, largest product LUT staged in shared memory) used by the backend for a
+    GEMM path: BK=16 for the int32 operand kernel (two 16 KiB stages), BK=8 where entries
+    are int64 or the product datapath stages two weight arrays and the LUT, so that the
+    static shared memory stays under 48 KiB."""
+    bk = 16 if (acc_name == "int32" and dp == DP_OPERAND) else 8
+    return dict(BM=128, BN=128, BK=bk, TM=8, TN=8), (4096 if acc_name == "int32" else 2048)
+
+
+def make_gemm(acc_type, dp, BM=128, BN=128, BK=16, TM=8, TN=8, lut_shared=0, GROUP=8):
     """Register-tiled order-free MAC kernel (the sum of the K products plus the bias).
 
     Block: (BM/TM)*(BN/TN) threads computing a BM x BN tile of C[n, o]; each thread holds a
-    TM x TN accumulator block in registers, rows ty + i*(BM/TM), columns tx + j*(BN/TN)
-    (strided, so shared-memory reads and global stores coalesce). The K loop stages BK-deep
-    slices of AT and the weights in shared memory. Out-of-range entries load as 0, whose
-    product is 0 on both datapaths. acc_type (int32 or int64) is exact when the caller has
-    checked that every partial sum fits it (int32: layer bound < 2^31). The result is the
-    exact sum whatever the summation order, which is what wrap/exact (and saturate when no
-    clamp can act) need; acc is derived from it (wrap or copy).
+    TM x TN accumulator block in registers. Its rows are runs of VM = 4 (or 2, 1) contiguous
+    rows, run g at g*(BM/TM)*VM + ty*VM (columns likewise with tx), so that the fragment
+    reads from shared memory are aligned vectors (ld.shared.v4) without bank conflicts and
+    the writes of the epilogue come in whole 32-byte sectors.
+    The K loop stages BK-deep slices of AT and the weights in two shared buffers: the global
+    loads of slice t+1 go to registers while slice t is computed (one barrier per slice).
+    Out-of-range entries load as 0, whose product is 0 on both datapaths.
+    Grid: 1-D, gemm_grid(N, O, BM, BN) blocks; block b takes n tile first + (r % gsz) and o
+    tile r // gsz in groups of GROUP n tiles, so blocks running at the same time share A and
+    B panels in L2 (instead of sweeping all of the (K, O) weights once per n tile).
+    acc_type (int32 or int64) is exact when the caller has checked that every partial sum
+    fits it (int32: layer bound < 2^31). The result is the exact sum whatever the summation
+    order, which is what wrap/exact (and saturate when no clamp can act) need; acc is
+    derived from it (wrap or copy).
 
     lut_shared > 0 (product datapath): the flattened product LUT (<= lut_shared entries) is
     copied to shared memory once per block.
     """
-    NTX, NTY = BN // TN, BM // TM
-    NT = NTX * NTY
-    LA, LB = (BK * BM + NT - 1) // NT, (BK * BN + NT - 1) // NT
-    LUTN = max(lut_shared, 1)
     if BM % TM or BN % TN:
         raise ValueError("tile sizes must divide the block tile")
+    NTX, NTY = BN // TN, BM // TM
+    NT = NTX * NTY
+    VM, VN = _vec(TM), _vec(TN)
+    SM, SN = NTY * VM, NTX * VN  # distance between a thread's row (column) runs
+    SA, SB = BK * BM, BK * BN  # one stage of As / Bs
+    SA2, SB2 = 2 * SA, 2 * SB  # two stages
+    LA, LB = (SA + NT - 1) // NT, (SB + NT - 1) // NT
+    FA, FB = SA % NT == 0, SB % NT == 0  # every thread loads exactly LA (LB) entries
+    LUTN = max(lut_shared, 1)
+    ALIGN = None if _SIMULATOR else 16
+    OPERAND = dp == DP_OPERAND
+    sdt = acc_type if OPERAND else int32  # staged A and B entries
+    # SIMPLE: NT is a multiple of BM and BN, so thread tid loads column tid % BM of rows
+    # tid // BM + l*RA of each A slice (B likewise): interior slices need no guards
+    SIMPLE = FA and FB and NT % BM == 0 and NT % BN == 0
+    RA, RB = max(NT // BM, 1), max(NT // BN, 1)
 
     @cuda.jit(device=True)
-    def _epilogue(c, n0, o0, ty, tx, N, O, bias, mode, width, HW, O_total, o_off, exact_out, acc_out):
-        for i in range(TM):
-            for j in range(TN):
-                _store(n0 + ty + i * NTY, o0 + tx + j * NTX, N, O, c[i, j], bias, mode, width,
-                       HW, O_total, o_off, exact_out, acc_out)
+    def _tile(N, O):
+        """(n0, o0) of this block (grouped ordering)."""
+        gn = (N + BM - 1) // BM
+        go = (O + BN - 1) // BN
+        pid = int64(cuda.blockIdx.x)
+        per = GROUP * go
+        g = pid // per
+        first = g * GROUP
+        gsz = min(gn - first, GROUP)
+        r = pid - g * per
+        return (first + r % gsz) * BM, (r // gsz) * BN
 
-    if dp == DP_OPERAND:
+    @cuda.jit(device=True)
+    def _row_base(n, HW, O_total, o_off):
+        """out_index(n, o) = _row_base(n) + o * HW."""
+        if HW == 1:
+            return n * O_total + o_off
+        b = n // HW
+        return b * O_total * HW + (n - b * HW) + o_off * HW
+
+    if OPERAND:
         @cuda.jit
         def gemm(AT, WV, Bbase, Bm, lut, bias, N, O, K, mode, width, HW, O_total, o_off,
                  exact_out, acc_out):
-            As = cuda.shared.array((BK, BM), acc_type)
-            Bs = cuda.shared.array((BK, BN), acc_type)
+            As = cuda.shared.array(SA2, sdt, alignment=ALIGN)
+            Bs = cuda.shared.array(SB2, sdt, alignment=ALIGN)
             c = cuda.local.array((TM, TN), acc_type)
             ar = cuda.local.array(TM, acc_type)
             br = cuda.local.array(TN, acc_type)
-            tid = cuda.threadIdx.x
+            ra = cuda.local.array(LA, sdt)
+            rb = cuda.local.array(LB, sdt)
+            tid = int64(cuda.threadIdx.x) & 1023  # (< 1024: lets LLVM drop negative-index fixups)
             tx = tid % NTX
             ty = tid // NTX
-            n0 = cuda.blockIdx.y * BM
-            o0 = cuda.blockIdx.x * BN
+            n0, o0 = _tile(N, O)
+            inner = n0 + BM <= N and o0 + BN <= O
+            ka = tid // BM  # SIMPLE: entry l of this thread is (ka + l*RA, ma) of the A slice
+            ma = tid - ka * BM
+            kb = tid // BN
+            mb = tid - kb * BN
             for i in range(TM):
                 for j in range(TN):
                     c[i, j] = acc_type(0)
-            for k0 in range(0, K, BK):
+            nk = (K + BK - 1) // BK
+            # slice 0 -> registers
+            for l in range(LA):
+                e = tid + l * NT
+                kk = e // BM
+                m = e - kk * BM
+                v = sdt(0)
+                if (FA or e < SA) and kk < K and n0 + m < N:
+                    v = sdt(AT[kk, n0 + m])
+                ra[l] = v
+            for l in range(LB):
+                e = tid + l * NT
+                kk = e // BN
+                m = e - kk * BN
+                v = sdt(0)
+                if (FB or e < SB) and kk < K and o0 + m < O:
+                    v = sdt(WV[kk, o0 + m])
+                rb[l] = v
+            for t in range(nk):
+                sa = (t & 1) * SA
+                sb = (t & 1) * SB
                 for l in range(LA):
                     e = tid + l * NT
-                    if e < BK * BM:
-                        kk = e // BM
-                        m = e - kk * BM
-                        if k0 + kk < K and n0 + m < N:
-                            As[kk, m] = acc_type(AT[k0 + kk, n0 + m])
-                        else:
-                            As[kk, m] = acc_type(0)
+                    if FA or e < SA:
+                        As[uint64(sa + e)] = ra[l]
                 for l in range(LB):
                     e = tid + l * NT
-                    if e < BK * BN:
+                    if FB or e < SB:
+                        Bs[uint64(sb + e)] = rb[l]
+                cuda.syncthreads()
+                k1 = (t + 1) * BK
+                if SIMPLE and inner and k1 + BK <= K:  # slice t+1 -> registers (no guards)
+                    for l in range(LA):
+                        ra[l] = sdt(AT[uint64(k1 + ka + l * RA), uint64(n0 + ma)])
+                    for l in range(LB):
+                        rb[l] = sdt(WV[uint64(k1 + kb + l * RB), uint64(o0 + mb)])
+                elif t + 1 < nk:  # slice t+1 -> registers while slice t is computed
+                    for l in range(LA):
+                        e = tid + l * NT
+                        kk = e // BM
+                        m = e - kk * BM
+                        v = sdt(0)
+                        if (FA or e < SA) and k1 + kk < K and n0 + m < N:
+                            v = sdt(AT[k1 + kk, n0 + m])
+                        ra[l] = v
+                    for l in range(LB):
+                        e = tid + l * NT
                         kk = e // BN
                         m = e - kk * BN
-                        if k0 + kk < K and o0 + m < O:
-                            Bs[kk, m] = acc_type(WV[k0 + kk, o0 + m])
-                        else:
-                            Bs[kk, m] = acc_type(0)
-                cuda.syncthreads()
+                        v = sdt(0)
+                        if (FB or e < SB) and k1 + kk < K and o0 + m < O:
+                            v = sdt(WV[k1 + kk, o0 + m])
+                        rb[l] = v
+                pa = sa + ty * VM
+                pb = sb + tx * VN
                 for kk in range(BK):
                     for i in range(TM):
-                        ar[i] = As[kk, ty + i * NTY]
+                        ar[i] = As[uint64(pa + kk * BM + (i // VM) * SM + i % VM)]
                     for j in range(TN):
-                        br[j] = Bs[kk, tx + j * NTX]
+                        br[j] = Bs[uint64(pb + kk * BN + (j // VN) * SN + j % VN)]
                     for i in range(TM):
                         for j in range(TN):
                             c[i, j] = acc_type(c[i, j] + acc_type(ar[i] * br[j]))
-                cuda.syncthreads()
-            _epilogue(c, n0, o0, ty, tx, N, O, bias, mode, width, HW, O_total, o_off, exact_out, acc_out)
+            for i in range(TM):
+                n = n0 + ty * VM + (i // VM) * SM + i % VM
+                if n < N:
+                    rbase = _row_base(n, HW, O_total, o_off)
+                    for j in range(TN):
+                        o = o0 + tx * VN + (j // VN) * SN + j % VN
+                        if o < O:
+                            ex = int64(c[i, j]) + int64(bias[o])
+                            q = rbase + o * HW
+                            exact_out[q] = ex
+                            if mode == MODE_WRAP:
+                                acc_out[q] = wrap(ex, width)
+                            else:
+                                acc_out[q] = ex
     else:
         @cuda.jit
         def gemm(AT, WV, Bbase, Bm, lut, bias, N, O, K, mode, width, HW, O_total, o_off,
                  exact_out, acc_out):
-            As = cuda.shared.array((BK, BM), int32)
-            Bb = cuda.shared.array((BK, BN), int32)
-            Bs = cuda.shared.array((BK, BN), int32)
+            As = cuda.shared.array(SA2, int32, alignment=ALIGN)
+            Bb = cuda.shared.array(SB2, int32, alignment=ALIGN)
+            Bs = cuda.shared.array(SB2, int32, alignment=ALIGN)
             Ls = cuda.shared.array(LUTN, acc_type)
             c = cuda.local.array((TM, TN), acc_type)
             ar = cuda.local.array(TM, int32)
             bb = cuda.local.array(TN, int32)
             bm = cuda.local.array(TN, int32)
-            tid = cuda.threadIdx.x
+            ra = cuda.local.array(LA, int32)
+            rb = cuda.local.array(LB, int32)
+            rm = cuda.local.array(LB, int32)
+            tid = int64(cuda.threadIdx.x) & 1023  # (< 1024: lets LLVM drop negative-index fixups)
             tx = tid % NTX
             ty = tid // NTX
-            n0 = cuda.blockIdx.y * BM
-            o0 = cuda.blockIdx.x * BN
+            n0, o0 = _tile(N, O)
+            inner = n0 + BM <= N and o0 + BN <= O
+            ka = tid // BM  # SIMPLE: entry l of this thread is (ka + l*RA, ma) of the A slice
+            ma = tid - ka * BM
+            kb = tid // BN
+            mb = tid - kb * BN
             if lut_shared:
                 for e in range(tid, lut.shape[0], NT):
                     Ls[e] = acc_type(lut[e])
             for i in range(TM):
                 for j in range(TN):
                     c[i, j] = acc_type(0)
-            for k0 in range(0, K, BK):
+            nk = (K + BK - 1) // BK
+            for l in range(LA):
+                e = tid + l * NT
+                kk = e // BM
+                m = e - kk * BM
+                v = int32(0)
+                if (FA or e < SA) and kk < K and n0 + m < N:
+                    v = int32(AT[kk, n0 + m])
+                ra[l] = v
+            for l in range(LB):
+                e = tid + l * NT
+                kk = e // BN
+                m = e - kk * BN
+                v = int32(0)
+                w = int32(0)
+                if (FB or e < SB) and kk < K and o0 + m < O:
+                    v = int32(Bbase[kk, o0 + m])
+                    w = int32(Bm[kk, o0 + m])
+                rb[l] = v
+                rm[l] = w
+            for t in range(nk):
+                sa = (t & 1) * SA
+                sb = (t & 1) * SB
                 for l in range(LA):
                     e = tid + l * NT
-                    if e < BK * BM:
-                        kk = e // BM
-                        m = e - kk * BM
-                        if k0 + kk < K and n0 + m < N:
-                            As[kk, m] = int32(AT[k0 + kk, n0 + m])
-                        else:
-                            As[kk, m] = int32(0)
+                    if FA or e < SA:
+                        As[uint64(sa + e)] = ra[l]
                 for l in range(LB):
                     e = tid + l * NT
-                    if e < BK * BN:
+                    if FB or e < SB:
+                        Bb[uint64(sb + e)] = rb[l]
+                        Bs[uint64(sb + e)] = rm[l]
+                cuda.syncthreads()
+                k1 = (t + 1) * BK
+                if SIMPLE and inner and k1 + BK <= K:  # slice t+1 -> registers (no guards)
+                    for l in range(LA):
+                        ra[l] = int32(AT[uint64(k1 + ka + l * RA), uint64(n0 + ma)])
+                    for l in range(LB):
+                        rb[l] = int32(Bbase[uint64(k1 + kb + l * RB), uint64(o0 + mb)])
+                        rm[l] = int32(Bm[uint64(k1 + kb + l * RB), uint64(o0 + mb)])
+                elif t + 1 < nk:  # slice t+1 -> registers while slice t is computed
+                    for l in range(LA):
+                        e = tid + l * NT
+                        kk = e // BM
+                        m = e - kk * BM
+                        v = int32(0)
+                        if (FA or e < SA) and k1 + kk < K and n0 + m < N:
+                            v = int32(AT[k1 + kk, n0 + m])
+                        ra[l] = v
+                    for l in range(LB):
+                        e = tid + l * NT
                         kk = e // BN
                         m = e - kk * BN
-                        if k0 + kk < K and o0 + m < O:
-                            Bb[kk, m] = int32(Bbase[k0 + kk, o0 + m])
-                            Bs[kk, m] = int32(Bm[k0 + kk, o0 + m])
-                        else:
-                            Bb[kk, m] = int32(0)
-                            Bs[kk, m] = int32(0)
-                cuda.syncthreads()
+                        v = int32(0)
+                        w = int32(0)
+                        if (FB or e < SB) and k1 + kk < K and o0 + m < O:
+                            v = int32(Bbase[k1 + kk, o0 + m])
+                            w = int32(Bm[k1 + kk, o0 + m])
+                        rb[l] = v
+                        rm[l] = w
+                pa = sa + ty * VM
+                pb = sb + tx * VN
                 for kk in range(BK):
                     for i in range(TM):
-                        ar[i] = As[kk, ty + i * NTY]
+                        ar[i] = As[uint64(pa + kk * BM + (i // VM) * SM + i % VM)]
                     for j in range(TN):
-                        bb[j] = Bb[kk, tx + j * NTX]
-                        bm[j] = Bs[kk, tx + j * NTX]
+                        bb[j] = Bb[uint64(pb + kk * BN + (j // VN) * SN + j % VN)]
+                        bm[j] = Bs[uint64(pb + kk * BN + (j // VN) * SN + j % VN)]
                     for i in range(TM):
                         for j in range(TN):
-                            v = int32(bm[j] * ar[i])  # |v| <= Mw*Mx < 2^15
-                            if v != 0:
-                                if lut_shared:
-                                    q = acc_type(Ls[bb[j] + abs(v)])
-                                else:
-                                    q = acc_type(lut[bb[j] + abs(v)])
-                                if v < 0:
-                                    q = acc_type(-q)
-                                c[i, j] = acc_type(c[i, j] + q)
-                cuda.syncthreads()
-            _epilogue(c, n0, o0, ty, tx, N, O, bias, mode, width, HW, O_total, o_off, exact_out, acc_out)
+                            # |v| <= Mw*Mx < 2^15; p = sign(v) * lut[base + |v|], without a branch
+                            # (v == 0 reads lut[base], a valid entry, and adds 0)
+                            v = int32(bm[j] * ar[i])
+                            if lut_shared:
+                                q = acc_type(Ls[bb[j] + abs(v)])
+                            else:
+                                q = acc_type(lut[bb[j] + abs(v)])
+                            q = q if v > 0 else (acc_type(-q) if v < 0 else acc_type(0))
+                            c[i, j] = acc_type(c[i, j] + q)
+            for i in range(TM):
+                n = n0 + ty * VM + (i // VM) * SM + i % VM
+                if n < N:
+                    rbase = _row_base(n, HW, O_total, o_off)
+                    for j in range(TN):
+                        o = o0 + tx * VN + (j // VN) * SN + j % VN
+                        if o < O:
+                            ex = int64(c[i, j]) + int64(bias[o])
+                            q = rbase + o * HW
+                            exact_out[q] = ex
+                            if mode == MODE_WRAP:
+                                acc_out[q] = wrap(ex, width)
+                            else:
+                                acc_out[q] = ex
 
+    ebytes = 8 if acc_type == int64 else 4
+    smem = (SA2 * (ebytes if OPERAND else 4) + SB2 * (ebytes if OPERAND else 8)
+            + (LUTN * ebytes if lut_shared else ebytes))
+    if smem > SMEM_STATIC_MAX:
+        raise ValueError(f"GEMM tile needs {smem} bytes of shared memory (> {SMEM_STATIC_MAX})")
     gemm.config = dict(acc_type=str(acc_type), dp=dp, BM=BM, BN=BN, BK=BK, TM=TM, TN=TN,
-                       lut_shared=lut_shared, threads=NT)
+                       lut_shared=lut_shared, threads=NT, GROUP=GROUP)
     return gemm
-
-
-@cuda.jit(device=True)
-def _store(n, o, N, O, v, bias, mode, width, HW, O_total, o_off, exact_out, acc_out):
-    if n < N and o < O:
-        ex = int64(v) + int64(bias[o])
-        i = out_index(n, o, HW, O_total, o_off)
-        exact_out[i] = ex
-        if mode == MODE_WRAP:
-            acc_out[i] = wrap(ex, width)
-        else:
-            acc_out[i] = ex
 
 
 # ------------------------------------------------------------------------------------------
@@ -488,8 +649,9 @@ def ptx_cases():
                       + (i64,) * 11 + (arr(i64, 1), arr(i64, 1))))
     for acc_name, acc_t in (("int32", int32), ("int64", int64)):
         for dp in (DP_OPERAND, DP_PRODUCT):
-            for lut_shared in ((0, 4096) if dp == DP_PRODUCT else (0,)):
-                g = make_gemm(acc_t, dp, lut_shared=lut_shared)
+            cfg, lmax = gemm_default(acc_name, dp)
+            for lut_shared in ((0, lmax) if dp == DP_PRODUCT else (0,)):
+                g = make_gemm(acc_t, dp, lut_shared=lut_shared, **cfg)
                 if dp == DP_OPERAND:
                     a = w = {"int32": i32, "int64": i64}[acc_name]
                     bb = i64

@@ -309,3 +309,35 @@ def test_numpy_without_row_stack_imports_numba_cuda():
             "print('ok')\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
+# Tile shapes of the register-tiled GEMM beyond LAUNCHES: several n and o tiles with tails in
+# n, o and k, many BK slices (both shared-memory stages, the unguarded interior fast path of
+# "SIMPLE" shapes next to guarded edge tiles), runs of 4 and 2 contiguous rows/columns per
+# thread, and the grouped block order with a partial last group (GROUP smaller than the
+# number of n tiles).
+TILINGS = [dict(BM=64, BN=32, BK=4, TM=8, TN=4, GROUP=2),  # SIMPLE, two runs of 4 rows
+           dict(BM=8, BN=8, BK=4, TM=2, TN=2, GROUP=3),  # SIMPLE, runs of 2
+           dict(BM=6, BN=4, BK=3, TM=3, TN=1, GROUP=2)]  # not SIMPLE: guarded loads only
+
+
+@pytest.mark.parametrize("dp", ["operand", "product"])
+def test_gemm_tilings_partial_tiles(cb, dp):
+    rng = np.random.default_rng(23 if dp == "operand" else 29)
+    wf = PowerFormat(4, True, 0.5, 1.0 / 7)
+    xf = PowerFormat(4, dp == "product", 0.5, 1.0 / 7)
+    kw = dict(datapath=dp, w_frac_bits=6, x_frac_bits=6, product_frac_bits=10, acc=Accumulator(16, "wrap"))
+    fc = Linear.build("fc", rng.integers(-7, 8, (37, 21)), wf, xf, **kw)
+    xl = rng.integers(xf.range.qmin, xf.range.qmax + 1, (70, 21))
+    cv = Conv2d.build("cv", rng.integers(-7, 8, (20, 2, 3, 3)), wf, xf, padding=1, **kw)
+    xc = rng.integers(xf.range.qmin, xf.range.qmax + 1, (2, 2, 6, 6))
+    for L, x in ((fc, xl), (cv, xc)):
+        want = oracle.run_layer(L, x)
+        assert int(L.bound.max()) < 2**31 and (want["acc"] != want["acc_exact"]).any()  # wraps happen
+        for g in TILINGS:
+            cb.STATS.clear()
+            got = cb.run_layer(L, x, gemm=g)
+            assert cb.STATS == {"gemm_int32": 1}, (g, cb.STATS)
+            for k in want:
+                bad = np.flatnonzero(got[k] != want[k])
+                assert bad.size == 0, f"{L.name} {k} {g}: {bad.size} mismatches, first at {bad[:5]}"

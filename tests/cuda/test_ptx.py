@@ -46,3 +46,12 @@ def test_int32_gemm_inner_loop_is_32_bit(ptx):
     """The int32 operand GEMM multiplies-adds in 32 bits (TM*TN mad.lo.s32 per k step)."""
     text = ptx["gemm[int32,dp=0,lut_shared=0]"]
     assert len(re.findall(r"\bmad\.lo\.s32\b", text)) >= 64
+
+
+def test_int32_gemm_fragments_are_vector_loads(ptx):
+    """The operand GEMM reads its shared-memory fragments as aligned 128-bit vectors (4 per k
+    step: two runs of 4 rows, two of 4 columns) and no index fixups break that up."""
+    text = ptx["gemm[int32,dp=0,lut_shared=0]"]
+    assert len(re.findall(r"\bld\.shared\.v4\.u32\b", text)) >= 4
+    assert not re.findall(r"\bld\.shared\.u32\b", text)
+    assert ".shared .align 16" in text
