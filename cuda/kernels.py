@@ -24,9 +24,7 @@ Kernels:
   requant_thr / requant_rescale   elementwise requantization, row = channel.
   add_seq, avgpool_seq, maxpool   the other ops.
 """
-import types
 
-import numpy as np
 
 from nupes_sim import primitives as P
 
@@ -41,26 +39,11 @@ MODES = {"wrap": MODE_WRAP, "saturate": MODE_SAT, "exact": MODE_EXACT}
 DP_OPERAND, DP_PRODUCT = 0, 1
 
 # ------------------------------------------------------------------------------------------
-# The primitives, compiled for the device from their own bytecode. Each is re-bound to a
-# namespace whose globals are the compiled siblings (hash32 -> fmix32 -> mul32, rescale ->
-# round_shift) and the module's integer constants. Never re-implemented here.
+# The primitives, compiled from their own bytecode by primitives.compile_all (one source for
+# every backend; never re-implemented here).
 # ------------------------------------------------------------------------------------------
-PRIMITIVE_NAMES = ("mul32", "fmix32", "hash32", "round_shift", "sat_add", "wrap", "count_ge",
-                   "rescale", "clamp")
-
-
-def _compile_primitives():
-    ns = {k: v for k, v in vars(P).items() if isinstance(v, int) and not isinstance(v, bool)}
-    out = {}
-    for name in PRIMITIVE_NAMES:
-        f = getattr(P, name)
-        g = types.FunctionType(f.__code__, ns, f.__name__, f.__defaults__, f.__closure__)
-        g.__qualname__ = f"primitives.{name}"
-        ns[name] = out[name] = cuda.jit(device=True)(g)
-    return types.SimpleNamespace(**out)
-
-
-prim = _compile_primitives()
+PRIMITIVE_NAMES = P.NAMES
+prim = P.compile_all(cuda.jit(device=True))
 hash32 = prim.hash32
 sat_add = prim.sat_add
 wrap = prim.wrap

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import oracle
 from .graph import INPUT, get_backend
-from .layers import Accumulator, Add, AvgPool2d, Conv2d, Linear, MacLayer, format_from_meta
+from .layers import Accumulator, Add, AvgPool2d, Linear, MacLayer, format_from_meta
 from .serialize import load_model, model_hash
 from .tables import Rescale
 
@@ -44,11 +44,11 @@ def _mac_reference(layer, x):
     O = layer.out_channels
     qw = layer.w_codes.reshape(O, -1).astype(np.int64)
     if real:
-        w = wf.decode_real(qw, layer.w_table_index)
+        w = wf.decode_real(qw, wf.scale_index(layer.w_codes.shape))  # not w_table_index: product tables may be shared
         bias_real = (layer.meta or {}).get("bias_real")
         b = np.zeros(O) if bias_real is None else np.asarray(bias_real, np.float64)
     else:
-        b = layer.bias.astype(np.float64) * layer.unit
+        b = layer.bias.astype(np.float64) * layer.channel_units()
 
     def prods_sum(cols, valid, sub, row0):
         # cols (..., K) codes, valid (..., K) mask; sub: the layer or a group view
@@ -57,7 +57,8 @@ def _mac_reference(layer, x):
             xv = np.where(valid, xf.decode_real(cols), 0.0)
             wsub = w[row0:row0 + Og]
             return np.einsum("...k,ok->...o", xv, wsub)
-        p = oracle._mac_products(sub, cols, valid).astype(np.float64) * layer.unit  # (..., O, K)
+        cu = layer.channel_units()[row0:row0 + Og]
+        p = oracle._mac_products(sub, cols, valid).astype(np.float64) * cu[:, None]  # (..., O, K)
         return p.sum(axis=-1)
 
     if isinstance(layer, Linear):
@@ -75,7 +76,8 @@ def _mac_reference(layer, x):
             v = valid[:, :, :, g * Cg:(g + 1) * Cg].reshape(B, ho, wo, -1)
             y[..., g * Og:(g + 1) * Og] = prods_sum(c, v, sub, g * Og) + b[g * Og:(g + 1) * Og]
         y = y.transpose(0, 3, 1, 2)
-    return y / layer.unit, "real formats" if real else "LUT values x unit"
+    cu = layer.channel_units()
+    return y / (cu if y.ndim == 2 else cu[:, None, None]), "real formats" if real else "LUT values x unit"
 
 
 def _decode(layer, fmt_key, table, rng, codes):
@@ -175,7 +177,7 @@ def audit(model, input_codes, out_dir, fail_on=(), backend="numpy", clip_toleran
                 err = acc.astype(np.float64) - ref
                 errors[n.name] = err.reshape(-1)
                 rec.update(reference=kind, err_lsb_mean=float(err.mean()), err_lsb_max_abs=float(np.abs(err).max()),
-                           err_lsb_rms=float(np.sqrt((err**2).mean())), unit=float(L.unit))
+                           err_lsb_rms=float(np.sqrt((err**2).mean())), unit=np.asarray(L.unit, dtype=np.float64).tolist())
             rq = L.requant
             rec["requant"] = None if rq is None else type(rq).__name__
             if rq is not None:

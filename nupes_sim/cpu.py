@@ -10,9 +10,7 @@ compiled here with numba.njit (never re-implemented, never fastmath, no floats).
 floating point is the BLAS fast path below, used only where a written proof says it is
 exact; everything else is int64.
 """
-import types
 
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -33,26 +31,11 @@ def _note(path):
 
 
 # --------------------------------------------------------------------------------------------
-# The primitives, compiled. Each function of primitives.py is re-bound to a namespace whose
-# globals are the compiled siblings (fmix32 -> mul32, rescale -> round_shift, ...) and the
-# module's integer constants, then njit-compiled. Same bytecode as the Python source.
+# The primitives, compiled from their own bytecode by primitives.compile_all (one source for
+# every backend; never re-implemented here).
 # --------------------------------------------------------------------------------------------
-_PRIMITIVE_NAMES = ("mul32", "fmix32", "hash32", "round_shift", "sat_add", "wrap", "count_ge",
-                    "rescale", "clamp")
-
-
-def _compile_primitives():
-    ns = {k: v for k, v in vars(P).items() if isinstance(v, int) and not isinstance(v, bool)}
-    out = {}
-    for name in _PRIMITIVE_NAMES:
-        f = getattr(P, name)
-        g = types.FunctionType(f.__code__, ns, f.__name__, f.__defaults__, f.__closure__)
-        g.__qualname__ = f"primitives.{name}"
-        ns[name] = out[name] = njit(g)
-    return types.SimpleNamespace(**out)
-
-
-_p = _compile_primitives()
+_PRIMITIVE_NAMES = P.NAMES
+_p = P.compile_all(njit)
 hash32 = _p.hash32
 round_shift = _p.round_shift
 sat_add = _p.sat_add

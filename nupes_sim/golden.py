@@ -19,7 +19,7 @@ from .layers import Add, AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, MacLayer
 from .rounding import NAMES as ROUNDING_NAMES
 from .serialize import (ModelFormatError, atomic_h5, canonical_json, model_hash, read_graph_h5, sha256_array,
                         write_graph_h5)
-from .tables import Rescale, Thresholds
+from .tables import Thresholds
 
 SCHEMA = "nupes-sim-golden"
 SCHEMA_VERSION = 1

@@ -8,6 +8,8 @@ so the two compiled copies cannot drift. Every intermediate stays below 2^63 in 
 (nupes_sim.oracle) does NOT use these: it is an independent implementation.
 """
 
+import types
+
 # Rounding-mode identifiers (docs/ARITHMETIC.md §Rounding). Order is part of the contract:
 # golden files store these numbers.
 HALF_EVEN = 0
@@ -134,3 +136,23 @@ def clamp(x, lo, hi):
     if x > hi:
         return hi
     return x
+
+
+NAMES = ("mul32", "fmix32", "hash32", "round_shift", "sat_add", "wrap", "count_ge", "rescale", "clamp")
+
+
+def compile_all(decorator):
+    """Every primitive compiled by `decorator` (numba.njit, cuda.jit(device=True)).
+
+    Each function is re-bound from its own bytecode to a namespace whose globals are the
+    compiled siblings (hash32 -> fmix32 -> mul32, rescale -> round_shift) and this module's
+    integer constants, so compiled code never calls back into Python and the backends share
+    one source. Returns a namespace of the compiled functions."""
+    ns = {k: v for k, v in globals().items() if isinstance(v, int) and not isinstance(v, bool)}
+    out = {}
+    for name in NAMES:
+        f = globals()[name]
+        g = types.FunctionType(f.__code__, ns, f.__name__, f.__defaults__, f.__closure__)
+        g.__qualname__ = f"primitives.{name}"
+        ns[name] = out[name] = decorator(g)
+    return types.SimpleNamespace(**out)

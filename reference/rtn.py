@@ -1,5 +1,4 @@
 """Round-to-nearest quantization: uniform (a = 1) or power (any a), per tensor/channel/group."""
-import torch
 
 from .quantizer import PowerQuantizer, QuantizedWeight
 
