@@ -10,15 +10,24 @@ compiled here with numba.njit (never re-implemented, never fastmath, no floats).
 floating point is the BLAS fast path below, used only where a written proof says it is
 exact; everything else is int64.
 """
+import os
 import types
 
-import numba
-import numpy as np
-from numba import njit, prange
+# Numba's OpenMP threads spin-wait after every parallel region by default; the fast paths
+# alternate numba regions with OpenBLAS GEMMs, whose threads then compete with the spinning
+# ones for the same cores (measured on the 2-core project machine: a 0.3 ms decode kernel
+# took 15 ms and GEMMs several times longer). Passive waiting (sleep at once) removes that.
+# Set before numba's libgomp is loaded; a value the user set is kept. It also applies to other
+# libgomp copies loaded later in this process (e.g. torch's).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from . import primitives as P
-from .layers import Add, AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d
-from .tables import Rescale, Thresholds
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+from numba import njit, prange  # noqa: E402
+
+from . import primitives as P  # noqa: E402
+from .layers import Add, AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d  # noqa: E402
+from .tables import Rescale, Thresholds  # noqa: E402
 
 FAST_PATHS = True  # False: integer kernels only (no BLAS), for cross-checking
 USE_FLOAT32 = True  # allow float32 GEMMs when every partial sum is < 2^24
@@ -535,6 +544,44 @@ FEATURE_BYTES = 16 << 20  # conv: im2col row blocks of about this size
 PRODUCT_CHECK_MAX = 1 << 22  # product datapath: largest host identity check (q range x keys)
 
 
+# GEMM threading. OpenBLAS wakes and joins its threads at every call; on a loaded machine
+# (the project's 2 shared cores) a descheduled BLAS thread stalls the call for a time slice,
+# and k-chunked GEMMs make many calls (measured: 6 GEMMs of 256x180x1024 took ~100 ms with 2
+# OpenBLAS threads, 16 ms with 1). So the fused path splits its rows over its own worker
+# threads, each building its features (nogil numba) and calling single-threaded BLAS
+# (openblas_set_num_threads_local: this thread only; nothing global is changed).
+_POOL = None
+
+
+def _blas_local_threads():
+    """openblas_set_num_threads_local of the OpenBLAS numpy uses, or None."""
+    import ctypes
+    try:
+        with open("/proc/self/maps") as f:
+            libs = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line})
+    except OSError:
+        return None
+    for lib in libs:
+        try:
+            fn = ctypes.CDLL(lib).openblas_set_num_threads_local
+        except (OSError, AttributeError):
+            continue
+        fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+        return fn
+    return None
+
+
+def _pool():
+    global _POOL
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+        np.ones((2, 2)) @ np.ones((2, 2))  # make sure BLAS is loaded
+        setter = _blas_local_threads()
+        _POOL = ThreadPoolExecutor(max(1, numba.get_num_threads()), thread_name_prefix="nupes-gemm",
+                                   initializer=(lambda: setter(1)) if setter else None)
+    return _POOL
+
+
 @njit
 def _minmax(x):
     mn = x[0]
@@ -565,13 +612,16 @@ def _as_kernel_codes(x):
 
 
 @njit(parallel=True)
-def _wt_build(qw, tidx, nw, wqmin, Hf, cost_key, Wt, costT):
-    """Wt[k*J + j, o] = Hf[key, j], costT[k, o] = cost_key[key], key = t*nw + qw - qmin."""
-    O, K = qw.shape
+def _wt_build(qw, tidx, perm, nw, wqmin, Hf, cost_key, Wt, costT):
+    """Wt[k*J + j, o] = Hf[key, j], costT[k, o] = cost_key[key], key = t*nw + qw - qmin of the
+    weight (o, perm[k]) (perm: the fused path's order of k; the sum is order-free)."""
+    O = qw.shape[0]
+    K = perm.shape[0]
     J = Hf.shape[1]
     for k in prange(K):
+        kk = perm[k]
         for o in range(O):
-            key = tidx[o, k] * nw + (qw[o, k] - wqmin)
+            key = tidx[o, kk] * nw + (qw[o, kk] - wqmin)
             costT[k, o] = cost_key[key]
             for j in range(J):
                 Wt[k * J + j, o] = Hf[key, j]
@@ -606,62 +656,82 @@ def _cut_chunks(costT, limit, max_chunks):
     return bounds, n
 
 
-@njit(parallel=True)
-def _features_linear(x, qmin, Gf, F):
-    N, K = x.shape
+@njit(nogil=True)
+def _features_linear(x, qmin, Gf, r0, F):
+    """Rows r0.. of F[n, k*J + j] = Gf[x[n, k] - qmin, j] (serial: one worker thread each)."""
+    K = x.shape[1]
     J = Gf.shape[1]
-    for n in prange(N):
+    for rr in range(F.shape[0]):
         for k in range(K):
-            q = x[n, k] - qmin
+            q = x[r0 + rr, k] - qmin
             for j in range(J):
-                F[n, k * J + j] = Gf[q, j]
+                F[rr, k * J + j] = Gf[q, j]
 
 
-@njit(parallel=True)
-def _features_im2col(x, qmin, Gf, c0, cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, r0, F):
-    """Rows r0.. of the conv columns, k = (c, i, j) c slowest, J features per k; padded taps 0."""
-    B, _, H, W = x.shape
+@njit(nogil=True)
+def _features_nhwc(x, qmin, Gf, ph, pw, b0, b1, xp):
+    """Images b0..b1 of xp[b, ph + h, pw + w, c*J + j] = Gf[x[b, c, h, w] - qmin, j]; xp is
+    zero elsewhere (the padding: padded taps contribute 0). Serial: one worker thread each."""
+    _, C, H, W = x.shape
     J = Gf.shape[1]
-    for rr in prange(F.shape[0]):
+    for b in range(b0, b1):
+        for c in range(C):
+            for h in range(H):
+                for w in range(W):
+                    q = x[b, c, h, w] - qmin
+                    for j in range(J):
+                        xp[b, ph + h, pw + w, c * J + j] = Gf[q, j]
+
+
+@njit(nogil=True)
+def _features_im2col(xp, c0, cg, kh, kw, sh, sw, dh, dw, ho, wo, r0, F):
+    """Rows r0.. of the conv columns from the padded NHWC features xp, in the fused path's
+    order k' = (i, j, c) (c fastest) with J features each: for every tap (i, j), one run of
+    cg*J consecutive values. Serial: one worker thread each."""
+    J = F.shape[1] // (kh * kw * cg)
+    run = cg * J
+    for rr in range(F.shape[0]):
         r = r0 + rr
         b = r // (ho * wo)
         rem = r - b * ho * wo
         oh = rem // wo
         ow = rem - oh * wo
-        for c in range(cg):
-            for i in range(kh):
-                h = oh * sh - ph + i * dh
-                for j in range(kw):
-                    w = ow * sw - pw + j * dw
-                    base = ((c * kh + i) * kw + j) * J
-                    if 0 <= h < H and 0 <= w < W:
-                        q = x[b, c0 + c, h, w] - qmin
-                        for t in range(J):
-                            F[rr, base + t] = Gf[q, t]
-                    else:
-                        for t in range(J):
-                            F[rr, base + t] = 0
+        for i in range(kh):
+            for j in range(kw):
+                base = (i * kw + j) * run
+                src = xp[b, oh * sh + i * dh, ow * sw + j * dw]
+                for t in range(run):
+                    F[rr, base + t] = src[c0 * J + t]
 
 
 @njit(parallel=True)
 def _finish(R, bias, o0, Otot, P, mode, width, thr, qmin, do_thr, exact, acc, out):
     """exact = bias + sum of the chunk results (int64), acc (wrap or identity), thresholds;
-    written at flat index (b*Otot + o0 + o)*P + p for row n = b*P + p (linear: P = 1)."""
+    written at flat index (b*Otot + o0 + o)*P + p for row n = b*P + p (linear: P = 1).
+    Rows go in blocks of up to 64 within one image, o outer and p inner (contiguous writes)."""
     C, N, Og = R.shape
     nthr = thr.shape[1]
-    for n in prange(N):
-        b = n // P
-        p = n - b * P
+    BL = 64
+    nblk_img = (P + BL - 1) // BL
+    B = N // P
+    for blk in prange(B * nblk_img):
+        b = blk // nblk_img
+        p0 = (blk - b * nblk_img) * BL
+        p1 = min(P, p0 + BL)
         for o in range(Og):
-            s = bias[o]
-            for c in range(C):
-                s += np.int64(R[c, n, o])  # an exact integer < 2^53 (see above)
-            i = (b * Otot + o0 + o) * P + p
-            exact[i] = s
-            a = wrap(s, width) if mode == 1 else s
-            acc[i] = a
-            if do_thr:
-                out[i] = qmin + count_ge(a, thr, 0 if thr.shape[0] == 1 else o0 + o, nthr)
+            base = (b * Otot + o0 + o) * P
+            row = 0 if thr.shape[0] == 1 else o0 + o
+            for p in range(p0, p1):
+                n = b * P + p
+                s = bias[o]
+                for c in range(C):
+                    s += np.int64(R[c, n, o])  # an exact integer < 2^53 (see above)
+                i = base + p
+                exact[i] = s
+                a = wrap(s, width) if mode == 1 else s
+                acc[i] = a
+                if do_thr:
+                    out[i] = qmin + count_ge(a, thr, row, nthr)
 
 
 def _decomposition(layer, xmin, xmax):
@@ -722,8 +792,9 @@ def _decomposition(layer, xmin, xmax):
     return G, H, cost
 
 
-def _fused_plan(layer, xmin, xmax, sl):
-    """Weights side of the fused path for output rows sl: (Wt, bounds, n_chunks, dtype, Gf)."""
+def _fused_plan(layer, xmin, xmax, sl, perm):
+    """Weights side of the fused path for output rows sl, k in the order perm:
+    (Wt, bounds, n_chunks, dtype, Gf)."""
     dec = _decomposition(layer, xmin, xmax)
     if dec is None:
         return None
@@ -740,7 +811,7 @@ def _fused_plan(layer, xmin, xmax, sl):
         if gmax >= lim or hmax >= lim:
             continue
         Wt = np.empty((K * J, qw.shape[0]), dt)
-        _wt_build(qw, tidx, layer.w_range.n_codes, layer.w_range.qmin, H.astype(dt), cost, Wt, costT)
+        _wt_build(qw, tidx, perm, layer.w_range.n_codes, layer.w_range.qmin, H.astype(dt), cost, Wt, costT)
         bounds, n = _cut_chunks(costT, lim, F32_MAX_CHUNKS + 1 if dt is np.float32 else K + 1)
         if n > 0:
             return Wt, bounds[:n + 1] * J, n, dt, G.astype(dt)
@@ -755,7 +826,12 @@ def _fused(layer, x, xmin, xmax, conv=None):
     O = layer.out_channels
     groups = conv[0] if conv else 1
     Og = O // groups
-    plans = [_fused_plan(layer, xmin, xmax, slice(g * Og, (g + 1) * Og)) for g in range(groups)]
+    if conv:  # k' = (i, j, c), c fastest: each tap is a run in the NHWC features
+        _, Cg, kh, kw = conv[:4]
+        perm = np.arange(Cg * kh * kw).reshape(Cg, kh, kw).transpose(1, 2, 0).reshape(-1)
+    else:
+        perm = np.arange(layer.k)
+    plans = [_fused_plan(layer, xmin, xmax, slice(g * Og, (g + 1) * Og), perm) for g in range(groups)]
     if any(p is None for p in plans):
         return None
     xk = _as_kernel_codes(x)
@@ -779,6 +855,19 @@ def _fused(layer, x, xmin, xmax, conv=None):
     acc = np.empty(N * O, np.int64)
     out = np.empty(N * O, np.int64) if do_thr else acc
     bias = np.ascontiguousarray(layer.bias, np.int64)
+    pool = _pool()
+    nwk = pool._max_workers
+    if conv:  # padded NHWC features of all groups, J values per channel
+        J = plans[0][4].shape[1]
+        dt = plans[0][3]
+        if any(p[4].shape[1] != J or p[3] is not dt for p in plans):
+            return None
+        Bx, C, H, W = x.shape
+        xp = np.zeros((Bx, H + 2 * ph, W + 2 * pw, C * J), dt)
+        step = -(-Bx // nwk)
+        for f in [pool.submit(_features_nhwc, xk, qmin, plans[0][4], ph, pw, b0, min(Bx, b0 + step), xp)
+                  for b0 in range(0, Bx, step)]:
+            f.result()
     for g, (Wt, bounds, n, dt, Gf) in enumerate(plans):
         _note(f"gemm_{np.dtype(dt).name}")
         if n > 1:
@@ -786,19 +875,23 @@ def _fused(layer, x, xmin, xmax, conv=None):
         KJ = Wt.shape[0]
         R = np.empty((n, N, Og), dt)
         if conv:
-            rb = max(64, min(N, FEATURE_BYTES // max(KJ * np.dtype(dt).itemsize, 1)))
-            F = np.empty((rb, KJ), dt)
-            for r0 in range(0, N, rb):
-                r1 = min(N, r0 + rb)
-                Fb = F[:r1 - r0]
-                _features_im2col(xk, qmin, Gf, g * Cg, Cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, r0, Fb)
-                for c in range(n):
-                    np.matmul(Fb[:, bounds[c]:bounds[c + 1]], Wt[bounds[c]:bounds[c + 1]], out=R[c, r0:r1])
+            rb = max(64, FEATURE_BYTES // max(KJ * np.dtype(dt).itemsize, 1))
         else:
-            F = np.empty((N, KJ), dt)
-            _features_linear(xk, qmin, Gf, F)
+            rb = FEATURE_BYTES // max(KJ * np.dtype(dt).itemsize, 1)
+        rb = max(1, min(rb, -(-N // nwk)))  # at least one block per worker
+
+        def block(r0, g=g, Wt=Wt, bounds=bounds, n=n, dt=dt, Gf=Gf, R=R, rb=rb):
+            r1 = min(N, r0 + rb)
+            F = np.empty((r1 - r0, Wt.shape[0]), dt)
+            if conv:
+                _features_im2col(xp, g * Cg, Cg, kh, kw, sh, sw, dh, dw, ho, wo, r0, F)
+            else:
+                _features_linear(xk, qmin, Gf, r0, F)
             for c in range(n):
-                np.matmul(F[:, bounds[c]:bounds[c + 1]], Wt[bounds[c]:bounds[c + 1]], out=R[c])
+                np.matmul(F[:, bounds[c]:bounds[c + 1]], Wt[bounds[c]:bounds[c + 1]], out=R[c, r0:r1])
+
+        for f in [pool.submit(block, r0) for r0 in range(0, N, rb)]:
+            f.result()
         _finish(R, bias[g * Og:(g + 1) * Og], g * Og, O, P, mode, layer.acc.width, thr,
                 rq.qmin if do_thr else 0, do_thr, exact, acc, out)
     if layer.datapath == "product":
