@@ -540,7 +540,7 @@ FUSED = True  # False: the older per-call paths (_mac_fast / integer kernels) on
 ONE_HOT = None  # product datapath side: None = cheaper, "weights" or "activations" (tests)
 F32_MAX_CHUNKS = 24  # more float32 chunks than this: use float64 (fewer, larger GEMMs)
 CHUNK_LIMIT = {np.float32: _F24, np.float64: _F53}  # tests lower these to force many chunks
-FEATURE_BYTES = 16 << 20  # conv: im2col row blocks of about this size
+FEATURE_BYTES = 4 << 20  # im2col / feature row blocks of about this size (per worker task)
 PRODUCT_CHECK_MAX = 1 << 22  # product datapath: largest host identity check (q range x keys)
 
 
@@ -550,7 +550,7 @@ PRODUCT_CHECK_MAX = 1 << 22  # product datapath: largest host identity check (q 
 # OpenBLAS threads, 16 ms with 1). So the fused path splits its rows over its own worker
 # threads, each building its features (nogil numba) and calling single-threaded BLAS
 # (openblas_set_num_threads_local: this thread only; nothing global is changed).
-_POOL = None
+_POOL = None  # (pid, executor, workers): a forked child builds its own (threads do not fork)
 
 
 def _blas_local_threads():
@@ -572,14 +572,16 @@ def _blas_local_threads():
 
 
 def _pool():
+    """(executor, number of workers) of this process."""
     global _POOL
-    if _POOL is None:
+    if _POOL is None or _POOL[0] != os.getpid():
         from concurrent.futures import ThreadPoolExecutor
         np.ones((2, 2)) @ np.ones((2, 2))  # make sure BLAS is loaded
         setter = _blas_local_threads()
-        _POOL = ThreadPoolExecutor(max(1, numba.get_num_threads()), thread_name_prefix="nupes-gemm",
-                                   initializer=(lambda: setter(1)) if setter else None)
-    return _POOL
+        n = max(1, numba.get_num_threads())
+        _POOL = (os.getpid(), ThreadPoolExecutor(n, thread_name_prefix="nupes-gemm",
+                                                 initializer=(lambda: setter(1)) if setter else None), n)
+    return _POOL[1], _POOL[2]
 
 
 @njit
@@ -855,8 +857,7 @@ def _fused(layer, x, xmin, xmax, conv=None):
     acc = np.empty(N * O, np.int64)
     out = np.empty(N * O, np.int64) if do_thr else acc
     bias = np.ascontiguousarray(layer.bias, np.int64)
-    pool = _pool()
-    nwk = pool._max_workers
+    pool, nwk = _pool()
     if conv:  # padded NHWC features of all groups, J values per channel
         J = plans[0][4].shape[1]
         dt = plans[0][3]
