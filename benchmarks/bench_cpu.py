@@ -162,12 +162,27 @@ def main(argv=None):
     print(md)
     if args.write:
         with open(args.write, "w") as f:
-            f.write(render_doc(head, md, argv))
+            f.write(render_doc(head, md, argv, rows))
         print(f"wrote {args.write}")
     return 0
 
 
-def render_doc(head, md, argv):
+def verdicts(rows):
+    """One line per row: the ratio against its targets (operand <= 3x, product <= 12x PyTorch;
+    >= 100x faster than the oracle), met or missed."""
+    out = []
+    for r in rows:
+        lim = 3.0 if r["datapath"] == "operand" else 12.0
+        ratio, orc = r["cpu"] / r["torch"], r["oracle"] / r["cpu"]
+        ok_t = ratio <= lim
+        ok_o = not orc == orc or orc >= 100  # nan (--quick): not measured
+        out.append(f"- {r['layer']} {r['datapath']} ({r['scales']}): {ratio:.2f}x PyTorch, target <= {lim:g}x: "
+                   f"{'met' if ok_t else 'MISSED'}; {orc:.0f}x the oracle, target >= 100x: "
+                   f"{'met' if ok_o else 'MISSED'}")
+    return "\n".join(out)
+
+
+def render_doc(head, md, argv, rows=None):
     cmd = "python benchmarks/bench_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
     return f"""# Performance of the CPU backend
 
@@ -191,22 +206,54 @@ weights and activations, `torch.set_num_threads({cores()})`. The oracle is timed
 {md}
 
 Targets: operand datapath <= 3x PyTorch fp32, product datapath <= 12x, both >= 100x faster
-than the oracle.
+than the oracle. In this run:
+
+{verdicts(rows) if rows else "(not evaluated)"}
 
 Caveat: the project machine is shared; when other jobs load its two cores (see the load
 average above) every number here, PyTorch's included, slows down several-fold and two-thread
 BLAS/OpenMP regions suffer most. Compare ratios from one run only.
 
-Why the product datapath with per-channel weight scales is slow: each output channel has its
-own product table (lut row t = o), so sum_k lut[o, idx(|qw|,|qx|)] is one table lookup per MAC
-and no GEMM identity applies (the one-hot decomposition needs T_m(X) independent of o). The
-integer kernel is then bound by vector-gather throughput. With per-tensor weight scales the
-decomposition into Mw = 7 exact GEMMs applies (`product_gemm`).
+Where the time goes (fused path, `nupes_sim/cpu.py`): the activation codes are decoded once
+into float features (conv: a zero-padded NHWC image, then im2col rows as contiguous runs), the
+weights into a float matrix, and the k axis is cut into chunks whose worst-case partial sums
+stay below 2^24, so each chunk is an exact float32 GEMM (the proof is in the code); one int64
+pass then adds the chunk results and the bias and writes `acc_exact`, `acc` and the threshold
+codes. Row blocks run on the backend's own worker threads, each calling single-threaded
+OpenBLAS (thread-local setting): with OpenBLAS's own threads, every chunk GEMM waits for both
+of its threads, which on this loaded 2-core machine cost several times the GEMM itself.
+`nupes_sim.cpu` also sets `OMP_WAIT_POLICY=PASSIVE` unless already set (Numba's OpenMP threads
+otherwise spin after each parallel region and steal the cores from the GEMMs); it is set at
+import, so PyTorch's OpenMP in the same process runs with it too (PyTorch got faster with it
+here, which makes the ratios stricter, not looser: measured once on 2026-11-27 at load
+average 3.3, PyTorch alone took 16.0 ms (linear) and 32 ms (conv) with the default policy and
+6 ms and 9-11 ms with the passive one).
 
-Paths: `gemm_f64`/`gemm_f32` = exact float GEMM (proof in `nupes_sim/cpu.py`), `int_sum` =
-integer kernel (order-free sum), `product_gemm` = one-hot decomposition of the product
-datapath (per-tensor weight tables only; with per-channel weight scales every output channel
-has its own product table and the integer LUT kernel runs).
+Before the fused path (commit 1c1cd94, same command, load average 4.66, default OpenMP wait
+policy): linear operand 107.9 ms (7.1x PyTorch's 15.1 ms), linear product 142.1 ms (8.9x),
+conv operand 196.6 ms (17.7x PyTorch's 11.1 ms), conv product 649.4 ms (29x).
+
+What still misses and why: the product datapath does 7x the operand datapath's multiply-adds
+(one GEMM column block per weight magnitude) and its products reach 2^18.4, so its k axis needs
+about 10-17 float32 chunks; the conv rows also pay for im2col of 7 feature columns per tap
+(a 264 MB feature matrix streamed in blocks). The conv operand row is bound by the GEMM with
+only 64 output channels plus the im2col and the int64 output pass (three int64 tensors of
+1 M elements, binary-search thresholds), while PyTorch's direct conv runs near peak.
+
+Product datapath: per-tensor and per-channel weight scales are factored out of the product
+table (one shared table row, the scale moves into the per-channel accumulator unit), so
+sum_k sign(qw)sign(qx) lut[|qw||qx|] is decomposed one-hot over the 7 weight magnitudes of W4:
+a GEMM with 7K columns (7x the operand datapath's multiply-adds; larger products also need
+more 2^24 chunks). The cheaper one-hot side is chosen (weights: 7 magnitudes; activations: 255
+for A8). Per-tensor and per-channel rows therefore take the same path and cost the same.
+Per-group weight scales still need one table row per group: the decomposition is then
+(rows x 7) or (activation magnitudes) long and the integer LUT kernel runs unless one side has
+at most 16 columns (e.g. activations of at most 4 bits).
+
+Paths: `gemm_float32`/`gemm_float64` = fused exact float GEMM path, `chunked` = its k axis was
+cut into several exact chunks, `product_gemm` = one-hot decomposition of the product datapath,
+`gemm_f64`/`gemm_f32`/`gemm_split` = the older unfused exact GEMM path, `int_sum`/`int_saturate`
+= integer kernels.
 """
 
 

@@ -11,12 +11,23 @@ floating point is the BLAS fast path below, used only where a written proof says
 exact; everything else is int64.
 """
 
-import numpy as np
-from numba import njit, prange
+import os
 
-from . import primitives as P
-from .layers import Add, AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d
-from .tables import Rescale, Thresholds
+# Numba's OpenMP threads spin-wait after every parallel region by default; the fast paths
+# alternate numba regions with OpenBLAS GEMMs, whose threads then compete with the spinning
+# ones for the same cores (measured on the 2-core project machine: a 0.3 ms decode kernel
+# took 15 ms and GEMMs several times longer). Passive waiting (sleep at once) removes that.
+# Set before numba's libgomp is loaded; a value the user set is kept. It also applies to other
+# libgomp copies loaded later in this process (e.g. torch's).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+from numba import njit, prange  # noqa: E402
+
+from . import primitives as P  # noqa: E402
+from .layers import Add, AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d  # noqa: E402
+from .tables import Rescale, Thresholds  # noqa: E402
 
 FAST_PATHS = True  # False: integer kernels only (no BLAS), for cross-checking
 USE_FLOAT32 = True  # allow float32 GEMMs when every partial sum is < 2^24
@@ -480,28 +491,438 @@ def _mac(layer, X, sl=slice(None), fast=None):
                             acc_cfg.lo, acc_cfg.hi, acc_cfg.tile)
 
 
+# --------------------------------------------------------------------------------------------
+# Fused exact-float MAC path (linear and conv2d, order-free accumulation only).
+#
+# Decomposition. A product depends on (key, q): key = t·nw + (qw - qmin_w) (t = the weight's
+# table row, nw = number of weight codes), q = the activation code. It is written as an inner
+# product of two short integer vectors,
+#     product(key, q) = sum_{j<J} G[q, j] · H[key, j]                                    (*)
+#   operand:  J = 1, G[q, 0] = x_lut[q], H[key, 0] = w_lut[t, qw]  ((*) is the definition);
+#   product, one-hot on the weights: j runs over the (t, m) pairs present (m = |qw| > 0),
+#     G[q, j] = sign(q)·lut[t_j, idx(m_j, |q|)],  H[key, j] = sign(qw)·[(t, |qw|) = (t_j, m_j)];
+#   product, one-hot on the activations: j runs over the magnitudes a_j > 0 of [min x, max x],
+#     G[q, j] = sign(q)·[|q| = a_j],             H[key, j] = sign(qw)·lut[t, idx(|qw|, a_j)].
+# The cheaper side (smaller J) is taken. For the product datapath (*) is verified on the host
+# in int64 for every used key and every q in [min x, max x] against the product as the oracle
+# forms it, and each row of G (or of H) has at most one nonzero entry (one-hot).
+# Then sum_k product(o, k) = sum_{k, j} F[n, kJ+j] · Wt[kJ+j, o] with F[n, kJ+j] = G[x[n,k], j]
+# (0 for a padded conv tap, whose product is 0) and Wt[kJ+j, o] = H[key(o,k), j]: GEMMs.
+#
+# Exactness. cost(key) = max_{q in [min x, max x]} sum_j |G[q,j]|·|H[key,j]| bounds the sum
+# of the absolute values of the J terms of one k (operand: |w_lut|·max|x_lut|; one-hot: the
+# largest |product|, as a single term is nonzero). The k axis is cut greedily into chunks
+# with max_o sum_{k in chunk} cost(key(o,k)) < L, L = 2^24 (float32) or 2^53 (float64), and
+# |G|, |H| < L (exact conversion). Every value a GEMM forms over one chunk -- a product, or a
+# partial sum of any subset of the chunk's terms, in any order or blocking, with or without
+# FMA -- is then an integer of magnitude < L, so by the proof of _exact_matmul (above) each
+# chunk result is the exact integer. Chunk results are converted to int64 (exact) and summed
+# in int64 after the bias: every intermediate is the bias plus a sum over a subset of the
+# products, |.| <= bound < 2^63. No overflow handling is needed there: this path runs only
+# for wrap/exact, or saturate with no_overflow_possible() (order-free sums, see _mac).
+# --------------------------------------------------------------------------------------------
+FUSED = True  # False: the older per-call paths (_mac_fast / integer kernels) only
+ONE_HOT = None  # product datapath side: None = cheaper, "weights" or "activations" (tests)
+F32_MAX_CHUNKS = 24  # more float32 chunks than this: use float64 (fewer, larger GEMMs)
+CHUNK_LIMIT = {np.float32: _F24, np.float64: _F53}  # tests lower these to force many chunks
+FEATURE_BYTES = 4 << 20  # im2col / feature row blocks of about this size (per worker task)
+PRODUCT_CHECK_MAX = 1 << 22  # product datapath: largest host identity check (q range x keys)
+
+
+# GEMM threading. OpenBLAS wakes and joins its threads at every call; on a loaded machine
+# (the project's 2 shared cores) a descheduled BLAS thread stalls the call for a time slice,
+# and k-chunked GEMMs make many calls (measured: 6 GEMMs of 256x180x1024 took ~100 ms with 2
+# OpenBLAS threads, 16 ms with 1). So the fused path splits its rows over its own worker
+# threads, each building its features (nogil numba) and calling single-threaded BLAS
+# (openblas_set_num_threads_local: this thread only; nothing global is changed).
+_POOL = None  # (pid, executor, workers): a forked child builds its own (threads do not fork)
+
+
+def _blas_local_threads():
+    """openblas_set_num_threads_local of the OpenBLAS numpy uses, or None."""
+    import ctypes
+    try:
+        with open("/proc/self/maps") as f:
+            libs = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line})
+    except OSError:
+        return None
+    for lib in libs:
+        try:
+            fn = ctypes.CDLL(lib).openblas_set_num_threads_local
+        except (OSError, AttributeError):
+            continue
+        fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+        return fn
+    return None
+
+
+def _pool():
+    """(executor, number of workers) of this process."""
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        from concurrent.futures import ThreadPoolExecutor
+        np.ones((2, 2)) @ np.ones((2, 2))  # make sure BLAS is loaded
+        setter = _blas_local_threads()
+        n = max(1, numba.get_num_threads())
+        _POOL = (os.getpid(), ThreadPoolExecutor(n, thread_name_prefix="nupes-gemm",
+                                                 initializer=(lambda: setter(1)) if setter else None), n)
+    return _POOL[1], _POOL[2]
+
+
+@njit
+def _minmax(x):
+    mn = x[0]
+    mx = x[0]
+    for i in range(1, x.size):
+        v = x[i]
+        if v < mn:
+            mn = v
+        elif v > mx:
+            mx = v
+    return mn, mx
+
+
+def _check_x(rng, name, x):
+    """rng.check_codes(name, x) (same errors), returning (min, max) of x ((0, 0) if empty)."""
+    if isinstance(x, np.ndarray) and x.dtype.kind in "iu" and x.size:
+        mn, mx = _minmax(np.ascontiguousarray(x).reshape(-1))
+        mn, mx = int(mn), int(mx)
+        if rng.qmin <= mn and mx <= rng.qmax:
+            return mn, mx
+    rng.check_codes(name, x)  # raises exactly as the oracle does
+    return 0, 0
+
+
+def _as_kernel_codes(x):
+    x = np.ascontiguousarray(x)
+    return x.astype(np.int64) if x.dtype.kind == "u" and x.itemsize == 8 else x
+
+
+@njit(parallel=True)
+def _wt_build(qw, tidx, perm, nw, wqmin, Hf, cost_key, Wt, costT):
+    """Wt[k*J + j, o] = Hf[key, j], costT[k, o] = cost_key[key], key = t*nw + qw - qmin of the
+    weight (o, perm[k]) (perm: the fused path's order of k; the sum is order-free)."""
+    O = qw.shape[0]
+    K = perm.shape[0]
+    J = Hf.shape[1]
+    for k in prange(K):
+        kk = perm[k]
+        for o in range(O):
+            key = tidx[o, kk] * nw + (qw[o, kk] - wqmin)
+            costT[k, o] = cost_key[key]
+            for j in range(J):
+                Wt[k * J + j, o] = Hf[key, j]
+
+
+@njit
+def _cut_chunks(costT, limit, max_chunks):
+    """Greedy cut of k into chunks with max_o sum cost < limit; (bounds, n) or n = -1."""
+    K, O = costT.shape
+    bounds = np.empty(K + 1, np.int64)
+    bounds[0] = 0
+    n = 0
+    run = np.zeros(O, np.int64)
+    for k in range(K):
+        over = False
+        for o in range(O):
+            c = costT[k, o]
+            if c >= limit:
+                return bounds, -1
+            if run[o] + c >= limit:  # run, c < limit <= 2^53: no int64 overflow
+                over = True
+        if over:
+            n += 1
+            if n >= max_chunks:
+                return bounds, -1
+            bounds[n] = k
+            run[:] = 0
+        for o in range(O):
+            run[o] += costT[k, o]
+    n += 1
+    bounds[n] = K
+    return bounds, n
+
+
+@njit(nogil=True)
+def _features_linear(x, qmin, Gf, r0, F):
+    """Rows r0.. of F[n, k*J + j] = Gf[x[n, k] - qmin, j] (serial: one worker thread each)."""
+    K = x.shape[1]
+    J = Gf.shape[1]
+    for rr in range(F.shape[0]):
+        for k in range(K):
+            q = x[r0 + rr, k] - qmin
+            for j in range(J):
+                F[rr, k * J + j] = Gf[q, j]
+
+
+@njit(nogil=True)
+def _features_nhwc(x, qmin, Gf, ph, pw, b0, b1, xp):
+    """Images b0..b1 of xp[b, ph + h, pw + w, c*J + j] = Gf[x[b, c, h, w] - qmin, j]; xp is
+    zero elsewhere (the padding: padded taps contribute 0). Serial: one worker thread each."""
+    _, C, H, W = x.shape
+    J = Gf.shape[1]
+    for b in range(b0, b1):
+        for c in range(C):
+            for h in range(H):
+                for w in range(W):
+                    q = x[b, c, h, w] - qmin
+                    for j in range(J):
+                        xp[b, ph + h, pw + w, c * J + j] = Gf[q, j]
+
+
+@njit(nogil=True)
+def _features_im2col(xp, c0, cg, kh, kw, sh, sw, dh, dw, ho, wo, r0, F):
+    """Rows r0.. of the conv columns from the padded NHWC features xp, in the fused path's
+    order k' = (i, j, c) (c fastest) with J features each: for every tap (i, j), one run of
+    cg*J consecutive values. Serial: one worker thread each."""
+    J = F.shape[1] // (kh * kw * cg)
+    run = cg * J
+    for rr in range(F.shape[0]):
+        r = r0 + rr
+        b = r // (ho * wo)
+        rem = r - b * ho * wo
+        oh = rem // wo
+        ow = rem - oh * wo
+        for i in range(kh):
+            for j in range(kw):
+                base = (i * kw + j) * run
+                src = xp[b, oh * sh + i * dh, ow * sw + j * dw]
+                for t in range(run):
+                    F[rr, base + t] = src[c0 * J + t]
+
+
+@njit(parallel=True)
+def _finish(R, bias, o0, Otot, P, mode, width, thr, qmin, do_thr, exact, acc, out):
+    """exact = bias + sum of the chunk results (int64), acc (wrap or identity), thresholds;
+    written at flat index (b*Otot + o0 + o)*P + p for row n = b*P + p (linear: P = 1).
+    Rows go in blocks of up to 64 within one image, o outer and p inner (contiguous writes)."""
+    C, N, Og = R.shape
+    nthr = thr.shape[1]
+    BL = 64
+    nblk_img = (P + BL - 1) // BL
+    B = N // P
+    for blk in prange(B * nblk_img):
+        b = blk // nblk_img
+        p0 = (blk - b * nblk_img) * BL
+        p1 = min(P, p0 + BL)
+        for o in range(Og):
+            base = (b * Otot + o0 + o) * P
+            row = 0 if thr.shape[0] == 1 else o0 + o
+            for p in range(p0, p1):
+                n = b * P + p
+                s = bias[o]
+                for c in range(C):
+                    s += np.int64(R[c, n, o])  # an exact integer < 2^53 (see above)
+                i = base + p
+                exact[i] = s
+                a = wrap(s, width) if mode == 1 else s
+                acc[i] = a
+                if do_thr:
+                    out[i] = qmin + count_ge(a, thr, row, nthr)
+
+
+def _decomposition(layer, xmin, xmax):
+    """(G, H, cost_key) int64 for (*), or None (too many one-hot columns / too large a check)."""
+    nq = layer.x_range.n_codes
+    xq0 = layer.x_range.qmin
+    if layer.datapath == "operand":
+        G = np.asarray(layer.x_table.lut[0], np.int64)[:, None]
+        H = np.asarray(layer.w_table.lut, np.int64).reshape(-1, 1)
+        xmaxabs = int(np.abs(G[xmin - xq0:xmax - xq0 + 1]).max())
+        return G, H, np.abs(H[:, 0]) * xmaxabs  # |w_lut|·max|x_lut| < 2^62 (_check_product_range)
+    pt = layer.p_table
+    lut = np.asarray(pt.lut, np.int64)
+    T = lut.shape[0]
+    nw, wq0 = layer.w_range.n_codes, layer.w_range.qmin
+    qw = layer.w_codes.reshape(layer.out_channels, -1)
+    keys_used = np.flatnonzero(np.bincount((layer.w_table_index * nw + (qw - wq0)).reshape(-1),
+                                           minlength=T * nw))
+    kt, kw_ = keys_used // nw, keys_used % nw + wq0  # table row and weight code of each used key
+    q = np.arange(xmin, xmax + 1)
+    if len(q) * len(keys_used) > PRODUCT_CHECK_MAX:
+        return None
+
+    def idx(m, a):
+        return m * a if pt.by_product else m * (pt.mx + 1) + a
+
+    # the products as the oracle forms them, (q range, used keys)
+    P_true = (np.sign(kw_)[None, :] * np.sign(q)[:, None] *
+              lut[kt[None, :], idx(np.abs(kw_)[None, :], np.abs(q)[:, None])])
+    pairs = sorted({(int(t), int(abs(w))) for t, w in zip(kt, kw_) if w != 0})
+    mags = sorted({abs(int(v)) for v in q if v != 0})
+    side = ONE_HOT or ("activations" if len(mags) < len(pairs) else "weights")
+    G = np.zeros((nq, 0), np.int64)
+    H = np.zeros((T * nw, 0), np.int64)
+    if side == "weights" and pairs:
+        G = np.zeros((nq, len(pairs)), np.int64)
+        H = np.zeros((T * nw, len(pairs)), np.int64)
+        for j, (t, m) in enumerate(pairs):
+            G[q - xq0, j] = np.sign(q) * lut[t, idx(m, np.abs(q))]
+            sel = (kt == t) & (np.abs(kw_) == m)
+            H[keys_used[sel], j] = np.sign(kw_[sel])
+    elif side == "activations" and mags:
+        G = np.zeros((nq, len(mags)), np.int64)
+        H = np.zeros((T * nw, len(mags)), np.int64)
+        for j, a in enumerate(mags):
+            G[q - xq0, j] = np.sign(q) * (np.abs(q) == a)
+            H[keys_used, j] = np.sign(kw_) * lut[kt, idx(np.abs(kw_), a)]
+    if G.shape[1] > PRODUCT_GEMM_MAX:
+        return None
+    if G.shape[1] == 0:  # every product is 0 (all weights or all activations are 0)
+        G, H = np.zeros((nq, 1), np.int64), np.zeros((T * nw, 1), np.int64)
+    Gr, Hu = G[q - xq0], H[keys_used]
+    one_hot = ((Gr != 0).sum(axis=1) <= 1).all() or ((Hu != 0).sum(axis=1) <= 1).all()
+    if not one_hot or not np.array_equal(Gr @ Hu.T, P_true):  # int64: one nonzero term each
+        raise AssertionError(f"{layer.name}: product decomposition does not reproduce the table")
+    cost = np.zeros(T * nw, np.int64)
+    cost[keys_used] = np.abs(P_true).max(axis=0)  # one-hot: sum_j |G||H| = |product|
+    return G, H, cost
+
+
+def _fused_plan(layer, xmin, xmax, sl, perm):
+    """Weights side of the fused path for output rows sl, k in the order perm:
+    (Wt, bounds, n_chunks, dtype, Gf)."""
+    dec = _decomposition(layer, xmin, xmax)
+    if dec is None:
+        return None
+    G, H, cost = dec
+    O = layer.out_channels
+    qw = np.ascontiguousarray(layer.w_codes.reshape(O, -1)[sl])
+    tidx = np.ascontiguousarray(layer.w_table_index[sl])
+    K, J = qw.shape[1], G.shape[1]
+    gmax = _maxabs(G[xmin - layer.x_range.qmin:xmax - layer.x_range.qmin + 1])
+    hmax = _maxabs(H)
+    costT = np.empty((K, qw.shape[0]), np.int64)
+    for dt in ((np.float32, np.float64) if USE_FLOAT32 else (np.float64,)):
+        lim = CHUNK_LIMIT[dt]
+        if gmax >= lim or hmax >= lim:
+            continue
+        Wt = np.empty((K * J, qw.shape[0]), dt)
+        _wt_build(qw, tidx, perm, layer.w_range.n_codes, layer.w_range.qmin, H.astype(dt), cost, Wt, costT)
+        bounds, n = _cut_chunks(costT, lim, F32_MAX_CHUNKS + 1 if dt is np.float32 else K + 1)
+        if n > 0:
+            return Wt, bounds[:n + 1] * J, n, dt, G.astype(dt)
+    return None
+
+
+def _fused(layer, x, xmin, xmax, conv=None):
+    """Whole-layer result dict by the fused path, or None when it does not apply."""
+    mode = _MODE[layer.acc.overflow]
+    if not (FUSED and (mode != 2 or layer.no_overflow_possible())) or x.size == 0 or layer.k == 0:
+        return None
+    O = layer.out_channels
+    groups = conv[0] if conv else 1
+    Og = O // groups
+    if conv:  # k' = (i, j, c), c fastest: each tap is a run in the NHWC features
+        _, Cg, kh, kw = conv[:4]
+        perm = np.arange(Cg * kh * kw).reshape(Cg, kh, kw).transpose(1, 2, 0).reshape(-1)
+    else:
+        perm = np.arange(layer.k)
+    plans = [_fused_plan(layer, xmin, xmax, slice(g * Og, (g + 1) * Og), perm) for g in range(groups)]
+    if any(p is None for p in plans):
+        return None
+    xk = _as_kernel_codes(x)
+    qmin = layer.x_range.qmin
+    if conv:
+        _, Cg, kh, kw, (sh, sw), (ph, pw), (dh, dw), ho, wo = conv
+        B = x.shape[0]
+        N, P, shape = B * ho * wo, ho * wo, (B, O, ho, wo)
+    else:
+        N, P, shape = x.shape[0], 1, (x.shape[0], O)
+    rq = layer.requant
+    do_thr = False
+    thr = np.zeros((1, 1), np.int64)
+    if isinstance(rq, Thresholds):
+        t = np.asarray(rq.thr)
+        if t.ndim == 2 and t.dtype.kind in "iu" and (t.shape[0] == 1 or t.shape[0] >= O) and t.shape[1] > 0:
+            t = np.ascontiguousarray(t, np.int64)
+            if t.shape[1] < 2 or (np.diff(t, axis=1) >= 0).all():
+                thr, do_thr = t, True
+    exact = np.empty(N * O, np.int64)
+    acc = np.empty(N * O, np.int64)
+    out = np.empty(N * O, np.int64) if do_thr else acc
+    bias = np.ascontiguousarray(layer.bias, np.int64)
+    pool, nwk = _pool()
+    if conv:  # padded NHWC features of all groups, J values per channel
+        J = plans[0][4].shape[1]
+        dt = plans[0][3]
+        if any(p[4].shape[1] != J or p[3] is not dt for p in plans):
+            return None
+        Bx, C, H, W = x.shape
+        xp = np.zeros((Bx, H + 2 * ph, W + 2 * pw, C * J), dt)
+        step = -(-Bx // nwk)
+        for f in [pool.submit(_features_nhwc, xk, qmin, plans[0][4], ph, pw, b0, min(Bx, b0 + step), xp)
+                  for b0 in range(0, Bx, step)]:
+            f.result()
+    for g, (Wt, bounds, n, dt, Gf) in enumerate(plans):
+        _note(f"gemm_{np.dtype(dt).name}")
+        if n > 1:
+            _note("chunked")
+        KJ = Wt.shape[0]
+        R = np.empty((n, N, Og), dt)
+        if conv:
+            rb = max(64, FEATURE_BYTES // max(KJ * np.dtype(dt).itemsize, 1))
+        else:
+            rb = FEATURE_BYTES // max(KJ * np.dtype(dt).itemsize, 1)
+        rb = max(1, min(rb, -(-N // nwk)))  # at least one block per worker
+
+        def block(r0, g=g, Wt=Wt, bounds=bounds, n=n, dt=dt, Gf=Gf, R=R, rb=rb):
+            r1 = min(N, r0 + rb)
+            F = np.empty((r1 - r0, Wt.shape[0]), dt)
+            if conv:
+                _features_im2col(xp, g * Cg, Cg, kh, kw, sh, sw, dh, dw, ho, wo, r0, F)
+            else:
+                _features_linear(xk, qmin, Gf, r0, F)
+            for c in range(n):
+                np.matmul(F[:, bounds[c]:bounds[c + 1]], Wt[bounds[c]:bounds[c + 1]], out=R[c, r0:r1])
+
+        for f in [pool.submit(block, r0) for r0 in range(0, N, rb)]:
+            f.result()
+        _finish(R, bias[g * Og:(g + 1) * Og], g * Og, O, P, mode, layer.acc.width, thr,
+                rq.qmin if do_thr else 0, do_thr, exact, acc, out)
+    if layer.datapath == "product":
+        _note("product_gemm")
+    exact, acc = exact.reshape(shape), acc.reshape(shape)
+    if do_thr:
+        out = out.reshape(shape)
+    else:
+        out = _requantize(acc, rq, 1, layer.seed, layer.tensor_id)
+    return dict(acc_exact=exact, acc=acc, out=out)
+
+
 def linear(layer, x, fast=None):
-    layer.x_range.check_codes(f"{layer.name} input", x)
+    xmin, xmax = _check_x(layer.x_range, f"{layer.name} input", x)
     if x.ndim != 2 or x.shape[1] != layer.k:
         raise ValueError(f"{layer.name}: input shape {x.shape}; expected (batch, {layer.k})")
-    x = x.astype(np.int64)
     if layer.datapath == "product":
-        _check_product_index(layer, layer.x_range.max_magnitude if x.size == 0 else int(np.abs(x).max()))
+        _check_product_index(layer, layer.x_range.max_magnitude if x.size == 0 else max(-xmin, xmax))
+    if FAST_PATHS if fast is None else fast:
+        _check_product_range(layer)
+        res = _fused(layer, x, xmin, xmax)
+        if res is not None:
+            return res
+    x = x.astype(np.int64)
     exact, acc = _mac(layer, _decode_x(layer, x), fast=fast)
     out = _requantize(acc, layer.requant, 1, layer.seed, layer.tensor_id)
     return dict(acc_exact=exact, acc=acc, out=out)
 
 
 def conv2d(layer, x, fast=None):
-    layer.x_range.check_codes(f"{layer.name} input", x)
+    xmin, xmax = _check_x(layer.x_range, f"{layer.name} input", x)
     O, Cg, kh, kw = layer.w_codes.shape
     if x.ndim != 4 or x.shape[1] != Cg * layer.groups:
         raise ValueError(f"{layer.name}: input shape {x.shape}; expected (B, {Cg * layer.groups}, H, W)")
     B = x.shape[0]
     ho, wo = layer.out_hw(*x.shape[2:])
-    x = x.astype(np.int64)
     if layer.datapath == "product":
-        _check_product_index(layer, layer.x_range.max_magnitude if x.size == 0 else int(np.abs(x).max()))
+        _check_product_index(layer, layer.x_range.max_magnitude if x.size == 0 else max(-xmin, xmax))
+    if FAST_PATHS if fast is None else fast:
+        _check_product_range(layer)
+        res = _fused(layer, x, xmin, xmax, (layer.groups, Cg, kh, kw, layer.stride, layer.padding,
+                                            layer.dilation, ho, wo))
+        if res is not None:
+            return res
+    x = x.astype(np.int64)
     xd = np.ascontiguousarray(_decode_x(layer, x))
     Og = O // layer.groups
     exact = np.empty((B * ho * wo, O), np.int64)

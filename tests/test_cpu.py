@@ -1,4 +1,5 @@
 """The Numba CPU backend equals the NumPy oracle bit for bit (values, dtypes, shapes, errors)."""
+import contextlib
 import dataclasses
 
 import numpy as np
@@ -299,3 +300,132 @@ def test_layer_rejects_products_beyond_2_62():
     with pytest.raises(ValueError):
         Linear.build("huge", np.array([[127]]), wf, xf, w_frac_bits=30, x_frac_bits=20,
                      acc=Accumulator(64, "exact"))
+
+
+# ---- fused exact-float path (cpu._fused): forced on and off, chunking and one-hot sides -----
+@contextlib.contextmanager
+def fused_settings():
+    keys = ("FUSED", "ONE_HOT", "USE_FLOAT32", "F32_MAX_CHUNKS", "FEATURE_BYTES")
+    old = {k: getattr(cpu, k) for k in keys}
+    old_lim = dict(cpu.CHUNK_LIMIT)
+    try:
+        yield
+    finally:
+        _restore(old, old_lim)
+
+
+def _restore(old, old_lim):
+    for k, v in old.items():
+        setattr(cpu, k, v)
+    cpu.CHUNK_LIMIT.clear()
+    cpu.CHUNK_LIMIT.update(old_lim)
+
+
+def _fused_variants(layer, inputs):
+    """The oracle's result for every fused setting: off, both one-hot sides, float32/float64,
+    small chunk limits (many chunks, k-cuts inside a conv window), tiny conv row blocks."""
+    with fused_settings():
+        return _fused_variants_inner(layer, inputs)
+
+
+def _fused_variants_inner(layer, inputs):
+    want = oracle.run_layer(layer, *inputs)
+    cpu.FUSED = False
+    assert_same(want, cpu.run_layer(layer, *inputs), "fused off")
+    cpu.FUSED = True
+    for side in (None, "weights", "activations"):
+        for f32 in (True, False):
+            for lim in (None, 2**12, 2**16):
+                cpu.ONE_HOT, cpu.USE_FLOAT32 = side, f32
+                cpu.CHUNK_LIMIT[np.float32] = lim or 2**24
+                cpu.CHUNK_LIMIT[np.float64] = lim or 2**53
+                cpu.F32_MAX_CHUNKS = 10**6
+                cpu.FEATURE_BYTES = 1 if lim == 2**12 else 16 << 20
+                assert_same(want, cpu.run_layer(layer, *inputs), f"fused {side} f32={f32} limit={lim}")
+    return want
+
+
+@settings(max_examples=25, deadline=None)
+@given(linear_case(max_batch=4, max_out=5, max_k=24))
+def test_fused_linear_variants_match_oracle(case):
+    _fused_variants(*case)
+
+
+@settings(max_examples=25, deadline=None)
+@given(conv_case())
+def test_fused_conv_variants_match_oracle(case):
+    _fused_variants(*case)
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "channel", "group"])
+@pytest.mark.parametrize("xexp", [2.0, 1.5])
+def test_fused_path_is_taken_and_chunks(granularity, xexp):
+    """Bench-like layers (W4 power weights, A8 activations): the fused path runs, float32 with
+    several chunks for the product datapath, and equals the oracle with it on and off."""
+    rng = np.random.default_rng(7)
+    O, K = 6, 40
+    scale = {"tensor": np.array([0.01]), "channel": rng.uniform(0.005, 0.02, O),
+             "group": rng.uniform(0.005, 0.02, (O, 4))}[granularity]
+    wf = PowerFormat(4, True, 2.0, scale, granularity, 10)
+    xf = PowerFormat(8, False, xexp, np.array([0.02]))
+    of = PowerFormat(8, False, 2.0, np.array([0.05]))
+    w = rng.integers(-7, 8, (O, K))
+    x = rng.integers(0, 256, (5, K))
+    for dp in ("operand", "product"):
+        for overflow in ("wrap", "exact"):
+            layer = Linear.build("l", w, wf, xf, datapath=dp, acc=Accumulator(48, overflow), out_fmt=of,
+                                 relu=True, product_frac_bits=20, w_frac_bits=14, x_frac_bits=10)
+            cpu.STATS.clear()
+            _fused_variants(layer, (x,))
+            if dp == "product" and granularity == "group":
+                # one table row per group: 24 rows x 7 magnitudes, and 255 activation
+                # magnitudes: no short decomposition, the integer kernel runs
+                assert "int_sum" in cpu.STATS, cpu.STATS
+                continue
+            assert "gemm_float32" in cpu.STATS or "gemm_float64" in cpu.STATS, cpu.STATS
+            if xexp == 2.0:  # products < 2^16: the small limits force several chunks
+                assert "chunked" in cpu.STATS, cpu.STATS
+            cpu.STATS.clear()
+            check(layer, (x,), both=False)
+            if dp == "product" and granularity != "group":
+                assert "product_gemm" in cpu.STATS and "int_sum" not in cpu.STATS, cpu.STATS
+
+
+def test_fused_per_group_product_takes_the_activation_side():
+    """Per-group weight scales keep one product-table row per group; with 4-bit activations
+    the one-hot decomposition over the 15 activation magnitudes is short and exact."""
+    rng = np.random.default_rng(10)
+    wf = PowerFormat(4, True, 2.0, rng.uniform(0.005, 0.02, (6, 4)), "group", 10)
+    xf = PowerFormat(4, False, 2.0, np.array([0.3]))
+    layer = Linear.build("g", rng.integers(-7, 8, (6, 40)), wf, xf, datapath="product",
+                         acc=Accumulator(40, "wrap"), product_frac_bits=20)
+    x = rng.integers(0, 16, (5, 40))
+    cpu.STATS.clear()
+    _fused_variants(layer, (x,))
+    cpu.STATS.clear()
+    check(layer, (x,), both=False)
+    assert "product_gemm" in cpu.STATS and "int_sum" not in cpu.STATS, cpu.STATS
+
+
+def test_fused_conv_groups_stride_and_zero_point():
+    rng = np.random.default_rng(8)
+    wf = PowerFormat(4, True, 1.5, rng.uniform(0.01, 0.03, 6), "channel")
+    for xf, dp in ((UniformFormat(4, False, 0.5, 9), "operand"), (PowerFormat(5, True, 1.5, np.array([0.1])), "product")):
+        layer = Conv2d.build("c", rng.integers(-7, 8, (6, 2, 3, 2)), wf, xf, datapath=dp,
+                             acc=Accumulator(24, "wrap"), stride=(2, 1), padding=(2, 1), dilation=(1, 2),
+                             groups=3, product_frac_bits=12, out_fmt=PowerFormat(6, True, 1.0, np.array([0.2])))
+        x = rng.integers(xf.range.qmin, xf.range.qmax + 1, (2, 6, 7, 6))
+        _fused_variants(layer, (x,))
+
+
+def test_fused_input_dtypes_and_views():
+    """uint8/int16/uint64 codes and non-contiguous views decode as int64 codes do."""
+    rng = np.random.default_rng(9)
+    wf = PowerFormat(4, True, 2.0, np.array([0.01]))
+    xf = PowerFormat(8, False, 2.0, np.array([0.02]))
+    for dp in ("operand", "product"):
+        layer = Linear.build("l", rng.integers(-7, 8, (3, 9)), wf, xf, datapath=dp)
+        x = rng.integers(0, 256, (9, 4)).T  # non-contiguous view
+        for dt in (np.uint8, np.int16, np.uint64, np.int64):
+            check(layer, (np.asarray(x, dt),))
+            check(layer, (np.asfortranarray(x.astype(dt)),))
