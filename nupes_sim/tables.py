@@ -187,6 +187,20 @@ class Rescale:
     rounding: int  # mode id
     mult_bits: int
 
+    def __post_init__(self):
+        m = np.asarray(self.multiplier)
+        sh = np.asarray(self.shift)
+        if m.shape != sh.shape or m.ndim != 1 or m.size == 0:
+            raise ValueError(f"rescale: multiplier {m.shape} and shift {sh.shape} must be equal 1-D shapes")
+        if m.size and (m.min() < 0 or m.max() >= 2**31):
+            raise ValueError(f"rescale: multipliers must lie in [0, 2^31); got {int(m.min())}..{int(m.max())}")
+        if sh.size and (sh.min() < 0 or sh.max() > 62):
+            raise ValueError(f"rescale: shifts must lie in [0, 62]; got {int(sh.min())}..{int(sh.max())}")
+        if self.qmin > self.qmax:
+            raise ValueError(f"rescale: qmin={self.qmin} > qmax={self.qmax}")
+        if self.rounding not in range(7):
+            raise ValueError(f"rescale: rounding id {self.rounding} is not a rounding mode (0..6)")
+
 
 def rescale_table(unit, out_fmt, acc_width, mult_bits=31, rounding=DEFAULT, relu=False):
     """m, shift with m·2^-shift ≈ unit/scale_out, m in [2^(mb-1), 2^mb) (or smaller if shift hits 62).
@@ -214,6 +228,9 @@ def rescale_table(unit, out_fmt, acc_width, mult_bits=31, rounding=DEFAULT, relu
         sh = min(sh, 62)
         m = int(round_float(np.array([fr * 2.0**sh]), "half_even")[0])
         if m >= 2**mult_bits:  # rounding carried into the next power of two
+            if sh == 0:
+                raise ValueError(f"rescale factor {fr:.6g} rounds to 2^{mult_bits}, too large for a "
+                                 f"{mult_bits}-bit multiplier with shift >= 0")
             m //= 2
             sh -= 1
         ms.append(m)
