@@ -1031,15 +1031,8 @@ def maxpool2d(layer, x):
 
 
 def avgpool2d(layer, x):
-    layer.x_range.check_codes(f"{layer.name} input", x)
-    if x.ndim != 4:
-        raise ValueError(f"{layer.name}: input must be (B, C, H, W), got shape {x.shape}")
+    kernel, stride = layer.check_input(x)
     B, C, H, W = x.shape
-    kernel = layer.kernel or (H, W)
-    stride = layer.stride or kernel
-    if kernel[0] * kernel[1] != layer.window:
-        raise ValueError(f"{layer.name}: window {kernel} has {kernel[0] * kernel[1]} elements; "
-                         f"the requant tables were built for {layer.window}")
     ho = _out_size(layer.name, H, kernel[0], stride[0])
     wo = _out_size(layer.name, W, kernel[1], stride[1])
     v = np.asarray(layer.x_table.lut[0], np.int64)[x.astype(np.int64) - layer.x_range.qmin]

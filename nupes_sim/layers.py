@@ -434,6 +434,18 @@ class AvgPool2d:
     def no_overflow_possible(self):
         return int(self.bound[0]) <= self.acc.hi
 
+    def check_input(self, x):
+        """Validate input codes (B, C, H, W) for every backend; returns (kernel, stride)."""
+        self.x_range.check_codes(f"{self.name} input", x)
+        if x.ndim != 4:
+            raise ValueError(f"{self.name}: input must be (B, C, H, W), got shape {x.shape}")
+        kernel = self.kernel or tuple(x.shape[2:])
+        stride = self.stride or kernel
+        if kernel[0] * kernel[1] != self.window:
+            raise ValueError(f"{self.name}: window {kernel} has {kernel[0] * kernel[1]} elements; "
+                             f"the requant tables were built for {self.window}")
+        return kernel, stride
+
 
 @dataclass(eq=False)
 class Flatten:

@@ -229,15 +229,8 @@ def maxpool2d(layer, x):
 
 
 def avgpool2d(layer, x):
-    layer.x_range.check_codes(f"{layer.name} input", x)
-    if x.ndim != 4:
-        raise ValueError(f"{layer.name}: input must be (B, C, H, W), got shape {x.shape}")
+    kernel, stride = layer.check_input(x)
     B, C, H, W = x.shape
-    kernel = layer.kernel or (H, W)
-    stride = layer.stride or kernel
-    if kernel[0] * kernel[1] != layer.window:
-        raise ValueError(f"{layer.name}: window {kernel} has {kernel[0] * kernel[1]} elements; "
-                         f"the requant tables were built for {layer.window}")
     v = layer.x_table.lut[0, x.astype(np.int64) - layer.x_range.qmin]
     cols, _ = im2col(v, kernel, stride, (0, 0), (1, 1))  # (B, Ho, Wo, C, kh, kw)
     cols = cols.transpose(0, 3, 1, 2, 4, 5).reshape(*cols.shape[:1], C, cols.shape[1], cols.shape[2], -1)
