@@ -209,8 +209,7 @@ def _opts(threads=None, gemm=None, fast=None):
 def linear(layer, x, **kw):
     opt = _opts(**kw)
     layer.x_range.check_codes(f"{layer.name} input", x)
-    if x.ndim != 2 or x.shape[1] != layer.k:
-        raise ValueError(f"{layer.name}: input shape {x.shape}; expected (batch, {layer.k})")
+    layer.check_shape(x)
     x = np.ascontiguousarray(x, np.int64)
     _check_product_range(layer)
     if layer.datapath == "product":
@@ -233,10 +232,8 @@ def conv2d(layer, x, **kw):
     opt = _opts(**kw)
     layer.x_range.check_codes(f"{layer.name} input", x)
     O, Cg, kh, kw_ = layer.w_codes.shape
-    if x.ndim != 4 or x.shape[1] != Cg * layer.groups:
-        raise ValueError(f"{layer.name}: input shape {x.shape}; expected (B, {Cg * layer.groups}, H, W)")
+    ho, wo = layer.check_shape(x)
     B = x.shape[0]
-    ho, wo = layer.out_hw(*x.shape[2:])
     x = np.ascontiguousarray(x, np.int64)
     _check_product_range(layer)
     if layer.datapath == "product":

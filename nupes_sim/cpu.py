@@ -892,8 +892,7 @@ def _fused(layer, x, xmin, xmax, conv=None):
 
 def linear(layer, x, fast=None):
     xmin, xmax = _check_x(layer.x_range, f"{layer.name} input", x)
-    if x.ndim != 2 or x.shape[1] != layer.k:
-        raise ValueError(f"{layer.name}: input shape {x.shape}; expected (batch, {layer.k})")
+    layer.check_shape(x)
     if layer.datapath == "product":
         _check_product_index(layer, layer.x_range.max_magnitude if x.size == 0 else max(-xmin, xmax))
     if FAST_PATHS if fast is None else fast:
@@ -910,10 +909,8 @@ def linear(layer, x, fast=None):
 def conv2d(layer, x, fast=None):
     xmin, xmax = _check_x(layer.x_range, f"{layer.name} input", x)
     O, Cg, kh, kw = layer.w_codes.shape
-    if x.ndim != 4 or x.shape[1] != Cg * layer.groups:
-        raise ValueError(f"{layer.name}: input shape {x.shape}; expected (B, {Cg * layer.groups}, H, W)")
+    ho, wo = layer.check_shape(x)
     B = x.shape[0]
-    ho, wo = layer.out_hw(*x.shape[2:])
     if layer.datapath == "product":
         _check_product_index(layer, layer.x_range.max_magnitude if x.size == 0 else max(-xmin, xmax))
     if FAST_PATHS if fast is None else fast:

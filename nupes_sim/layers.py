@@ -275,6 +275,11 @@ def _build(cls, name, w_codes, w_fmt, x_fmt, *, datapath="operand", w_frac_bits=
 class Linear(MacLayer):
     """y[b, o] = bias[o] + sum_k product(w[o, k], x[b, k]), k ascending."""
 
+    def check_shape(self, x):
+        """The input-shape check every backend applies (codes are checked separately)."""
+        if x.ndim != 2 or x.shape[1] != self.k:
+            raise ValueError(f"{self.name}: input shape {x.shape}; expected (batch, {self.k})")
+
     build = classmethod(_build)
 
 
@@ -301,6 +306,13 @@ class Conv2d(MacLayer):
         super().__post_init__()
 
     build = classmethod(_build)
+
+    def check_shape(self, x):
+        """The input-shape check every backend applies; returns the output (Ho, Wo)."""
+        cin = self.w_codes.shape[1] * self.groups
+        if x.ndim != 4 or x.shape[1] != cin:
+            raise ValueError(f"{self.name}: input shape {x.shape}; expected (B, {cin}, H, W)")
+        return self.out_hw(*x.shape[2:])
 
     def out_hw(self, h, w):
         kh, kw = self.w_codes.shape[2:]

@@ -129,8 +129,7 @@ def _mac_products(layer, x_cols, valid):
 
 def linear(layer, x):
     layer.x_range.check_codes(f"{layer.name} input", x)
-    if x.ndim != 2 or x.shape[1] != layer.k:
-        raise ValueError(f"{layer.name}: input shape {x.shape}; expected (batch, {layer.k})")
+    layer.check_shape(x)
     prods = _mac_products(layer, x, np.ones(x.shape, bool))  # (B, O, K)
     exact, acc = accumulate(prods, layer.bias[None, :], layer.acc)
     out = requantize(acc, layer.requant, 1, layer.seed, layer.tensor_id)
@@ -160,10 +159,8 @@ def im2col(x, kernel, stride, padding, dilation, pad_value=0):
 def conv2d(layer, x):
     layer.x_range.check_codes(f"{layer.name} input", x)
     O, Cg, kh, kw = layer.w_codes.shape
-    if x.ndim != 4 or x.shape[1] != Cg * layer.groups:
-        raise ValueError(f"{layer.name}: input shape {x.shape}; expected (B, {Cg * layer.groups}, H, W)")
+    ho, wo = layer.check_shape(x)
     B = x.shape[0]
-    ho, wo = layer.out_hw(*x.shape[2:])
     pad_code = 0 if layer.x_range.qmin <= 0 <= layer.x_range.qmax else layer.x_range.qmin
     cols, valid = im2col(x, (kh, kw), layer.stride, layer.padding, layer.dilation, pad_code)
     Og = O // layer.groups
