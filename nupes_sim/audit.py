@@ -233,19 +233,12 @@ def _plots(layers, errors, history, out_dir):
         ax.set_xticks(idx, [r["name"] for r in acc_layers], rotation=30)
         ax.set_ylabel("bits")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, "acc_bits.png"), dpi=80)
-        plt.close(fig)
-        files.append("acc_bits.png")
+        _save(fig, out_dir, "acc_bits.png", files)
     for name, err in errors.items():
         fig, ax = plt.subplots(figsize=(4, 3))
         ax.hist(err, bins=50)
         ax.set_title(f"{name}: integer - float64 (acc LSB)", fontsize=8)
-        fig.tight_layout()
-        fn = f"err_{_safe(name)}.png"
-        fig.savefig(os.path.join(out_dir, fn), dpi=80)
-        plt.close(fig)
-        files.append(fn)
+        _save(fig, out_dir, f"err_{_safe(name)}.png", files)
     if history:
         fig, ax = plt.subplots(figsize=(4, 3))
         for name, h in history.items():
@@ -253,11 +246,16 @@ def _plots(layers, errors, history, out_dir):
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, "loss_history.png"), dpi=80)
-        plt.close(fig)
-        files.append("loss_history.png")
+        _save(fig, out_dir, "loss_history.png", files)
     return files
+
+
+def _save(fig, out_dir, name, files):
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, name), dpi=80)
+    plt.close(fig)
+    files.append(name)
 
 
 def _safe(name):

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from nupes_sim.validate import check_choice, check_int, check_real
+from nupes_sim.formats import CodeRange
 
 #: exponents accepted by the quantizer (validation range).
 EXPONENT_MIN, EXPONENT_MAX = 0.05, 4.0
@@ -89,12 +90,12 @@ class PowerQuantizer:
 
     # ---- code range -------------------------------------------------------------------
     @property
-    def qmin(self):
-        return -(2 ** (self.bits - 1) - 1) if self.signed else 0
+    def qmin(self):  # the simulator's code range is the one definition (formats.CodeRange)
+        return CodeRange(self.bits, self.signed).qmin
 
     @property
     def qmax(self):
-        return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
+        return CodeRange(self.bits, self.signed).qmax
 
     def with_exponent(self, exponent):
         return PowerQuantizer(self.bits, self.signed, exponent, self.granularity, self.group_size)
