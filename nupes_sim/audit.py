@@ -18,9 +18,8 @@ import os
 
 import numpy as np
 
-from . import oracle
 from .graph import INPUT, get_backend
-from .layers import Accumulator, Add, AvgPool2d, Linear, MacLayer, format_from_meta
+from .layers import Accumulator
 from .serialize import load_model, model_hash
 from .tables import Rescale
 
@@ -32,84 +31,11 @@ def bits_needed(m):
     return int(m).bit_length() + 1
 
 
-def _fmt(layer, key):
-    meta = getattr(layer, "meta", None) or {}
-    return format_from_meta(meta.get(key)) if meta.get(key) else None
-
-
-def _mac_reference(layer, x):
-    """(float64 exact sum in accumulator LSBs, reference kind) for a MAC layer on codes x."""
-    wf, xf = _fmt(layer, "w_format"), _fmt(layer, "x_format")
-    real = wf is not None and xf is not None
-    O = layer.out_channels
-    qw = layer.w_codes.reshape(O, -1).astype(np.int64)
-    if real:
-        w = wf.decode_real(qw, wf.scale_index(layer.w_codes.shape))  # not w_table_index: product tables may be shared
-        bias_real = (layer.meta or {}).get("bias_real")
-        b = np.zeros(O) if bias_real is None else np.asarray(bias_real, np.float64)
-    else:
-        b = layer.bias.astype(np.float64) * layer.channel_units()
-
-    def prods_sum(cols, valid, sub, row0):
-        # cols (..., K) codes, valid (..., K) mask; sub: the layer or a group view
-        Og = sub.w_codes.shape[0]
-        if real:
-            xv = np.where(valid, xf.decode_real(cols), 0.0)
-            wsub = w[row0:row0 + Og]
-            return np.einsum("...k,ok->...o", xv, wsub)
-        cu = layer.channel_units()[row0:row0 + Og]
-        p = oracle._mac_products(sub, cols, valid).astype(np.float64) * cu[:, None]  # (..., O, K)
-        return p.sum(axis=-1)
-
-    if isinstance(layer, Linear):
-        y = prods_sum(x.astype(np.int64), np.ones(x.shape, bool), layer, 0) + b
-    else:
-        O, Cg, kh, kw = layer.w_codes.shape
-        pad = 0 if layer.x_range.qmin <= 0 <= layer.x_range.qmax else layer.x_range.qmin
-        cols, valid = oracle.im2col(x.astype(np.int64), (kh, kw), layer.stride, layer.padding, layer.dilation, pad)
-        B, ho, wo = cols.shape[:3]
-        Og = O // layer.groups
-        y = np.empty((B, ho, wo, O))
-        for g in range(layer.groups):
-            sub = oracle._group_view(layer, g, Og)
-            c = cols[:, :, :, g * Cg:(g + 1) * Cg].reshape(B, ho, wo, -1)
-            v = valid[:, :, :, g * Cg:(g + 1) * Cg].reshape(B, ho, wo, -1)
-            y[..., g * Og:(g + 1) * Og] = prods_sum(c, v, sub, g * Og) + b[g * Og:(g + 1) * Og]
-        y = y.transpose(0, 3, 1, 2)
-    cu = layer.channel_units()
-    return y / (cu if y.ndim == 2 else cu[:, None, None]), "real formats" if real else "LUT values x unit"
-
-
-def _decode(layer, fmt_key, table, rng, codes):
-    f = _fmt(layer, fmt_key)
-    if f is not None:
-        return f.decode_real(codes), True
-    return table.lut[0, codes.astype(np.int64) - rng.qmin].astype(np.float64) * table.unit, False
-
-
 def reference_sum(layer, inputs):
     """Float64 exact result in accumulator LSBs for a layer with an accumulator, and which
-    reference was used ('real formats' or 'LUT values x unit')."""
-    if isinstance(layer, MacLayer):
-        return _mac_reference(layer, inputs[0])
-    if isinstance(layer, Add):
-        a, ra = _decode(layer, "a_format", layer.a_table, layer.a_range, inputs[0])
-        b, rb = _decode(layer, "b_format", layer.b_table, layer.b_range, inputs[1])
-        return (a + b) / layer.unit, "real formats" if ra and rb else "LUT values x unit"
-    if isinstance(layer, AvgPool2d):
-        x = inputs[0]
-        v, r = _decode(layer, "x_format", layer.x_table, layer.x_range, x)
-        H, W = x.shape[2:]
-        k = layer.kernel or (H, W)
-        s = layer.stride or k
-        cols, _ = oracle.im2col(np.zeros(x.shape, np.int64), k, s, (0, 0), (1, 1))
-        ho, wo = cols.shape[1:3]
-        out = np.empty(x.shape[:2] + (ho, wo))
-        for i in range(ho):
-            for j in range(wo):
-                out[:, :, i, j] = v[:, :, i * s[0]:i * s[0] + k[0], j * s[1]:j * s[1] + k[1]].mean(axis=(2, 3))
-        return out / layer.unit, "real formats" if r else "LUT values x unit"
-    return None, None
+    reference was used ('real formats' or 'LUT values x unit'); (None, None) otherwise.
+    Each layer type defines its own (`Layer.float_reference`)."""
+    return layer.float_reference(inputs)
 
 
 def _changed_under(layer, mode, inputs, be, exact):
@@ -159,7 +85,7 @@ def audit(model, input_codes, out_dir, fail_on=(), backend="numpy", clip_toleran
         values[n.name] = st["out"]
         rec = {"name": n.name, "type": type(L).__name__}
         out = np.asarray(st["out"])
-        if hasattr(L, "acc"):
+        if "acc" in L.stages():
             exact, acc = np.asarray(st["acc_exact"]), np.asarray(st["acc"])
             omax = int(np.abs(exact).max(initial=0))
             bound = int(np.asarray(L.bound).max(initial=0))

@@ -4,11 +4,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .layers import Add, AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d
+from .layers import LAYER_TYPES, is_layer  # noqa: F401 (LAYER_TYPES: name -> class, re-exported)
 from .validate import check_choice
 
 BACKENDS = {"numpy": "nupes_sim.oracle", "cpu": "nupes_sim.cpu", "cuda": "nupes_sim.cuda.backend"}
-LAYER_TYPES = (Linear, Conv2d, Add, MaxPool2d, AvgPool2d, Flatten)
 INPUT = "input"
 
 
@@ -54,15 +53,15 @@ class Graph:
         for n in nodes:
             if not isinstance(n, Node):
                 n = Node(n[0], tuple(n[1])) if isinstance(n, tuple) else Node(n, (self.nodes[-1].name,) if self.nodes else (INPUT,))
-            if not isinstance(n.layer, LAYER_TYPES):
+            if not is_layer(n.layer):
                 raise TypeError(f"unsupported layer type {type(n.layer).__name__}; supported: "
-                                f"{', '.join(t.__name__ for t in LAYER_TYPES)}")
+                                f"{', '.join(sorted(LAYER_TYPES))}")
             if n.name in seen:
                 raise ValueError(f"duplicate layer name {n.name!r}")
             for i in n.inputs:
                 if i not in seen:
                     raise ValueError(f"layer {n.name!r} reads {i!r}, which is not 'input' or an earlier layer")
-            want = 2 if isinstance(n.layer, Add) else 1
+            want = n.layer.n_inputs
             if len(n.inputs) != want:
                 raise ValueError(f"layer {n.name!r} takes {want} input(s), got {len(n.inputs)}")
             seen.add(n.name)
@@ -73,6 +72,15 @@ class Graph:
     @property
     def layers(self):
         return [n.layer for n in self.nodes]
+
+    def out_shapes(self, input_shape):
+        """{layer name: output shape} for inputs of `input_shape` (batch first), from the
+        layers' out_shape (raises ValueError naming the layer for a shape it cannot take)."""
+        shapes = {INPUT: tuple(input_shape)}
+        for n in self.nodes:
+            shapes[n.name] = tuple(n.layer.out_shape([shapes[i] for i in n.inputs]))
+        del shapes[INPUT]
+        return shapes
 
     def run(self, x, backend="cpu", intermediates=False):
         be = get_backend(backend)

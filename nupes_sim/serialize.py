@@ -25,12 +25,12 @@ import numpy as np
 from . import __version__
 from .formats import CodeRange, UniformRange
 from .graph import Graph, Node
-from .layers import Accumulator, Add, AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d
+from .layers import LAYER_TYPES, Accumulator
 from .tables import DecodeTable, ProductTable, Rescale, Thresholds
 
 MODEL_FORMAT = "nupes-sim-model"
 MODEL_VERSION = 1
-LAYER_CLASSES = {c.__name__: c for c in (Linear, Conv2d, Add, MaxPool2d, AvgPool2d, Flatten)}
+LAYER_CLASSES = LAYER_TYPES  # class name -> layer class (the registry of nupes_sim.layers)
 STRUCT_CLASSES = {c.__name__: c for c in (DecodeTable, ProductTable, Thresholds, Rescale, Accumulator)}
 RANGE_CLASSES = {"CodeRange": CodeRange, "UniformRange": UniformRange}
 

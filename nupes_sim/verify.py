@@ -14,7 +14,6 @@ import numpy as np
 
 from .golden import GoldenFormatError, layer_key, read_golden, read_hex_dir, vector_key
 from .graph import INPUT
-from .layers import Add, AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d
 
 STAGE_ORDER = ("acc_exact", "acc", "out")
 
@@ -81,57 +80,19 @@ class DiffReport:
         return "\n".join(lines)
 
 
-def _window(h0, stride, pad, dil, k, size):
-    return [h0 * stride - pad + i * dil for i in range(k)]
-
-
 def feeding_inputs(graph, vec, node_index, stage, multi):
     """What feeds element `multi` of a stage (from the given vector's values): the previous
-    stage of the same layer, and the layer's inputs (linear: input row and weight row; conv
-    and pooling: input window coordinates and codes; add: both operands; flatten: source)."""
+    stage of the same layer, and what the layer says feeds it (`Layer.feeding`; linear: input
+    row and weight row; conv and pooling: input window coordinates and codes; add: both
+    operands; flatten: source)."""
     n = graph.nodes[node_index]
-    L = n.layer
     src = [vec["input"] if i == INPUT else vec["stages"][i]["out"] for i in n.inputs]
     info = {}
     if stage == "acc":
         info["acc_exact"] = int(vec["stages"][n.name]["acc_exact"][multi])
     elif stage == "out" and "acc" in vec["stages"][n.name]:
         info["acc"] = int(vec["stages"][n.name]["acc"][multi])
-    if isinstance(L, Linear):
-        b, o = multi
-        info.update(input=n.inputs[0], input_row=src[0][b].tolist(),
-                    weight_row=L.w_codes.reshape(L.out_channels, -1)[o].tolist(), bias=int(L.bias[o]))
-    elif isinstance(L, Conv2d):
-        b, o, oh, ow = multi
-        O, Cg, kh, kw = L.w_codes.shape
-        g = o // (O // L.groups)
-        rows = _window(oh, L.stride[0], L.padding[0], L.dilation[0], kh, None)
-        cols = _window(ow, L.stride[1], L.padding[1], L.dilation[1], kw, None)
-        x = src[0]
-        H, W = x.shape[2:]
-        vals = [[[int(x[b, c, h, w]) if 0 <= h < H and 0 <= w < W else None for w in cols] for h in rows]
-                for c in range(g * Cg, (g + 1) * Cg)]
-        info.update(input=n.inputs[0], batch=b, channels=[g * Cg, (g + 1) * Cg], rows=rows, cols=cols,
-                    window_codes=vals, weight_codes=L.w_codes[o].tolist(), bias=int(L.bias[o]),
-                    note="window_codes[c][i][j]; None = padding tap (adds 0)")
-    elif isinstance(L, Add):
-        info.update(a=int(src[0][multi]), b=int(src[1][multi]), a_from=n.inputs[0], b_from=n.inputs[1])
-    elif isinstance(L, (MaxPool2d, AvgPool2d)):
-        b, c, oh, ow = multi
-        x = src[0]
-        H, W = x.shape[2:]
-        k = L.kernel or (H, W)
-        s = L.stride or k
-        p = getattr(L, "padding", (0, 0))
-        rows = _window(oh, s[0], p[0], 1, k[0], H)
-        cols = _window(ow, s[1], p[1], 1, k[1], W)
-        vals = [[int(x[b, c, h, w]) if 0 <= h < H and 0 <= w < W else None for w in cols] for h in rows]
-        info.update(input=n.inputs[0], batch=b, channel=c, rows=rows, cols=cols, window_codes=vals)
-    elif isinstance(L, Flatten):
-        x = src[0]
-        info.update(input=n.inputs[0], source_index=[int(v) for v in np.unravel_index(
-            int(np.ravel_multi_index(multi, vec["stages"][n.name]["out"].shape)), x.shape)],
-            source_value=int(x.reshape(-1)[int(np.ravel_multi_index(multi, vec["stages"][n.name]["out"].shape))]))
+    info.update(n.layer.feeding(tuple(multi), src, tuple(n.inputs)))
     return info
 
 

@@ -1,0 +1,339 @@
+"""Multiply-accumulate layers: Linear and Conv2d (docs/ARITHMETIC.md §4–§6).
+
+A layer holds only integers (codes, LUTs, thresholds, multipliers, bias) plus the host
+reals that explain them (units), so hardware, golden files and every backend see the same
+tables. Builders (`Linear.build`, `Conv2d.build`) make the tables from formats.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..formats import CodeRange, UniformRange
+from ..rounding import DEFAULT
+from ..tables import DecodeTable, ProductTable, Rescale, Thresholds, bias_table, decode_table, product_table
+from ..validate import check_choice, check_int
+from .base import (INT64_LIMIT, AccLayer, Accumulator, build_requant, check_requant, check_requant_input,
+                   format_meta, meta_format, pair, range_info, register, table_info, unit_info, window,
+                   window_codes)
+
+DATAPATHS = ("operand", "product")
+
+
+@dataclass(eq=False)
+class MacLayer(AccLayer):
+    """Common part of Linear and Conv2d: weights, datapath tables, bias, accumulator, requant.
+
+    w_codes: (O, K) for linear, (O, C/groups, kh, kw) for conv, int codes in w_range.
+    w_table_index: (O, K) int64 row of w_table/p_table used by each weight (its scale entry).
+    operand datapath: product = w_table.lut[t, qw - qmin] * x_table.lut[0, qx - qmin].
+    product datapath: product = sign(qw)sign(qx) * p_table.lut[t, index(|qw|, |qx|)].
+    """
+
+    name: str
+    w_codes: np.ndarray
+    w_range: CodeRange
+    x_range: CodeRange
+    datapath: str
+    w_table_index: np.ndarray
+    acc: Accumulator
+    w_table: DecodeTable = None
+    x_table: DecodeTable = None
+    p_table: ProductTable = None
+    bias: np.ndarray = None
+    requant: object = None
+    unit: object = 1.0  # real value of one accumulator LSB: float, or (O,) per channel (host only)
+    tensor_id: int = 0
+    seed: int = 0
+    bound: np.ndarray = field(init=False, repr=False)
+    # Optional host-only description (real formats, real bias, relu) set by the builders;
+    # JSON-able, never read by the integer datapath. Golden files and the audit use it.
+    meta: dict = field(default=None, repr=False)
+
+    def __post_init__(self):
+        check_choice("datapath", self.datapath, DATAPATHS)
+        if not isinstance(self.acc, Accumulator):
+            raise TypeError("acc must be an Accumulator")
+        self.w_codes = np.ascontiguousarray(self.w_codes)
+        self.w_range.check_codes(f"{self.name}.w_codes", self.w_codes)
+        self.w_codes = self.w_codes.astype(np.int16)
+        O = self.w_codes.shape[0]
+        K = int(np.prod(self.w_codes.shape[1:]))
+        self.w_table_index = np.ascontiguousarray(self.w_table_index, dtype=np.int64).reshape(O, K)
+        check_int(f"{self.name}.tensor_id", self.tensor_id, 0, 2**32 - 1)
+        check_int(f"{self.name}.seed", self.seed, 0, 2**32 - 1)
+        check_requant(self.requant)
+        if self.datapath == "operand":
+            if self.w_table is None or self.x_table is None:
+                raise ValueError(f"{self.name}: the operand datapath needs w_table and x_table")
+            if self.w_table.lut.shape[1] != self.w_range.n_codes or self.x_table.lut.shape[1] != self.x_range.n_codes:
+                raise ValueError(f"{self.name}: decode tables do not cover the code ranges")
+        else:
+            if self.p_table is None:
+                raise ValueError(f"{self.name}: the product datapath needs p_table")
+            if isinstance(self.x_range, UniformRange) or isinstance(self.w_range, UniformRange):
+                raise ValueError(f"{self.name}: the product datapath needs power-format (symmetric) codes")
+        if self.w_table_index.min() < 0 or self.w_table_index.max() >= self._n_tables():
+            raise ValueError(f"{self.name}: w_table_index refers to a missing table row")
+        if self.bias is None:
+            self.bias = np.zeros(O, np.int64)
+        self.bias = np.asarray(self.bias, dtype=np.int64).reshape(O)
+        if self.bias.min(initial=0) < self.acc.lo or self.bias.max(initial=0) > self.acc.hi:
+            raise ValueError(f"{self.name}: bias outside the {self.acc.width}-bit accumulator range")
+        self.bound = self._worst_case()
+        check_requant_input(self.name, self.requant, self.acc, int(self.bound.max(initial=0)))
+        if self.requant is not None and self.requant.__class__ is Thresholds:
+            if self.requant.thr.shape[0] not in (1, O):
+                raise ValueError(f"{self.name}: thresholds need 1 or {O} rows")
+        if isinstance(self.requant, Rescale) and self.requant.multiplier.shape[0] not in (1, O):
+            raise ValueError(f"{self.name}: rescale needs 1 or {O} multipliers")
+
+    def channel_units(self):
+        """(O,) float64: the real value of one accumulator LSB of each output channel."""
+        return np.broadcast_to(np.asarray(self.unit, dtype=np.float64), (self.out_channels,)).copy()
+
+    def _n_tables(self):
+        return (self.w_table if self.datapath == "operand" else self.p_table).lut.shape[0]
+
+    @property
+    def out_channels(self):
+        return self.w_codes.shape[0]
+
+    @property
+    def k(self):
+        return int(np.prod(self.w_codes.shape[1:]))
+
+    def max_abs_product(self):
+        """(O, K) int64: the largest |product| each weight can make over all input codes.
+
+        Raises if any single product could reach 2^62 (checked in Python ints before any
+        int64 multiplication, so nothing can wrap)."""
+        qw = self.w_codes.reshape(self.out_channels, -1).astype(np.int64)
+        if self.datapath == "operand":
+            w = np.abs(self.w_table.lut[self.w_table_index, qw - self.w_range.qmin])
+            xmax = int(np.abs(self.x_table.lut).max())
+            if int(w.max(initial=0)) * xmax >= 2**62:
+                raise ValueError(f"{self.name}: a single product can reach {int(w.max()) * xmax} >= 2^62; "
+                                 "lower the fractional bits")
+            return w * xmax
+        mags = self.p_table.lut  # (T, L)
+        if int(np.abs(mags).max(initial=0)) >= 2**62:
+            raise ValueError(f"{self.name}: a product table entry reaches 2^62; lower the fractional bits")
+        # per (table row, |qw| = m): the largest entry over every activation magnitude n,
+        # a (T, Mw+1) table, then gathered per weight (never an (O, K, Mx+1) array)
+        mwmax = int(np.abs(qw).max(initial=0))
+        m = np.arange(mwmax + 1)[:, None]
+        n = np.arange(self.p_table.mx + 1)[None, :]
+        idx = m * n if self.p_table.by_product else m * (self.p_table.mx + 1) + n
+        best = np.abs(mags[:, idx]).max(axis=-1)  # (T, mwmax+1)
+        return best[self.w_table_index, np.abs(qw)]
+
+    def _worst_case(self):
+        """Per-channel bound |bias| + sum_k max|product| as Python ints (exact).
+
+        Every exact prefix sum, tile partial and total is bounded by it; it must be < 2^63
+        so that the simulator can hold every exact sum in int64 (docs/ARITHMETIC.md §4).
+        """
+        mp = self.max_abs_product()
+        bound = np.array([abs(int(b)) + int(np.sum(row, dtype=object)) for b, row in zip(self.bias, mp)],
+                         dtype=object)
+        worst = int(bound.max()) if bound.size else 0
+        if worst >= INT64_LIMIT:
+            raise ValueError(f"{self.name}: the worst-case accumulator magnitude {worst} does not fit "
+                             "int64 (below 2^63-1); lower the fractional bits or split the layer")
+        return bound.astype(np.int64)
+
+    # ---- layer protocol (base.py) ----
+
+    def in_ranges(self):
+        return (self.x_range,)
+
+    def golden_params(self):
+        from ..golden.packing import PACKING, pack_codes  # the golden package imports layers
+
+        ds, info = self._acc_params()
+        codes_dtype = np.int8 if self.w_range.qmax <= 127 else np.int16  # unsigned 8-bit codes reach 255
+        ds.update(weight_codes=self.w_codes.astype(codes_dtype), weight_codes_packed=pack_codes(self.w_codes, self.w_range.bits),
+                  weight_table_index=self.w_table_index, bias=self.bias)
+        info.update(datapath=self.datapath, weight_range=range_info(self.w_range), input_range=range_info(self.x_range),
+                    packing=PACKING, packed_bits=int(self.w_range.bits), bound_max=int(self.bound.max(initial=0)))
+        if self.datapath == "operand":
+            ds["w_lut"], ds["x_lut"] = self.w_table.lut, self.x_table.lut
+            info.update(table_info("w_lut", self.w_table), **table_info("x_lut", self.x_table),
+                        w_lut_qmin=int(self.w_table.qmin), x_lut_qmin=int(self.x_table.qmin))
+        else:
+            pt = self.p_table
+            ds["p_lut"] = pt.lut
+            info.update(table_info("p_lut", pt), p_lut_by_product=bool(pt.by_product), p_lut_mx=int(pt.mx),
+                        p_lut_channel_factor=None if pt.channel_factor is None else unit_info(pt.channel_factor))
+        return ds, info
+
+    def param_width(self, name):
+        return {"weight_codes": (int(self.w_range.bits), bool(self.w_range.signed)),
+                "weight_codes_packed": (8, False), "bias": (int(self.acc.width), True)}.get(name)
+
+    def float_reference(self, inputs):
+        """(float64 exact sum in accumulator LSBs, reference kind): operands decoded with the
+        real formats and the real bias when `meta` has them, else LUT values times unit."""
+        from .. import oracle  # the oracle imports layers
+
+        wf, xf = meta_format(self, "w_format"), meta_format(self, "x_format")
+        real = wf is not None and xf is not None
+        O = self.out_channels
+        qw = self.w_codes.reshape(O, -1).astype(np.int64)
+        if real:
+            w = wf.decode_real(qw, wf.scale_index(self.w_codes.shape))  # not w_table_index: product tables may be shared
+            bias_real = (self.meta or {}).get("bias_real")
+            b = np.zeros(O) if bias_real is None else np.asarray(bias_real, np.float64)
+        else:
+            b = self.bias.astype(np.float64) * self.channel_units()
+
+        def prods_sum(cols, valid, sub, row0):
+            # cols (..., K) codes, valid (..., K) mask; sub: the layer or a group view
+            Og = sub.w_codes.shape[0]
+            if real:
+                xv = np.where(valid, xf.decode_real(cols), 0.0)
+                return np.einsum("...k,ok->...o", xv, w[row0:row0 + Og])
+            cu = self.channel_units()[row0:row0 + Og]
+            p = oracle._mac_products(sub, cols, valid).astype(np.float64) * cu[:, None]  # (..., O, K)
+            return p.sum(axis=-1)
+
+        y = self._reference_sum(inputs[0], prods_sum, b, oracle)
+        cu = self.channel_units()
+        return y / (cu if y.ndim == 2 else cu[:, None, None]), "real formats" if real else "LUT values x unit"
+
+
+def _tables_for(w_fmt, x_fmt, datapath, w_frac_bits, x_frac_bits, product_frac_bits, rounding, seed, tensor_id):
+    if datapath == "operand":
+        wt = decode_table(w_fmt, w_frac_bits, rounding, seed, tensor_id)
+        xt = decode_table(x_fmt, x_frac_bits, rounding, seed, tensor_id + 1)
+        return dict(w_table=wt, x_table=xt), wt.unit * xt.unit
+    pt = product_table(w_fmt, x_fmt, product_frac_bits, rounding, seed, tensor_id)
+    if pt.channel_factor is None:
+        return dict(p_table=pt), pt.unit
+    unit = pt.unit * pt.channel_factor  # per-channel LSB (ProductTable docstring)
+    return dict(p_table=pt), (float(unit[0]) if w_fmt.granularity == "tensor" else unit)
+
+
+def _build(cls, name, w_codes, w_fmt, x_fmt, *, datapath="operand", w_frac_bits=12, x_frac_bits=8,
+           product_frac_bits=16, bias=None, acc=None, out_fmt=None, relu=False, clip_max=None,
+           rounding=DEFAULT, requant_rounding=None, mult_bits=31, seed=0, tensor_id=0, **extra):
+    acc = acc or Accumulator()
+    check_choice("datapath", datapath, DATAPATHS)
+    w_codes = np.asarray(w_codes)
+    tables, unit = _tables_for(w_fmt, x_fmt, datapath, w_frac_bits, x_frac_bits, product_frac_bits,
+                               rounding, seed, tensor_id)
+    idx = w_fmt.scale_index(w_codes.shape)
+    if "p_table" in tables and tables["p_table"].channel_factor is not None:
+        idx = np.zeros_like(idx)  # one shared product table; the scale lives in `unit`
+    b = None if bias is None else bias_table(bias, unit, acc.width, rounding, seed, tensor_id + 2)
+    rq = build_requant(unit, out_fmt, acc, requant_rounding or rounding, relu, clip_max, mult_bits)
+    meta = {"w_format": format_meta(w_fmt), "x_format": format_meta(x_fmt), "out_format": format_meta(out_fmt),
+            "bias_real": None if bias is None else np.asarray(bias, np.float64).reshape(-1).tolist(),
+            "relu": bool(relu), "clip_max": None if clip_max is None else float(clip_max)}
+    return cls(name=name, w_codes=w_codes, w_range=w_fmt.range, x_range=x_fmt.range, datapath=datapath,
+               w_table_index=idx, acc=acc, bias=b, requant=rq, unit=unit, tensor_id=tensor_id,
+               seed=seed, meta=meta, **tables, **extra)
+
+
+@register
+@dataclass(eq=False)
+class Linear(MacLayer):
+    """y[b, o] = bias[o] + sum_k product(w[o, k], x[b, k]), k ascending."""
+
+    def check_shape(self, x):
+        """The input-shape check every backend applies (codes are checked separately)."""
+        if x.ndim != 2 or x.shape[1] != self.k:
+            raise ValueError(f"{self.name}: input shape {x.shape}; expected (batch, {self.k})")
+
+    build = classmethod(_build)
+
+    def out_shape(self, in_shapes):
+        self.check_shape(np.broadcast_to(np.int8(0), tuple(in_shapes[0])))
+        return (in_shapes[0][0], self.out_channels)
+
+    def feeding(self, multi, inputs, input_names):
+        b, o = multi
+        return dict(input=input_names[0], input_row=inputs[0][b].tolist(),
+                    weight_row=self.w_codes.reshape(self.out_channels, -1)[o].tolist(), bias=int(self.bias[o]))
+
+    def _reference_sum(self, x, prods_sum, b, oracle):
+        return prods_sum(x.astype(np.int64), np.ones(x.shape, bool), self, 0) + b
+
+
+@register
+@dataclass(eq=False)
+class Conv2d(MacLayer):
+    """NCHW conv; k enumerates (c, i, j) of the kernel window, c slowest; padded taps add 0."""
+
+    stride: tuple = (1, 1)
+    padding: tuple = (0, 0)
+    dilation: tuple = (1, 1)
+    groups: int = 1
+
+    def __post_init__(self):
+        self.stride, self.padding, self.dilation = (pair(n, v) for n, v in (
+            ("stride", self.stride), ("padding", self.padding), ("dilation", self.dilation)))
+        for n, v, lo in (("stride", self.stride, 1), ("padding", self.padding, 0), ("dilation", self.dilation, 1)):
+            for x in v:
+                check_int(f"{self.name}.{n}", x, lo, None)
+        check_int(f"{self.name}.groups", self.groups, 1, None)
+        if np.asarray(self.w_codes).ndim != 4:
+            raise ValueError(f"{self.name}.w_codes must be 4-D (O, C/groups, kh, kw)")
+        if np.asarray(self.w_codes).shape[0] % self.groups:
+            raise ValueError(f"{self.name}: out channels not divisible by groups={self.groups}")
+        super().__post_init__()
+
+    build = classmethod(_build)
+
+    def check_shape(self, x):
+        """The input-shape check every backend applies; returns the output (Ho, Wo)."""
+        cin = self.w_codes.shape[1] * self.groups
+        if x.ndim != 4 or x.shape[1] != cin:
+            raise ValueError(f"{self.name}: input shape {x.shape}; expected (B, {cin}, H, W)")
+        return self.out_hw(*x.shape[2:])
+
+    def out_hw(self, h, w):
+        kh, kw = self.w_codes.shape[2:]
+        ho = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        wo = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        if ho < 1 or wo < 1:
+            raise ValueError(f"{self.name}: input {h}x{w} is smaller than the kernel window")
+        return ho, wo
+
+    def out_shape(self, in_shapes):
+        ho, wo = self.check_shape(np.broadcast_to(np.int8(0), tuple(in_shapes[0])))
+        return (in_shapes[0][0], self.out_channels, ho, wo)
+
+    def golden_params(self):
+        ds, info = super().golden_params()
+        info.update(stride=list(self.stride), padding=list(self.padding), dilation=list(self.dilation),
+                    groups=int(self.groups), kernel=list(self.w_codes.shape[2:]))
+        return ds, info
+
+    def feeding(self, multi, inputs, input_names):
+        b, o, oh, ow = multi
+        O, Cg, kh, kw = self.w_codes.shape
+        g = o // (O // self.groups)
+        rows = window(oh, self.stride[0], self.padding[0], self.dilation[0], kh)
+        cols = window(ow, self.stride[1], self.padding[1], self.dilation[1], kw)
+        vals = [window_codes(inputs[0], b, c, rows, cols) for c in range(g * Cg, (g + 1) * Cg)]
+        return dict(input=input_names[0], batch=b, channels=[g * Cg, (g + 1) * Cg], rows=rows, cols=cols,
+                    window_codes=vals, weight_codes=self.w_codes[o].tolist(), bias=int(self.bias[o]),
+                    note="window_codes[c][i][j]; None = padding tap (adds 0)")
+
+    def _reference_sum(self, x, prods_sum, b, oracle):
+        O, Cg, kh, kw = self.w_codes.shape
+        pad = 0 if self.x_range.qmin <= 0 <= self.x_range.qmax else self.x_range.qmin
+        cols, valid = oracle.im2col(x.astype(np.int64), (kh, kw), self.stride, self.padding, self.dilation, pad)
+        B, ho, wo = cols.shape[:3]
+        Og = O // self.groups
+        y = np.empty((B, ho, wo, O))
+        for g in range(self.groups):
+            sub = oracle._group_view(self, g, Og)
+            c = cols[:, :, :, g * Cg:(g + 1) * Cg].reshape(B, ho, wo, -1)
+            v = valid[:, :, :, g * Cg:(g + 1) * Cg].reshape(B, ho, wo, -1)
+            y[..., g * Og:(g + 1) * Og] = prods_sum(c, v, sub, g * Og) + b[g * Og:(g + 1) * Og]
+        return y.transpose(0, 3, 1, 2)
+
+
+__all__ = ["MacLayer", "Linear", "Conv2d", "DATAPATHS"]
