@@ -5,10 +5,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .layers import Add, AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d
+from .transformer.layers import LAYER_TYPES as _TRANSFORMER_TYPES
 from .validate import check_choice
 
 BACKENDS = {"numpy": "nupes_sim.oracle", "cpu": "nupes_sim.cpu", "cuda": "nupes_sim.cuda.backend"}
-LAYER_TYPES = (Linear, Conv2d, Add, MaxPool2d, AvgPool2d, Flatten)
+LAYER_TYPES = (Linear, Conv2d, Add, MaxPool2d, AvgPool2d, Flatten) + _TRANSFORMER_TYPES
 INPUT = "input"
 
 
@@ -62,7 +63,7 @@ class Graph:
             for i in n.inputs:
                 if i not in seen:
                     raise ValueError(f"layer {n.name!r} reads {i!r}, which is not 'input' or an earlier layer")
-            want = 2 if isinstance(n.layer, Add) else 1
+            want = getattr(n.layer, "n_inputs", 2 if isinstance(n.layer, Add) else 1)
             if len(n.inputs) != want:
                 raise ValueError(f"layer {n.name!r} takes {want} input(s), got {len(n.inputs)}")
             seen.add(n.name)
