@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .layers import LAYER_TYPES, is_layer  # noqa: F401 (LAYER_TYPES: name -> class, re-exported)
+from .transformer.layers import LAYER_TYPES as _TRANSFORMER_TYPES
 from .validate import check_choice
 
 BACKENDS = {"numpy": "nupes_sim.oracle", "cpu": "nupes_sim.cpu", "cuda": "nupes_sim.cuda.backend"}
@@ -53,9 +54,11 @@ class Graph:
         for n in nodes:
             if not isinstance(n, Node):
                 n = Node(n[0], tuple(n[1])) if isinstance(n, tuple) else Node(n, (self.nodes[-1].name,) if self.nodes else (INPUT,))
-            if not is_layer(n.layer):
+            # transformer types run on the oracle only until they implement the layer
+            # protocol (nupes_sim/layers/base.py) and are registered
+            if not (is_layer(n.layer) or type(n.layer) in _TRANSFORMER_TYPES):
                 raise TypeError(f"unsupported layer type {type(n.layer).__name__}; supported: "
-                                f"{', '.join(sorted(LAYER_TYPES))}")
+                                f"{', '.join(sorted(LAYER_TYPES) + [t.__name__ for t in _TRANSFORMER_TYPES])}")
             if n.name in seen:
                 raise ValueError(f"duplicate layer name {n.name!r}")
             for i in n.inputs:

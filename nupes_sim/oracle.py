@@ -245,3 +245,10 @@ OPS = {Linear: linear, Conv2d: conv2d, Add: add, MaxPool2d: maxpool2d, AvgPool2d
 
 def run_layer(layer, *inputs):
     return OPS[type(layer)](layer, *inputs)
+
+
+# The transformer ops (ARITHMETIC.md §10-§16) live in their own modules; they reuse
+# accumulate/requantize above, hence the late import.
+from .transformer.oracle import OPS as _TRANSFORMER_OPS  # noqa: E402
+
+OPS.update(_TRANSFORMER_OPS)
