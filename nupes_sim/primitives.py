@@ -19,6 +19,7 @@ FLOOR = 3
 CEIL = 4
 TOWARD_ZERO = 5
 STOCHASTIC = 6
+DOUBLE_ROUND = 7  # TOSA RESCALE DOUBLE_ROUND (rescale only)
 
 MASK32 = 0xFFFFFFFF
 
@@ -80,6 +81,15 @@ def round_shift(x, s, mode, r):
         if rem > half or (rem == half and (q & 1) == 1):
             return q + 1
         return q
+    if mode == DOUBLE_ROUND:
+        # TOSA apply_scale_32(double_round): (x + 2^(s-1) ± 2^30) >> s for s > 31 (+ for
+        # x >= 0), i.e. half_up at bit 31 then half_away at bit s; half_up for s <= 31.
+        # |x| + 2^61 + 2^30 < 2^63.
+        if s > 31:
+            if x >= 0:
+                return (x + half + (1 << 30)) >> s
+            return (x + half - (1 << 30)) >> s
+        return q + 1 if rem >= half else q
     # STOCHASTIC
     if s <= 32:
         return q + 1 if rem > (r >> (32 - s)) else q

@@ -6,24 +6,41 @@ what hardware must use. Each builder names its rounding mode.
 """
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
 from . import primitives as P
+from .exactreal import cr_float, decide_exact, rounded_table, round_fraction
 from .formats import PowerFormat, UniformFormat
-from .rounding import DEFAULT, mode_id, round_float
+from .rounding import DEFAULT, HOST_MODES, mode_id, random_words
 from .validate import check_int, check_real
 
 FRAC_BITS_MAX = 40
+THRESHOLD_MODES = ("half_even", "half_away", "half_up", "floor", "ceil", "toward_zero")
 
 
-def _real_table(fmt):
-    """(T, n_codes) float64 decoded values of every code under every scale entry."""
-    codes = fmt.range.all_codes()
-    if isinstance(fmt, UniformFormat):
-        return fmt.decode_real(codes)[None, :]
-    s = fmt.scale.reshape(-1)[:, None]
-    return np.sign(codes)[None, :] * (s * np.abs(codes)[None, :]) ** (1.0 / fmt.exponent)
+def _fr(v):
+    return Fraction(float(v))
+
+
+def _pow_table(rows, mags, a, signs, scale2, mode, seed, tensor_id, name):
+    """(T, n) correctly rounded R(sign·(x_t·m)^(1/a)·2^F): rows x_t (float64 scale entries,
+    or an exact Fraction factor), mags m (ints), scale2 = 2^F (docs/ARITHMETIC.md §3)."""
+    T, n = len(rows), len(mags)
+    c = np.empty(T * n, object)
+    factors = np.empty(T * n, object)
+    base = np.empty(T * n)
+    for t, x in enumerate(rows):
+        xf = Fraction(x)
+        for i, (m, sg) in enumerate(zip(mags, signs)):
+            c[t * n + i] = Fraction(int(sg)) * scale2
+            factors[t * n + i] = ((xf * int(m), a),)
+            base[t * n + i] = float(x) * float(m)
+    y = base ** (1.0 / a)
+    v = np.repeat(np.asarray(signs, np.float64)[None, :], T, 0).reshape(-1) * y * float(scale2)
+    words = random_words(seed, tensor_id, T * n)
+    return rounded_table(c, factors, [(y, a)], v, mode, words, name).reshape(T, n)
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,7 +67,10 @@ def decode_table(fmt, frac_bits, rounding=DEFAULT, seed=0, tensor_id=0):
         return DecodeTable(lut, fmt.range.qmin, fmt.scale * 2.0**-F, F)
     if not isinstance(fmt, PowerFormat):
         raise TypeError(f"format must be a PowerFormat or UniformFormat, got {type(fmt).__name__}")
-    lut = round_float(_real_table(fmt) * 2.0**F, rounding, seed, tensor_id)
+    mode = mode_id(rounding, HOST_MODES)
+    codes = fmt.range.all_codes()
+    lut = _pow_table(fmt.scale.reshape(-1), np.abs(codes), fmt.exponent, np.sign(codes), Fraction(2) ** F,
+                     mode, seed, tensor_id, "decode LUT")
     return DecodeTable(lut, fmt.range.qmin, 2.0**-F, F)
 
 
@@ -84,22 +104,37 @@ def product_table(wfmt, xfmt, frac_bits, rounding=DEFAULT, seed=0, tensor_id=0):
             raise TypeError(f"the product-domain datapath needs power formats; {name} is {type(f).__name__}")
     if xfmt.granularity != "tensor":
         raise ValueError("the product-domain datapath needs a per-tensor activation scale")
+    mode = mode_id(rounding, HOST_MODES)
     mw, mx = wfmt.range.max_magnitude, xfmt.range.max_magnitude
     factored = wfmt.granularity in ("tensor", "channel")
-    sw = np.ones((1, 1)) if factored else wfmt.scale.reshape(-1)[:, None]
+    sw = np.ones(1) if factored else wfmt.scale.reshape(-1)
     sx = float(xfmt.scale[0])
-    by_product = wfmt.exponent == xfmt.exponent
-    if by_product:
-        p = np.arange(mw * mx + 1, dtype=np.float64)[None, :]
-        real = (sw * sx * p) ** (1.0 / wfmt.exponent)
-    else:
-        m = np.arange(mw + 1, dtype=np.float64)
-        n = np.arange(mx + 1, dtype=np.float64)
-        real = ((sw * m[None, :]) ** (1.0 / wfmt.exponent))[:, :, None] * \
-            ((sx * n) ** (1.0 / xfmt.exponent))[None, None, :]
-        real = real.reshape(sw.shape[0], -1)
-    lut = round_float(real * 2.0**F, rounding, seed, tensor_id)
-    factor = wfmt.scale.reshape(-1) ** (1.0 / wfmt.exponent) if factored else None
+    aw, ax = wfmt.exponent, xfmt.exponent
+    by_product = aw == ax
+    if by_product:  # (sw·sx·p)^(1/a): the rows' x_t = sw·sx exactly (a Fraction)
+        p = np.arange(mw * mx + 1)
+        rows = [Fraction(float(w)) * Fraction(sx) for w in sw]
+        lut = _pow_table(rows, p, aw, np.ones(p.size), Fraction(2) ** F, mode, seed, tensor_id, "product LUT")
+    else:  # (sw·m)^(1/aw)·(sx·n)^(1/ax), index m·(Mx+1) + n
+        m = np.repeat(np.arange(mw + 1), mx + 1)
+        n = np.tile(np.arange(mx + 1), mw + 1)
+        T, L = len(sw), m.size
+        c = np.full(T * L, Fraction(2) ** F, object)
+        factors = np.empty(T * L, object)
+        yw = np.empty(T * L)
+        yx = np.tile((sx * n.astype(np.float64)) ** (1.0 / ax), T)
+        fsx = Fraction(sx)
+        for t, w in enumerate(sw):
+            fw = Fraction(float(w))
+            yw[t * L:(t + 1) * L] = (float(w) * m.astype(np.float64)) ** (1.0 / aw)
+            for i in range(L):
+                factors[t * L + i] = ((fw * int(m[i]), aw), (fsx * int(n[i]), ax))
+        v = yw * yx * 2.0**F
+        words = random_words(seed, tensor_id, T * L)
+        lut = rounded_table(c, factors, [(yw, aw), (yx, ax)], v, mode, words, "product LUT").reshape(T, L)
+    # f_o = s_w[o]^(1/a_w), correctly rounded to float64 (it defines the channel's unit)
+    factor = np.array([cr_float(1, ((Fraction(float(w)), aw),)) for w in wfmt.scale.reshape(-1)]) \
+        if factored else None
     return ProductTable(lut, bool(by_product), mx, 2.0**-F, F, factor)
 
 
@@ -116,61 +151,92 @@ class Thresholds:
 
 
 def _boundary(j, rounding):
-    """(beta, inclusive): R(z) >= j  <=>  z >= beta (inclusive) or z > beta (exclusive)."""
+    """(beta, inclusive): R(z) >= j  <=>  z >= beta (inclusive) or z > beta (exclusive);
+    beta an exact Fraction."""
     if rounding == "floor":
-        return float(j), True
+        return Fraction(j), True
     if rounding == "ceil":
-        return float(j - 1), False
+        return Fraction(j - 1), False
     if rounding == "toward_zero":
-        return (float(j), True) if j > 0 else (float(j - 1), False)
-    beta = j - 0.5
+        return (Fraction(j), True) if j > 0 else (Fraction(j - 1), False)
+    beta = Fraction(2 * j - 1, 2)
     if rounding == "half_up":
         return beta, True
     if rounding == "half_away":
         return beta, beta > 0
     if rounding == "half_even":
         return beta, j % 2 == 0
-    raise ValueError(f"rounding={rounding!r} is not available for threshold requantization "
-                     "(a deterministic comparison); use half_even, half_away, half_up, floor, "
-                     "ceil or toward_zero, or a rescale requantizer for stochastic rounding")
+    raise AssertionError(rounding)
+
+
+def _check_threshold_rounding(rounding):
+    if rounding not in THRESHOLD_MODES:
+        mode_id(rounding)  # an unknown name gets the generic message
+        raise ValueError(f"rounding={rounding!r} is not available for threshold requantization "
+                         "(a deterministic comparison); use half_even, half_away, half_up, floor, "
+                         "ceil or toward_zero, or a rescale requantizer for stochastic rounding")
+
+
+def _first_acc(beta, inclusive, a, s, u):
+    """Smallest integer acc with acc·u >= y (inclusive) or > y (exclusive), y = sign(β)(s|β|)^(1/a),
+    exactly (exactreal): ceil(y/u) or floor(y/u) + 1. u is an exact Fraction > 0."""
+    if inclusive:
+        def decide(v):
+            return math.ceil(v)
+    else:
+        def decide(v):
+            return math.floor(v) + 1
+    sgn = (beta > 0) - (beta < 0)
+    if sgn == 0:
+        return decide(Fraction(0))
+    x = Fraction(s) * abs(beta)
+    fu = float(u)
+    y64 = float(x) ** (1.0 / a) if float(x) > 0 else 0.0
+    if 2.0**-1000 < y64 < 2.0**1000 and fu > 2.0**-1000:
+        v64 = sgn * y64 / fu
+        e = float(2.0 * (2.0 / a + abs(math.log(y64)) + 20.0) * 2.0**-53 * abs(v64)) + math.ulp(v64)
+        lo, hi = decide(Fraction(v64 - e)), decide(Fraction(v64 + e))
+        if lo == hi:
+            return lo
+    return decide_exact(Fraction(sgn) / u, ((x, a),), decide)
 
 
 def threshold_table(unit, out_fmt, acc_width, rounding=DEFAULT, relu=False, clip_max=None):
     """Thresholds of the monotone map acc -> clip(R(sign(y)|y|^a/s)), y = acc·unit.
 
-    unit: real value of one accumulator LSB, scalar or one per output channel (> 0).
-    relu folds max(y, 0) (codes below 0 removed); clip_max folds min(y, clip_max)
-    (ReLU6: clip_max=6). Thresholds are t_j = smallest integer acc whose code is >= j,
-    computed in float64 from y_beta/unit (ceil, or floor+1 for an exclusive boundary), and
-    clamped to [acc_min, acc_max + 1] (acc_max + 1 = never reached).
+    unit: real value of one accumulator LSB, scalar or one per output channel (> 0; each
+    float64 taken as its exact value). relu folds max(y, 0) (codes below 0 removed);
+    clip_max folds min(y, clip_max) (ReLU6: clip_max=6) as qmax = min(qmax, c(clip_max)).
+    thr[j] is exactly the smallest integer acc whose code is >= qmin + 1 + j: ceil(y_β/unit),
+    or floor(y_β/unit) + 1 for an exclusive boundary, decided in exact arithmetic
+    (exactreal), clamped to [acc_min, acc_max + 1] (acc_max + 1 = never reached). So thr is
+    non-decreasing and the count formula gives the quantizer's code for every acc.
     """
     check_int("acc_width", acc_width, 8, 64)
     if not isinstance(out_fmt, PowerFormat) or out_fmt.granularity != "tensor":
         raise TypeError("threshold requantization needs a per-tensor PowerFormat output")
-    mode_id(rounding)
+    _check_threshold_rounding(rounding)
     unit = np.atleast_1d(np.asarray(unit, dtype=np.float64))
     if not (np.isfinite(unit).all() and (unit > 0).all()):
         raise ValueError("unit (real value of one accumulator LSB) must be finite and > 0")
     a, s = out_fmt.exponent, float(out_fmt.scale[0])
     qmin, qmax = out_fmt.range.qmin, out_fmt.range.qmax
+    if clip_max is not None:
+        cm = Fraction(check_real("clip_max", clip_max, 0.0, lo_open=True))
+        # c(clip_max) = qmin + #{c : clip_max >= y_β(c)} (> for an exclusive boundary):
+        # clip_max·1 reaches y_β iff the first "acc" at unit clip_max is <= 1
+        qmax = min(qmax, qmin + sum(_first_acc(*_boundary(j, rounding), a, s, cm) <= 1
+                                    for j in range(qmin + 1, qmax + 1)))
     if relu:
         qmin = max(qmin, 0)
-    if clip_max is not None:
-        cm = check_real("clip_max", clip_max, 0.0, lo_open=True)
-        qmax = min(qmax, int(out_fmt.encode(np.array([cm]), rounding)[0]))
     # hi = acc_max + 1 (never reached); for 64 bits int64 cannot hold 2^63, so INT64_MAX
     # stands for "never reached": layers guarantee every sum is below 2^63 - 1.
     lo, hi = -(2 ** (acc_width - 1)), min(2 ** (acc_width - 1), 2**63 - 1)
     rows = []
     for u in unit:
-        row = []
-        for j in range(qmin + 1, qmax + 1):
-            beta, inclusive = _boundary(j, rounding)
-            y = math.copysign((s * abs(beta)) ** (1.0 / a), beta) if beta != 0 else 0.0
-            v = y / u
-            t = math.ceil(v) if inclusive else math.floor(v) + 1
-            row.append(min(max(t, lo), hi))
-        rows.append(row)
+        fu = Fraction(float(u))
+        rows.append([min(max(_first_acc(*_boundary(j, rounding), a, s, fu), lo), hi)
+                     for j in range(qmin + 1, qmax + 1)])
     thr = np.array(rows, dtype=np.int64).reshape(len(unit), qmax - qmin)
     return Thresholds(thr, qmin, qmax)
 
@@ -198,18 +264,23 @@ class Rescale:
             raise ValueError(f"rescale: shifts must lie in [0, 62]; got {int(sh.min())}..{int(sh.max())}")
         if self.qmin > self.qmax:
             raise ValueError(f"rescale: qmin={self.qmin} > qmax={self.qmax}")
-        if self.rounding not in range(7):
-            raise ValueError(f"rescale: rounding id {self.rounding} is not a rounding mode (0..6)")
+        if self.rounding not in range(8):
+            raise ValueError(f"rescale: rounding id {self.rounding} is not a rounding mode (0..7)")
 
 
-def rescale_table(unit, out_fmt, acc_width, mult_bits=31, rounding=DEFAULT, relu=False):
-    """m, shift with m·2^-shift ≈ unit/scale_out, m in [2^(mb-1), 2^mb) (or smaller if shift hits 62).
+def rescale_table(unit, out_fmt, acc_width, mult_bits=31, rounding=DEFAULT, relu=False, exact=False):
+    """m, shift with m·2^-shift ≈ f = unit/scale_out, m in [2^(mb-1), 2^mb) (docs/ARITHMETIC.md §6(ii)).
 
-    Exactness needs |acc·m| < 2^62: acc_width + mult_bits <= 63 is required.
+    f is the exact quotient of the two float64 values; sh = mb - 1 - floor(log2 f) and
+    m = half_even(f·2^sh), both exact; when m rounds up to 2^mb (a carry), m = 2^(mb-1) and
+    sh - 1. A shift outside [0, 62] is refused (never a multiplier below its range).
+    |acc·m| < 2^62 must hold: for wrap/saturate acc_width + mult_bits <= 63 guarantees it;
+    `exact=True` (an exact-mode accumulator, whose unclamped sum is rescaled) skips that
+    check, and the layer checks bound·m < 2^62 instead.
     """
     check_int("acc_width", acc_width, 8, 64)
     check_int("mult_bits", mult_bits, 1, 31)
-    if acc_width + mult_bits > 63:
+    if not exact and acc_width + mult_bits > 63:
         raise ValueError(f"acc_width + mult_bits = {acc_width + mult_bits} exceeds 63; the product "
                          "acc·multiplier must stay below 2^62 — lower mult_bits")
     if not isinstance(out_fmt, UniformFormat):
@@ -217,20 +288,28 @@ def rescale_table(unit, out_fmt, acc_width, mult_bits=31, rounding=DEFAULT, relu
     rid = mode_id(rounding)
     unit = np.atleast_1d(np.asarray(unit, dtype=np.float64))
     f = unit / out_fmt.scale
-    if not (np.isfinite(f).all() and (f > 0).all()):
+    if not (np.isfinite(unit).all() and (unit > 0).all() and np.isfinite(f).all() and (f > 0).all()):
         raise ValueError("rescale factor unit/scale must be finite and > 0")
     ms, shs = [], []
-    for fr in f:
-        e = math.floor(math.log2(fr))
+    for u in unit:
+        fr = Fraction(float(u)) / Fraction(out_fmt.scale)
+        # e = floor(log2 fr), exactly
+        e = fr.numerator.bit_length() - fr.denominator.bit_length()
+        if Fraction(2) ** e > fr:
+            e -= 1
         sh = mult_bits - 1 - e
         if sh < 0:
-            raise ValueError(f"rescale factor {fr:.6g} is too large for a {mult_bits}-bit multiplier with shift >= 0")
-        sh = min(sh, 62)
-        m = int(round_float(np.array([fr * 2.0**sh]), "half_even")[0])
+            raise ValueError(f"rescale factor unit/scale = {float(fr):.6g} is too large for a {mult_bits}-bit "
+                             "multiplier with shift >= 0 (mult_bits); raise the output scale")
+        if sh > 62:
+            raise ValueError(f"rescale factor unit/scale = {float(fr):.6g} needs shift {sh} > 62 for a "
+                             f"{mult_bits}-bit multiplier in [2^{mult_bits - 1}, 2^{mult_bits}); lower "
+                             f"mult_bits to <= {mult_bits - (sh - 62)} or the fractional bits")
+        m = round_fraction(fr * 2**sh, P.HALF_EVEN)
         if m >= 2**mult_bits:  # rounding carried into the next power of two
             if sh == 0:
-                raise ValueError(f"rescale factor {fr:.6g} rounds to 2^{mult_bits}, too large for a "
-                                 f"{mult_bits}-bit multiplier with shift >= 0")
+                raise ValueError(f"rescale factor unit/scale = {float(fr):.6g} rounds to 2^{mult_bits}, too "
+                                 f"large for a {mult_bits}-bit multiplier with shift >= 0 (mult_bits)")
             m //= 2
             sh -= 1
         ms.append(m)
@@ -243,13 +322,22 @@ def rescale_table(unit, out_fmt, acc_width, mult_bits=31, rounding=DEFAULT, relu
 
 
 def bias_table(bias, unit, acc_width, rounding=DEFAULT, seed=0, tensor_id=0):
-    """round(bias/unit) as int64, which must fit the accumulator (no silent clipping)."""
+    """R(bias/unit) as int64, exactly (the quotient of the float64 values), which must fit
+    the accumulator (no silent clipping)."""
+    mode = mode_id(rounding, HOST_MODES)
     b = np.asarray(bias, dtype=np.float64).reshape(-1)
-    table = round_float(b / unit, rounding, seed, tensor_id)
+    if not np.isfinite(b).all():
+        raise ValueError("bias must be finite")
+    u = np.broadcast_to(np.asarray(unit, dtype=np.float64), b.shape)
+    words = random_words(seed, tensor_id, b.size)
     lo, hi = -(2 ** (acc_width - 1)), 2 ** (acc_width - 1) - 1
-    if table.size and (table.min() < lo or table.max() > hi):
-        raise ValueError(f"bias table entry out of the {acc_width}-bit accumulator range [{lo}, {hi}]")
-    return table
+    out = []
+    for v, uu, r in zip(b, u, words):
+        t = round_fraction(Fraction(float(v)) / Fraction(float(uu)), mode, int(r))
+        if t < lo or t > hi:
+            raise ValueError(f"bias table entry {t} out of the {acc_width}-bit accumulator range [{lo}, {hi}]")
+        out.append(t)
+    return np.array(out, np.int64)
 
 
 __all__ = ["DecodeTable", "ProductTable", "Thresholds", "Rescale", "decode_table", "product_table",

@@ -15,10 +15,11 @@ from hypothesis import assume, strategies as st
 
 from nupes_sim.formats import PowerFormat, UniformFormat
 from nupes_sim.layers import Accumulator, Add, AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d
-from nupes_sim.rounding import MODES
+from nupes_sim.rounding import HOST_MODES, RESCALE_MODES
 from nupes_sim.tables import rescale_table, threshold_table
 
-ROUNDINGS = sorted(MODES)
+ROUNDINGS = sorted(HOST_MODES)  # table (LUT, bias) roundings
+RESCALE_ROUNDINGS = sorted(RESCALE_MODES)  # + double_round
 DETERMINISTIC = [r for r in ROUNDINGS if r != "stochastic"]
 WIDTHS = [8, 9, 15, 16, 17, 24, 31, 32, 33, 48, 52, 53, 54, 62, 63, 64]
 EXPONENTS = [0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0]
@@ -88,7 +89,7 @@ def requant_spec(draw, acc, power_ok=True):
         return dict(out_fmt=None)
     fmt = draw(uniform_format())
     mb = draw(st.integers(1, min(31, 63 - acc.width)))
-    return dict(out_fmt=fmt, requant_rounding=draw(st.sampled_from(ROUNDINGS)), relu=draw(st.booleans()),
+    return dict(out_fmt=fmt, requant_rounding=draw(st.sampled_from(RESCALE_ROUNDINGS)), relu=draw(st.booleans()),
                 mult_bits=mb)
 
 

@@ -161,7 +161,7 @@ def test_stochastic_rounding_ties_and_wide_shifts(shift):
     m = 1 if shift < 40 or shift > 55 else 2 ** (60 - shift) + 1
     m2 = m + 2 if shift <= 55 else m
     x = np.arange(-128, 128, dtype=np.int64)[:, None]
-    for mode in range(7):
+    for mode in range(8):  # every rescale rounding, double_round (7) included
         rq = Rescale(np.array([m, m2], np.int64), np.array([shift, max(shift - 1, 0)], np.int64), 3, -100,
                      100, mode, 31)
         for bias in (0, 2 ** (shift - 1), -(2 ** (shift - 1)), 2 ** (shift - 1) + 1):

@@ -143,7 +143,7 @@ def build_requant(unit, out_fmt, acc, rounding=DEFAULT, relu=False, clip_max=Non
     if isinstance(out_fmt, UniformFormat):
         if clip_max is not None:
             raise ValueError("clip_max (ReLU6) is only folded into threshold requantization")
-        return rescale_table(unit, out_fmt, acc.width, mult_bits, rounding, relu)
+        return rescale_table(unit, out_fmt, acc.width, mult_bits, rounding, relu, exact=acc.overflow == "exact")
     raise TypeError(f"out_fmt must be a PowerFormat, UniformFormat or None, got {type(out_fmt).__name__}")
 
 

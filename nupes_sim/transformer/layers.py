@@ -9,7 +9,7 @@ import numpy as np
 
 from ..formats import CodeRange, PowerFormat, UniformFormat, UniformRange
 from ..layers import Accumulator, build_requant, format_meta
-from ..rounding import DEFAULT, mode_id
+from ..rounding import DEFAULT, HOST_MODES, mode_id
 from ..tables import DecodeTable, ProductTable, Rescale, Thresholds, decode_table, product_table, rescale_table
 from ..validate import check_int
 from . import tables as T
@@ -301,7 +301,7 @@ class Softmax:
         lut = T.exp_table(x_fmt, exp_frac_bits, rounding, seed, tensor_id)
         rq = _requant_for(2.0**-prob_bits, out_fmt, 1 << prob_bits, requant_rounding or rounding, mult_bits)
         meta = {"x_format": format_meta(x_fmt), "out_format": format_meta(out_fmt)}
-        return cls(name, x_fmt.range, lut, exp_frac_bits, prob_bits, acc, max_len, mode_id(prob_rounding), rq,
+        return cls(name, x_fmt.range, lut, exp_frac_bits, prob_bits, acc, max_len, mode_id(prob_rounding, HOST_MODES), rq,
                    causal, masked, tensor_id, seed, meta)
 
     def no_overflow_possible(self):
@@ -413,7 +413,7 @@ class LayerNorm:
         meta = {"x_format": format_meta(x_fmt), "out_format": format_meta(out_fmt), "eps": float(eps),
                 "gamma_real": g.tolist(), "beta_real": (np.zeros(C) if beta is None else
                                                          np.asarray(beta, np.float64).reshape(-1)).tolist()}
-        return cls(name, x_fmt.range, xt, C, E, inv_frac_bits, Fg, G, B, mode_id(mean_rounding), rq, unit,
+        return cls(name, x_fmt.range, xt, C, E, inv_frac_bits, Fg, G, B, mode_id(mean_rounding, HOST_MODES), rq, unit,
                    tensor_id, seed, meta)
 
     def check_input(self, x):

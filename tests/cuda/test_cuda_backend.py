@@ -17,7 +17,7 @@ from nupes_sim import oracle
 from nupes_sim.formats import PowerFormat, UniformFormat
 from nupes_sim.graph import Graph
 from nupes_sim.layers import Accumulator, Add, AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d
-from nupes_sim.rounding import MODES
+from nupes_sim.rounding import HOST_MODES, RESCALE_MODES
 
 from cuda_gate import cuda_unavailable_reason, require_or_skip
 
@@ -42,7 +42,8 @@ except Exception:  # noqa: BLE001 - absent on this branch / not built
 # default one (256 threads, used once per test on the simulator: it is slow there).
 LAUNCHES = [dict(threads=32, gemm=dict(BM=8, BN=8, BK=4, TM=2, TN=2)),
             dict(threads=7, gemm=dict(BM=6, BN=4, BK=3, TM=3, TN=1))]
-ROUNDINGS = sorted(MODES)
+ROUNDINGS = sorted(HOST_MODES)  # table roundings
+RESCALE_ROUNDINGS = sorted(RESCALE_MODES)  # + double_round
 
 
 def check(cb, layer, *inputs, default_launch=False):
@@ -91,7 +92,7 @@ def _requant(rng, kind, acc):
     lo = -(2 ** (b - 1)) if zp_signed else 0
     return dict(out_fmt=UniformFormat(b, zp_signed, float(rng.choice([0.05, 0.5, 2.0])),
                                       int(rng.integers(lo, lo + 2 ** (b - 1)))),
-                requant_rounding="stochastic" if kind == "stochastic" else str(rng.choice(ROUNDINGS)),
+                requant_rounding="stochastic" if kind == "stochastic" else str(rng.choice(RESCALE_ROUNDINGS)),
                 mult_bits=int(rng.choice([8, 15, 31])), relu=bool(rng.integers(2)))
 
 

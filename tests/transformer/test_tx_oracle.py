@@ -13,7 +13,7 @@ from nupes_sim import primitives as P
 from nupes_sim.formats import PowerFormat, UniformFormat
 from nupes_sim.graph import Graph, Node
 from nupes_sim.layers import Accumulator, Add
-from nupes_sim.rounding import MODES, hash_words
+from nupes_sim.rounding import HOST_MODES, MODES, hash_words
 from nupes_sim.tables import DecodeTable
 from nupes_sim.transformer import prims
 from nupes_sim.transformer import tables as TT
@@ -22,7 +22,7 @@ from nupes_sim.transformer.layers import (ElementwiseTable, Embedding, LayerNorm
 from nupes_sim.transformer.oracle import round_div
 from tx_strategies import layernorm_case, matmul_case, power, softmax_case
 
-IDS = sorted(MODES.values())
+IDS = sorted(MODES[n] for n in HOST_MODES)  # double_round is a rescale rule only
 
 
 # ---- §12 round_div and isqrt ------------------------------------------------------------------
