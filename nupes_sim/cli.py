@@ -161,18 +161,49 @@ def _report(args, rep):
     return 0 if rep.ok else 1
 
 
+def _expected_model_hash(args):
+    """The model hash `--model FILE` or `--model-hash HEX` asks for (None when neither)."""
+    if getattr(args, "model", None) and getattr(args, "model_hash", None):
+        raise CliError("give --model or --model-hash, not both")
+    if getattr(args, "model", None):
+        return _load_model(args.model).model_hash
+    if getattr(args, "model_hash", None):
+        from .verify import model_hash_arg
+
+        return model_hash_arg(args.model_hash)
+    return None
+
+
+def _int_list(text, what):
+    """[0, 1, 2, 5] from '0-2,5'."""
+    out = []
+    try:
+        for part in text.split(","):
+            a, _, b = part.strip().partition("-")
+            out.extend(range(int(a), int(b) + 1) if b else [int(a)])
+    except ValueError:
+        raise CliError(f"{what} {text!r}: expected indices like 0-3,7") from None
+    return out
+
+
 def cmd_verify(args):
     from .verify import verify
 
-    return _report(args, verify(args.golden, backend=args.backend, progress=_progress(args)))
+    return _report(args, verify(args.golden, backend=args.backend, progress=_progress(args),
+                                expect_model_hash=_expected_model_hash(args)))
 
 
 def cmd_diff(args):
-    from .verify import diff
+    from .verify import DUMP_STAGES, diff
 
     if not os.path.exists(args.observed):
         raise CliError(f"{args.observed} does not exist")
-    return _report(args, diff(args.expected, args.observed))
+    return _report(args, diff(args.expected, args.observed,
+                              layers=args.layers.split(",") if args.layers else None,
+                              vectors=_int_list(args.vectors, "--vectors") if args.vectors else None,
+                              stages=tuple(args.stages.split(",")) if args.stages else DUMP_STAGES,
+                              partial=args.partial, allow_other_model=args.allow_other_model,
+                              expect_model_hash=_expected_model_hash(args)))
 
 
 def cmd_audit(args):
@@ -253,8 +284,9 @@ EXAMPLES = {
                 "  nupes-sim simulate model.h5 --input x.h5 --out run.h5 --intermediates --backend cpu",
     "golden": "nupes-sim golden model.h5 --random 16 --seed 3 --out golden.h5 --hex golden_hex/\n"
               "  nupes-sim golden model.h5 --input codes.npy --out golden.h5",
-    "verify": "nupes-sim verify golden.h5 --backend cpu",
-    "diff": "nupes-sim diff golden.h5 hw_dump.h5\n  nupes-sim diff golden.h5 hw_hex_dir/ --json",
+    "verify": "nupes-sim verify golden.h5 --backend cpu --model model.h5",
+    "diff": "nupes-sim diff golden.h5 hw_dump.h5\n  nupes-sim diff golden.h5 hw_hex_dir/ --json --model-hash 3fa9c2...\n"
+            "  nupes-sim diff golden.h5 rtl_dump/ --layers fc --stages out --vectors 0-3",
     "audit": "nupes-sim audit model.h5 --random 64 --out audit/ --fail-on overflow --fail-on clipping",
     "bench": "nupes-sim bench --backend cpu -- --help",
     "eval": "nupes-sim eval -- --help        # nupes_sim.reference.results",
@@ -284,6 +316,11 @@ def build_parser():
         sp.add_argument("--random", type=int, metavar="N", help="draw N random valid input vectors instead")
         sp.add_argument("--seed", type=int, default=0, help="seed for --random (default 0)")
         sp.add_argument("--shape", help="per-vector input shape for --random, e.g. 3,32,32 (default: from the model)")
+
+    def model_pin(sp):
+        sp.add_argument("--model", help="fail unless the golden file was made from this model file (.h5)")
+        sp.add_argument("--model-hash", metavar="HEX", help="fail unless the golden file's model_hash is this "
+                        "SHA-256 (at least 12 leading hex digits)")
 
     def backend(sp, default="numpy"):
         sp.add_argument("--backend", choices=BACKENDS, default=default, help=f"simulator backend (default {default})")
@@ -324,9 +361,20 @@ def build_parser():
     sp = add("verify", "recompute a golden file's intermediates and compare bit for bit", cmd_verify)
     sp.add_argument("golden", help="golden file (.h5)")
     backend(sp)
-    sp = add("diff", "compare a golden file with a hardware dump; report the first divergence", cmd_diff)
+    model_pin(sp)
+    sp = add("diff", "strictly compare a golden file with a hardware dump; report the first divergence", cmd_diff)
     sp.add_argument("expected", help="golden file (.h5)")
-    sp.add_argument("observed", help="dump in the golden schema (.h5) or a hex folder with manifest.json")
+    sp.add_argument("observed", help="dump: .h5 in the golden schema, or a folder of hex files "
+                    "(named as the golden ones, manifest.json optional; docs/GOLDEN.md 'Dumps')")
+    sp.add_argument("--layers", help="compare only these layers (comma-separated names), for a partial dump")
+    sp.add_argument("--vectors", help="compare only these vectors, e.g. 0-3,7, for a partial dump")
+    sp.add_argument("--stages", help="stages the dump must hold (comma-separated of input,acc_exact,acc,out; "
+                    "default input,acc,out; acc_exact is compared whenever present)")
+    sp.add_argument("--partial", action="store_true",
+                    help="allow golden tensors absent from the dump (listed; at least one must be compared)")
+    sp.add_argument("--allow-other-model", action="store_true",
+                    help="compare a dump that names another model hash instead of failing")
+    model_pin(sp)
     sp = add("audit", "numerical-stability audit: ranges, headroom, overflow, clipping, float64 error", cmd_audit)
     sp.add_argument("model", help="quantized model file (.h5)")
     inputs(sp)

@@ -1,83 +1,30 @@
-"""Bit-for-bit verification of golden files, and diffs against hardware dumps.
+"""Bit-for-bit verification of golden files, and strict diffs against hardware dumps.
 
 `verify(golden_path, backend)` recomputes every intermediate of every vector and compares.
-`diff(expected, observed)` compares a golden file with a dump in the same schema (an HDF5
-file, read without checksum/range checks since a dump may hold wrong values) or a folder of
-hex files + manifest.json (see golden.export_hex). Both return a DiffReport whose `first`
-is the first divergence in execution order: vector ascending, then the input codes, then
-layers in graph order, stages acc_exact -> acc -> out, then flat (C-order) index.
+`diff(expected, observed)` compares a golden file with a dump (an HDF5 file in the golden
+schema, or a folder of hex files, see nupes_sim.dumps). The diff is strict: every tensor the
+golden file holds (stages `input`, `acc`, `out` by default) must be in the dump, every dump
+tensor must be a golden tensor, the vector count must match, every layer parameter the dump
+carries is compared, a dump naming another model fails, and comparing nothing fails.
+Intentionally partial dumps are compared with `layers=`, `vectors=`, `stages=` or
+`partial=True`. Both return a DiffReport whose `first` is the first divergence in execution
+order: vector ascending, then the input codes, then layers in graph order, stages
+acc_exact -> acc -> out, then flat (C-order) index.
 """
-import os
-from dataclasses import dataclass, field
+import json
 
 import numpy as np
 
-from .golden import GoldenFormatError, layer_key, read_golden, read_hex_dir, vector_key
+from .diff_report import DiffReport, Divergence, _ranges
+from .dumps import Dump, Observed, expected_layout, load_dump, vector_tensor
+from .golden import read_golden
 from .graph import INPUT
 
 STAGE_ORDER = ("acc_exact", "acc", "out")
-
-
-@dataclass
-class Divergence:
-    vector: int
-    layer: str  # 'input' for the input codes
-    stage: str  # 'codes' for the input codes
-    index: int  # flat C-order index
-    multi_index: tuple
-    expected: int
-    observed: int
-    inputs: dict = field(default_factory=dict)  # what feeds this element (expected values)
-
-    def to_dict(self):
-        return {"vector": self.vector, "layer": self.layer, "stage": self.stage, "index": self.index,
-                "multi_index": list(self.multi_index), "expected": self.expected, "observed": self.observed,
-                "inputs": self.inputs}
-
-    def describe(self):
-        return (f"vector {self.vector}, layer {self.layer!r}, stage {self.stage}, flat index {self.index} "
-                f"{tuple(self.multi_index)}: expected {self.expected}, observed {self.observed}")
-
-
-@dataclass
-class DiffReport:
-    first: Divergence = None
-    counts: dict = field(default_factory=dict)  # "layer/stage" -> mismatching elements (all vectors)
-    compared: int = 0  # elements compared
-    not_compared: list = field(default_factory=list)  # tensors absent from the observed side
-    notes: list = field(default_factory=list)
-
-    @property
-    def ok(self):
-        return self.first is None
-
-    @property
-    def n_mismatches(self):
-        return sum(self.counts.values())
-
-    def to_dict(self):
-        return {"ok": self.ok, "first_divergence": None if self.first is None else self.first.to_dict(),
-                "mismatch_counts": self.counts, "mismatches": self.n_mismatches, "compared": self.compared,
-                "not_compared": self.not_compared, "notes": self.notes}
-
-    def format_text(self):
-        lines = []
-        if self.ok:
-            lines.append(f"OK: {self.compared} elements identical")
-        else:
-            lines.append(f"MISMATCH: {self.n_mismatches} of {self.compared} elements differ")
-            lines.append("first divergence: " + self.first.describe())
-            for k, v in self.first.inputs.items():
-                lines.append(f"  {k}: {v}")
-            lines.append("mismatches per layer/stage:")
-            for k, v in self.counts.items():
-                if v:
-                    lines.append(f"  {k}: {v}")
-        if self.not_compared:
-            lines.append(f"not compared (absent from the observed side): {len(self.not_compared)} tensors, "
-                         f"e.g. {self.not_compared[0]}")
-        lines.extend(f"note: {n}" for n in self.notes)
-        return "\n".join(lines)
+ALL_STAGES = ("input",) + STAGE_ORDER
+# Stages a dump must hold by default: acc_exact (the exact sum before overflow handling) is a
+# simulator quantity an N-bit datapath cannot observe; it is compared whenever a dump holds it.
+DUMP_STAGES = ("input", "acc", "out")
 
 
 def feeding_inputs(graph, vec, node_index, stage, multi):
@@ -96,46 +43,198 @@ def feeding_inputs(graph, vec, node_index, stage, multi):
     return info
 
 
-def compare(golden, observed_vectors, source="observed"):
-    """DiffReport of a Golden against observed vectors (same structure as Golden.vectors;
-    missing tensors are listed as not compared; a shape mismatch raises GoldenFormatError)."""
+def _select(golden, layers, vectors, stages):
+    """Validated selection: (set of layer names, set of vector indices, set of stages)."""
+    names = [n.name for n in golden.graph.nodes]
+    keys = {f"{i:03d}_{n}": n for i, n in enumerate(names)}
+    if layers is None:
+        lsel = set(names)
+    else:
+        lsel = set()
+        for s in layers:
+            if s in names:
+                lsel.add(s)
+            elif s in keys:
+                lsel.add(keys[s])
+            else:
+                raise ValueError(f"--layers: no layer {s!r} in the golden file (layers: {', '.join(names)})")
+    n = len(golden.vectors)
+    if vectors is None:
+        vsel = set(range(n))
+    else:
+        vsel = set(int(v) for v in vectors)
+        bad = sorted(v for v in vsel if not 0 <= v < n)
+        if bad:
+            raise ValueError(f"--vectors: vector {bad[0]} is not in the golden file (it has vectors 0-{n - 1})")
+    st = set(stages)
+    bad = sorted(st - set(ALL_STAGES))
+    if bad:
+        raise ValueError(f"--stages: unknown stage {bad[0]!r} (allowed: {', '.join(ALL_STAGES)})")
+    if not (lsel and vsel and st):
+        raise ValueError("the selection (--layers/--vectors/--stages) is empty: nothing would be compared")
+    return lsel, vsel, st
+
+
+def _mismatch(e, o):
+    bad = e.values.reshape(-1) != o.values.reshape(-1)
+    if o.invalid:
+        bad[np.fromiter(o.invalid, np.int64)] = True
+    return np.flatnonzero(bad)
+
+
+def _observed_at(o, k):
+    return o.invalid[k] if k in o.invalid else int(o.values.reshape(-1)[k])
+
+
+def compare_dump(golden, dump, layers=None, vectors=None, stages=DUMP_STAGES, partial=False,
+                 allow_other_model=False, expect_model_hash=None, layout=None):
+    """Strict DiffReport of a Golden against a Dump (see the module docstring)."""
+    lsel, vsel, ssel = _select(golden, layers, vectors, stages)
+    layout = expected_layout(golden) if layout is None else layout
     g = golden.graph
-    rep = DiffReport()
+    mh = str(golden.attrs["model_hash"])
+    rep = DiffReport(model_hash=mh, source=dump.source)
+    _check_model(rep, mh, expect_model_hash)
+    if dump.model_hash is None:
+        rep.notes.append(f"the dump ({dump.kind}) names no model; compared against the golden file's")
+    elif dump.model_hash != mh:
+        msg = f"the dump was made from model {dump.model_hash}; the golden file from {mh}"
+        (rep.notes if allow_other_model else rep.failures).append(
+            msg + (" (allowed by --allow-other-model)" if allow_other_model else " (--allow-other-model to compare anyway)"))
+    rep.failures.extend(dump.problems)
+    if dump.n_vectors is not None and dump.n_vectors != len(golden.vectors) and vectors is None and not partial:
+        rep.failures.append(f"the dump holds {dump.n_vectors} vectors; the golden file has {len(golden.vectors)} "
+                            f"(--vectors or --partial for an intentionally partial dump)")
     rep.counts["input/codes"] = 0
-    for i, n in enumerate(g.nodes):
+    for n in g.nodes:
         for s in STAGE_ORDER:
-            if s in golden.vectors[0]["stages"][n.name] if golden.vectors else False:
+            if golden.vectors and s in golden.vectors[0]["stages"][n.name]:
                 rep.counts[f"{n.name}/{s}"] = 0
-    if len(observed_vectors) != len(golden.vectors):
-        raise GoldenFormatError(f"{source}: {len(observed_vectors)} vectors; the golden file has "
-                                f"{len(golden.vectors)}")
-    for v, (ev, ov) in enumerate(zip(golden.vectors, observed_vectors)):
-        items = [("input", "codes", ev["input"], ov.get("input"), None)]
-        for i, n in enumerate(g.nodes):
-            for s in STAGE_ORDER:
-                if s in ev["stages"][n.name]:
-                    items.append((n.name, s, ev["stages"][n.name][s], ov.get("stages", {}).get(n.name, {}).get(s), i))
-        for name, s, e, o, ni in items:
-            tname = f"vectors/{vector_key(v)}/" + ("input" if ni is None else f"{layer_key(ni, name)}/{s}")
+    missing, ignored, layers_seen = [], 0, set()
+    for t, e in layout.items():
+        o = dump.tensors.get(t)
+        if e.vector is None:  # a layer parameter: compared when the dump carries it
             if o is None:
-                rep.not_compared.append(tname)
                 continue
-            o = np.asarray(o)
-            if o.shape != e.shape:
-                raise GoldenFormatError(f"{source}: {tname}: shape {o.shape}; expected {e.shape}")
-            rep.compared += e.size
-            bad = np.flatnonzero(e.reshape(-1) != o.reshape(-1))
-            rep.counts[f"{name}/{s}"] += int(bad.size)
-            if bad.size and rep.first is None:
+            if e.layer not in lsel:
+                ignored += 1
+                continue
+            rep.params += 1
+            rep.param_elements += e.values.size
+            bad = _mismatch(e, o)
+            if bad.size:
                 k = int(bad[0])
-                multi = tuple(int(t) for t in np.unravel_index(k, e.shape))
-                feed = {} if ni is None else feeding_inputs(g, ev, ni, s, multi)
-                rep.first = Divergence(v, name, s, k, multi, int(e.reshape(-1)[k]), int(o.reshape(-1)[k]), feed)
+                rep.counts[t] = int(bad.size)
+                rep.param_mismatches.append(Divergence(
+                    None, e.layer, e.stage, k, tuple(int(i) for i in np.unravel_index(k, e.values.shape)),
+                    int(e.values.reshape(-1)[k]), _observed_at(o, k), {"mismatching entries": int(bad.size)}))
+            continue
+        stage = "input" if e.layer is None else e.stage
+        if e.vector not in vsel or (e.layer is not None and e.layer not in lsel):
+            ignored += o is not None
+            continue
+        if o is None:
+            if stage in ssel:
+                missing.append(t)
+            continue
+        rep.compared += e.values.size
+        rep.tensors += 1
+        rep.vectors.add(e.vector)
+        rep.stages.add(stage)
+        if e.layer is not None:
+            layers_seen.add(e.layer)
+        bad = _mismatch(e, o)
+        key = "input/codes" if e.layer is None else f"{e.layer}/{e.stage}"
+        rep.counts[key] += int(bad.size)
+        if bad.size and rep.first is None:
+            k = int(bad[0])
+            multi = tuple(int(i) for i in np.unravel_index(k, e.values.shape))
+            feed = {} if e.node is None else feeding_inputs(g, golden.vectors[e.vector], e.node, e.stage, multi)
+            if k in o.invalid:
+                feed = dict(feed, word=f"{o.invalid[k]!r} is not a {e.width}-bit {'signed' if e.signed else 'unsigned'} "
+                                        f"hex value (never masked)")
+            rep.first = Divergence(e.vector, "input" if e.layer is None else e.layer,
+                                   "codes" if e.layer is None else e.stage, k, multi,
+                                   int(e.values.reshape(-1)[k]), _observed_at(o, k), feed)
+    rep.layers = [n.name for n in g.nodes if n.name in layers_seen]
+    for key, info in dump.infos.items():
+        name = key.split("_", 1)[1]
+        if name not in lsel or name not in golden.layers:
+            continue
+        want = json.loads(json.dumps(golden.layers[name]["info"]))
+        if info != want:
+            diff_keys = sorted(k for k in set(info) | set(want) if info.get(k) != want.get(k))
+            rep.counts[f"layers/{key}/info"] = len(diff_keys)
+            rep.param_mismatches.append(Divergence(None, name, "info", 0, (), want.get(diff_keys[0]),
+                                                   str(info.get(diff_keys[0])), {"differing keys": diff_keys}))
+        rep.params += 1
+        rep.param_elements += len(want)
+    if missing:
+        vecs = sorted({int(t.split("/")[1]) for t in missing})
+        msg = (f"{len(missing)} tensors the golden file holds are absent from the dump (vectors {_ranges(vecs)}), "
+               f"e.g. {', '.join(missing[:3])}")
+        if partial:
+            rep.not_compared = missing
+        else:
+            rep.failures.append(msg + " (--layers/--vectors/--stages/--partial for an intentionally partial dump)")
+    if ignored:
+        rep.notes.append(f"{ignored} dump tensors outside the selection (--layers/--vectors) were not compared")
+    if rep.compared == 0:
+        rep.failures.append("nothing was compared: no tensor of the dump matches a selected golden tensor")
     return rep
 
 
-def verify(golden_path, backend="numpy", progress=None):
-    """Recompute every vector of a golden file with `backend` and compare bit for bit."""
+def model_hash_arg(expect):
+    """A requested model hash, lower-cased, or ValueError (at least 12 leading hex digits)."""
+    e = str(expect).lower()
+    if not 12 <= len(e) <= 64 or any(c not in "0123456789abcdef" for c in e):
+        raise ValueError(f"--model-hash {expect!r}: give the model's SHA-256 (at least 12 hex digits)")
+    return e
+
+
+def _check_model(rep, mh, expect):
+    if expect is None:
+        return
+    if not mh.startswith(model_hash_arg(expect)):
+        rep.failures.append(f"the golden file was made from model {mh}; expected model {expect}")
+
+
+def nested_dump(golden, observed_vectors, source="observed"):
+    """A Dump of observed vectors in Golden.vectors' structure (missing stages: absent)."""
+    d = Dump(source, "vectors")
+    if len(observed_vectors) != len(golden.vectors):
+        d.problems.append(f"{source}: {len(observed_vectors)} vectors; the golden file has {len(golden.vectors)}")
+    for v, ov in enumerate(observed_vectors[: len(golden.vectors)]):
+        if ov.get("input") is not None:
+            d.tensors[vector_tensor(v)] = Observed(np.asarray(ov["input"], np.int64))
+        for i, n in enumerate(golden.graph.nodes):
+            for s, a in ov.get("stages", {}).get(n.name, {}).items():
+                if a is not None:
+                    d.tensors[vector_tensor(v, i, n.name, s)] = Observed(np.asarray(a, np.int64))
+    return d
+
+
+def _check_shapes(dump, layout):
+    for t, o in list(dump.tensors.items()):
+        e = layout.get(t)
+        if e is not None and o.values.shape != e.values.shape:
+            dump.problems.append(f"{t}: shape {o.values.shape}; expected {e.values.shape}")
+            del dump.tensors[t]
+
+
+def compare(golden, observed_vectors, source="observed", stages=ALL_STAGES, **kw):
+    """DiffReport of a Golden against observed vectors (same structure as Golden.vectors)."""
+    layout = expected_layout(golden)
+    d = nested_dump(golden, observed_vectors, source)
+    _check_shapes(d, layout)
+    return compare_dump(golden, d, stages=stages, layout=layout, **kw)
+
+
+def verify(golden_path, backend="numpy", progress=None, expect_model_hash=None):
+    """Recompute every vector of a golden file with `backend` and compare bit for bit
+    (every stage of every vector); expect_model_hash: fail when the file is of another model."""
+    if expect_model_hash is not None:
+        model_hash_arg(expect_model_hash)
     golden = read_golden(golden_path)
     observed = []
     it = golden.vectors if progress is None else progress(golden.vectors, total=len(golden.vectors))
@@ -143,47 +242,21 @@ def verify(golden_path, backend="numpy", progress=None):
         r = golden.graph.run(ev["input"], backend=backend, intermediates=True)
         observed.append({"input": ev["input"],
                          "stages": {k: {s: np.asarray(a, np.int64) for s, a in st.items()} for k, st in r.stages.items()}})
-    rep = compare(golden, observed, f"backend {backend}")
+    rep = compare(golden, observed, f"backend {backend}", expect_model_hash=expect_model_hash)
+    rep.notes = [n for n in rep.notes if "names no model" not in n]
     return rep
 
 
-def _vectors_from_hex(golden, tensors):
-    out = []
-    for v in range(len(golden.vectors)):
-        vk = vector_key(v)
-        vec = {"input": tensors.get(f"vectors/{vk}/input"), "stages": {}}
-        for i, n in enumerate(golden.graph.nodes):
-            st = {}
-            for s in STAGE_ORDER:
-                t = tensors.get(f"vectors/{vk}/{layer_key(i, n.name)}/{s}")
-                if t is not None:
-                    st[s] = t
-            vec["stages"][n.name] = st
-        out.append(vec)
-    return out
-
-
-def load_observed(golden, observed_path):
-    """(observed vectors, notes) from an HDF5 dump or a hex folder."""
-    notes = []
-    if os.path.isdir(observed_path):
-        manifest, tensors = read_hex_dir(observed_path)
-        if manifest.get("model_hash") not in (None, golden.attrs["model_hash"]):
-            notes.append("the hex manifest's model_hash differs from the golden file's")
-        return _vectors_from_hex(golden, tensors), notes
-    obs = read_golden(observed_path, strict=False)
-    if obs.attrs["model_hash"] != golden.attrs["model_hash"]:
-        notes.append("the dump's model_hash differs from the golden file's")
-    return obs.vectors, notes
-
-
-def diff(expected, observed):
-    """Compare a golden file (path or Golden) with a dump (HDF5 path or hex folder)."""
+def diff(expected, observed, **kw):
+    """Strict comparison of a golden file (path or Golden) with a dump (HDF5 path or hex
+    folder); keyword options as compare_dump (layers, vectors, stages, partial,
+    allow_other_model, expect_model_hash)."""
     golden = expected if hasattr(expected, "vectors") else read_golden(expected)
-    vecs, notes = load_observed(golden, observed)
-    rep = compare(golden, vecs, os.fspath(observed))
-    rep.notes.extend(notes)
-    return rep
+    layout = expected_layout(golden)
+    d = load_dump(golden, observed, layout)
+    _check_shapes(d, layout)
+    return compare_dump(golden, d, layout=layout, **kw)
 
 
-__all__ = ["verify", "diff", "compare", "DiffReport", "Divergence", "feeding_inputs", "load_observed"]
+__all__ = ["verify", "diff", "compare", "compare_dump", "nested_dump", "DiffReport", "Divergence", "feeding_inputs",
+           "STAGE_ORDER", "DUMP_STAGES", "ALL_STAGES"]
