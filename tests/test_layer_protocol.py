@@ -136,3 +136,36 @@ def test_unsigned_8bit_weight_codes_keep_their_values_in_golden_files(tmp_path):
     write_golden(g, np.zeros((1, 5), np.int64), tmp_path / "g.h5")
     got = read_golden(tmp_path / "g.h5").layers["l"]["datasets"]["weight_codes"]
     assert np.array_equal(got, w)
+
+
+@pytest.mark.parametrize("where", ["x_table", "w_table", "p_table", "add", "avgpool"])
+def test_int64_min_table_entry_is_refused(where):
+    """#12 item 11: np.abs(-2^63) is -2^63, so such an entry passed every bound check."""
+    from nupes_sim.formats import PowerFormat
+    from nupes_sim.layers import Accumulator, Add, AvgPool2d, Linear
+    from nupes_sim.tables import DecodeTable, ProductTable
+
+    lo = np.iinfo(np.int64).min
+    xf, wf = PowerFormat(4, True, 0.8, 0.1), PowerFormat(4, True, 0.8, 0.1)
+    if where in ("x_table", "w_table", "p_table"):
+        lin = Linear.build("l", np.ones((2, 3), np.int64), wf, xf, datapath="product" if where == "p_table" else "operand",
+                           acc=Accumulator(64))
+        t = getattr(lin, where)
+        lut = t.lut.copy()
+        lut[0, {"p_table": -1, "x_table": 0, "w_table": 1 - lin.w_range.qmin}[where]] = lo  # w: the used code 1
+        kw = {f.name: getattr(lin, f.name) for f in dataclasses.fields(lin) if f.init}
+        kw[where] = dataclasses.replace(t, lut=lut)
+        with pytest.raises(ValueError, match="2\\^62"):
+            Linear(**kw)
+    elif where == "add":
+        a = Add.build("a", xf, xf, acc=Accumulator(64))
+        lut = a.a_table.lut.copy()
+        lut[0, 0] = lo
+        with pytest.raises(ValueError, match="too large"):
+            dataclasses.replace(a, a_table=dataclasses.replace(a.a_table, lut=lut))
+    else:
+        p = AvgPool2d.build("p", xf, acc=Accumulator(64), kernel=2)
+        lut = p.x_table.lut.copy()
+        lut[0, 0] = lo
+        with pytest.raises(ValueError, match="does not fit int64"):
+            dataclasses.replace(p, x_table=dataclasses.replace(p.x_table, lut=lut), kernel=(4, 4))

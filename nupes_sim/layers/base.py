@@ -153,7 +153,7 @@ def check_requant_input(name, requant, acc, bound):
     if not isinstance(requant, Rescale):
         return
     limit = bound if acc.overflow == "exact" else min(bound, 2 ** (acc.width - 1))
-    if limit * int(np.abs(requant.multiplier).max(initial=0)) >= 2**62:
+    if limit * maxabs(requant.multiplier) >= 2**62:
         raise ValueError(f"{name}: rescale needs |acc|·multiplier < 2^62, but |acc| can reach {limit}; "
                          "lower mult_bits (or use wrap/saturate instead of exact)")
 
@@ -220,6 +220,13 @@ def window_codes(x, b, c, rows, cols):
     """x[b, c, h, w] for the window's taps, None for taps in the padding."""
     H, W = x.shape[2:]
     return [[int(x[b, c, h, w]) if 0 <= h < H and 0 <= w < W else None for w in cols] for h in rows]
+
+
+def maxabs(a):
+    """max |a| over an integer array as an exact Python int (0 when empty). np.abs is not
+    exact: np.abs(-2^63) is -2^63 in int64, which would pass every bound check."""
+    a = np.asarray(a)
+    return max(-int(a.min()), int(a.max())) if a.size else 0
 
 
 def check_rank(name, shape, ndim, what):
@@ -293,4 +300,4 @@ class AccLayer(Layer):
 __all__ = ["Layer", "AccLayer", "Accumulator", "LAYER_TYPES", "register", "is_layer", "OVERFLOW_MODES",
            "INT64_LIMIT", "ACC_STAGES", "OUT_STAGES", "format_meta", "format_from_meta", "meta_format", "out_range",
            "build_requant", "check_requant", "check_requant_input", "requant_params", "range_info", "acc_info",
-           "unit_info", "table_info", "pair", "window", "window_codes", "check_rank"]
+           "unit_info", "table_info", "pair", "window", "window_codes", "check_rank", "maxabs"]

@@ -7,7 +7,7 @@ from ..formats import CodeRange, UniformFormat
 from ..rounding import DEFAULT
 from ..tables import DecodeTable, decode_table
 from .base import (AccLayer, Accumulator, build_requant, check_requant, check_requant_input, format_meta,
-                   meta_format, range_info, register, table_info)
+                   maxabs, meta_format, range_info, register, table_info)
 
 
 @register
@@ -34,7 +34,7 @@ class Add(AccLayer):
         if self.a_table.unit != self.b_table.unit:
             raise ValueError(f"{self.name}: the two inputs must decode to the same grid "
                              f"(units {self.a_table.unit} and {self.b_table.unit})")
-        worst = int(np.abs(self.a_table.lut).max()) + int(np.abs(self.b_table.lut).max())
+        worst = maxabs(self.a_table.lut) + maxabs(self.b_table.lut)
         if worst >= 2**62:
             raise ValueError(f"{self.name}: decoded values too large (>= 2^62)")
         self.bound = np.array([worst], np.int64)

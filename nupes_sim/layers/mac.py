@@ -13,7 +13,7 @@ from ..rounding import DEFAULT
 from ..tables import DecodeTable, ProductTable, Rescale, Thresholds, bias_table, decode_table, product_table
 from ..validate import check_choice, check_int
 from .base import (INT64_LIMIT, AccLayer, Accumulator, build_requant, check_requant, check_requant_input,
-                   format_meta, meta_format, pair, range_info, register, table_info, unit_info, window,
+                   format_meta, maxabs, meta_format, pair, range_info, register, table_info, unit_info, window,
                    window_codes)
 
 DATAPATHS = ("operand", "product")
@@ -109,14 +109,14 @@ class MacLayer(AccLayer):
         int64 multiplication, so nothing can wrap)."""
         qw = self.w_codes.reshape(self.out_channels, -1).astype(np.int64)
         if self.datapath == "operand":
-            w = np.abs(self.w_table.lut[self.w_table_index, qw - self.w_range.qmin])
-            xmax = int(np.abs(self.x_table.lut).max())
-            if int(w.max(initial=0)) * xmax >= 2**62:
-                raise ValueError(f"{self.name}: a single product can reach {int(w.max()) * xmax} >= 2^62; "
+            w = self.w_table.lut[self.w_table_index, qw - self.w_range.qmin]
+            wmax, xmax = maxabs(w), maxabs(self.x_table.lut)  # exact (Python ints)
+            if wmax * xmax >= 2**62:
+                raise ValueError(f"{self.name}: a single product can reach {wmax * xmax} >= 2^62; "
                                  "lower the fractional bits")
-            return w * xmax
+            return np.abs(w) * xmax  # no -2^63 left when xmax > 0 (wmax < 2^62)
         mags = self.p_table.lut  # (T, L)
-        if int(np.abs(mags).max(initial=0)) >= 2**62:
+        if maxabs(mags) >= 2**62:
             raise ValueError(f"{self.name}: a product table entry reaches 2^62; lower the fractional bits")
         # per (table row, |qw| = m): the largest entry over every activation magnitude n,
         # a (T, Mw+1) table, then gathered per weight (never an (O, K, Mx+1) array)

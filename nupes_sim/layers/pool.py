@@ -8,7 +8,7 @@ from ..rounding import DEFAULT
 from ..tables import DecodeTable, decode_table
 from ..validate import check_int
 from .base import (INT64_LIMIT, AccLayer, Accumulator, Layer, build_requant, check_rank, check_requant,
-                   check_requant_input, format_meta, pair, range_info, register, table_info, window, window_codes)
+                   check_requant_input, format_meta, maxabs, pair, range_info, register, table_info, window, window_codes)
 from .elementwise import _decode
 
 
@@ -91,7 +91,7 @@ class AvgPool2d(AccLayer):
             self.stride = pair("stride", self.stride if self.stride is not None else self.kernel)
             self.window = self.kernel[0] * self.kernel[1]
         check_int(f"{self.name}.window", self.window, 1, None)
-        worst = int(np.abs(self.x_table.lut).max()) * self.window
+        worst = maxabs(self.x_table.lut) * self.window
         if worst > INT64_LIMIT:
             raise ValueError(f"{self.name}: worst-case window sum does not fit int64")
         self.bound = np.array([worst], np.int64)
