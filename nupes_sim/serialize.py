@@ -27,9 +27,10 @@ from .formats import CodeRange, UniformRange
 from .graph import Graph, Node
 from .layers import LAYER_TYPES, Accumulator
 from .tables import DecodeTable, ProductTable, Rescale, Thresholds
+from .versions import MODEL_FORMAT_VERSION
 
 MODEL_FORMAT = "nupes-sim-model"
-MODEL_VERSION = 1
+MODEL_VERSION = MODEL_FORMAT_VERSION
 LAYER_CLASSES = LAYER_TYPES  # class name -> layer class (the registry of nupes_sim.layers)
 STRUCT_CLASSES = {c.__name__: c for c in (DecodeTable, ProductTable, Thresholds, Rescale, Accumulator)}
 RANGE_CLASSES = {"CodeRange": CodeRange, "UniformRange": UniformRange}

@@ -3,9 +3,10 @@ stage holds — taken from the layers' own description (nupes_sim/layers/base.py
 import numpy as np
 
 from ..graph import INPUT
+from ..versions import GOLDEN_SCHEMA_VERSION
 
 SCHEMA = "nupes-sim-golden"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = GOLDEN_SCHEMA_VERSION
 ROOT_ATTRS = ("schema", "schema_version", "package_version", "created", "model_hash", "seeds", "n_vectors",
               "layer_order", "input_shape", "backend")
 STAGES = ("acc_exact", "acc", "out")  # every stage name, in execution order
