@@ -404,7 +404,15 @@ OPS = {Linear: linear, Conv2d: conv2d, Add: add, MaxPool2d: maxpool2d, AvgPool2d
 def run_layer(layer, *inputs, threads=None, gemm=None, fast=None):
     """Run one layer on the GPU; identical results to nupes_sim.oracle.run_layer."""
     ensure_available()
-    return OPS[type(layer)](layer, *(np.asarray(i) for i in inputs), threads=threads, gemm=gemm, fast=fast)
+    op = OPS.get(type(layer)) or _transformer_ops()[type(layer)]
+    return op(layer, *(np.asarray(i) for i in inputs), threads=threads, gemm=gemm, fast=fast)
+
+
+def _transformer_ops():
+    """The transformer ops' kernels (ARITHMETIC.md §10-§16, cuda/transformer.py), imported late
+    like the other kernels (importing them needs numba.cuda)."""
+    from . import transformer
+    return transformer.OPS
 
 
 __all__ = ["ensure_available", "run_layer", "THREADS", "GEMM", "FAST", "STATS", "SIMULATOR"]

@@ -28,6 +28,7 @@ from numba import njit, prange  # noqa: E402
 from . import primitives as P  # noqa: E402
 from .layers import Add, AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d  # noqa: E402
 from .tables import Rescale, Thresholds  # noqa: E402
+from .transformer.cpu import OPS as _TRANSFORMER_OPS  # noqa: E402
 
 FAST_PATHS = True  # False: integer kernels only (no BLAS), for cross-checking
 USE_FLOAT32 = True  # allow float32 GEMMs when every partial sum is < 2^24
@@ -1045,6 +1046,7 @@ def flatten(layer, x):
 
 
 OPS = {Linear: linear, Conv2d: conv2d, Add: add, MaxPool2d: maxpool2d, AvgPool2d: avgpool2d, Flatten: flatten}
+OPS.update(_TRANSFORMER_OPS)  # ARITHMETIC.md §10-§16, nupes_sim/transformer/cpu.py
 
 
 def run_layer(layer, *inputs, fast=None):

@@ -9,11 +9,22 @@ from fractions import Fraction
 import numpy as np
 
 from .. import primitives as P
-from ..oracle import accumulate, requantize
 from ..rounding import hash_words
 from .layers import ElementwiseTable, Embedding, LayerNorm, MatMul, PadMask, Reshape, Slice, Softmax, Transpose
 
 HALF = Fraction(1, 2)
+
+
+def accumulate(products, bias, acc):
+    """nupes_sim.oracle.accumulate (§4), imported late: nupes_sim.oracle registers these ops."""
+    from ..oracle import accumulate as f
+    return f(products, bias, acc)
+
+
+def requantize(values, requant, channel_axis, seed, tensor_id):
+    """nupes_sim.oracle.requantize (§6), imported late for the same reason."""
+    from ..oracle import requantize as f
+    return f(values, requant, channel_axis, seed, tensor_id)
 
 
 def round_div(n, d, mode, r=0):
