@@ -34,8 +34,8 @@ from ._compat import import_cuda
 cuda = import_cuda()
 from numba import int32, int64, uint64  # noqa: E402  (after the numpy shim in _compat)
 
-MODE_WRAP, MODE_SAT, MODE_EXACT = 0, 1, 2
-MODES = {"wrap": MODE_WRAP, "saturate": MODE_SAT, "exact": MODE_EXACT}
+MODE_WRAP, MODE_SAT, MODE_EXACT = P.WRAP, P.SATURATE, P.EXACT  # the one numbering (primitives)
+MODES = P.OVERFLOW_IDS
 DP_OPERAND, DP_PRODUCT = 0, 1
 
 # ------------------------------------------------------------------------------------------
@@ -46,26 +46,10 @@ PRIMITIVE_NAMES = P.NAMES
 prim = P.compile_all(cuda.jit(device=True))
 hash32 = prim.hash32
 sat_add = prim.sat_add
+sat_step = prim.sat_step  # the tiled saturating step (ARITHMETIC.md §4), shared with the CPU
 wrap = prim.wrap
 count_ge = prim.count_ge
 rescale = prim.rescale
-
-
-@cuda.jit(device=True)
-def sat_step(acc, part, p, k, K, tile, lo, hi):
-    """One step of the saturating accumulator (ARITHMETIC.md §4), k ascending.
-
-    tile == 0: acc = clamp(acc + p). tile == T: part restarts at 0 at each tile start,
-    part = clamp(part + p), and at a tile end (or the last k) acc = clamp(acc + part).
-    acc, part stay in [lo, hi]; |p| < 2^62, so sat_add never overflows int64."""
-    if tile == 0:
-        return sat_add(acc, p, lo, hi), part
-    if k % tile == 0:
-        part = int64(0)
-    part = sat_add(part, p, lo, hi)
-    if (k + 1) % tile == 0 or k + 1 == K:
-        acc = sat_add(acc, part, lo, hi)
-    return acc, part
 
 
 @cuda.jit(device=True)
