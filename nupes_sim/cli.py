@@ -5,11 +5,9 @@ stderr, no traceback).
 """
 import argparse
 import importlib
-import importlib.util
 import json
 import os
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -260,15 +258,7 @@ def cmd_audit(args):
 def cmd_bench(args):
     rest = list(args.rest)
     if args.backend == "cpu":
-        path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_cpu.py"
-        if not path.exists():
-            raise CliError(f"the CPU benchmark ({path}) is not available in this install")
-        spec = importlib.util.spec_from_file_location("nupes_bench_cpu", path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        if not hasattr(mod, "main"):
-            raise CliError(f"{path} has no main(argv)")
-        return int(mod.main(rest) or 0)
+        return int(_lazy("nupes_sim.bench.cpu", "main", "bench --backend cpu")(rest) or 0)
     return int(_lazy("nupes_sim.cuda.bench", "main", "bench --backend cuda")(rest) or 0)
 
 
@@ -431,7 +421,7 @@ def build_parser():
     sp.add_argument("--clip-tolerance", type=float, default=0.0,
                     help="fraction of clipped codes tolerated by --fail-on clipping (default 0)")
     backend(sp)
-    sp = add("bench", "benchmarks (benchmarks/bench_cpu.py or nupes_sim.cuda.bench)", cmd_bench)
+    sp = add("bench", "benchmarks (nupes_sim.bench.cpu or nupes_sim.cuda.bench)", cmd_bench)
     sp.add_argument("--backend", choices=("cpu", "cuda"), default="cpu")
     sp.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
     sp = add("eval", "evaluation tables of the reference (nupes_sim.reference.results.main)", cmd_eval)
@@ -447,14 +437,23 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if hasattr(args, "rest") and args.rest[:1] == ["--"]:
         args.rest = args.rest[1:]
+    if os.environ.get("NUPES_OMP_PASSIVE", "0").strip() not in ("", "0"):  # opt-in, nupes_sim.cpu.threads
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from .extras import Unavailable, missing_extra
     from .golden import GoldenFormatError
     from .serialize import ModelFormatError
 
     try:
         return args.fn(args)
-    except (CliError, GoldenFormatError, ModelFormatError, ValueError, TypeError, OSError) as e:
+    except (CliError, GoldenFormatError, ModelFormatError, Unavailable, ValueError, TypeError, OSError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"nupes-sim {args.verb}: error: {msg}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:  # an optional extra (torch, matplotlib, ...) is missing
+        err = missing_extra(e, args.verb)
+        if err is None:
+            raise
+        print(f"nupes-sim {args.verb}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("nupes-sim: interrupted", file=sys.stderr)
