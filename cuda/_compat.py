@@ -36,7 +36,7 @@ def import_cuda():
     """numba.cuda, or Unavailable (a RuntimeError) naming the cause: MissingExtra when
     numba-cuda is not installed. Never falls back to anything else."""
     if not numba_cuda_installed():
-        raise MissingExtra("numba_cuda", "the cuda backend", "cuda")
+        raise MissingExtra("numba_cuda", "the cuda backend", "cuda", package="numba-cuda")
     try:
         from numba import cuda
     except Exception as e:  # an import failure of numba-cuda itself (version mismatch, ...)

@@ -175,8 +175,8 @@ def _mac_launch(layer, wd, AT, N, HW, O_total, o_off, exact_d, acc_d, plan, opt)
         nt = (cfg["BM"] // cfg["TM"]) * (cfg["BN"] // cfg["TN"])
         grid = K.gemm_grid(N, O, cfg["BM"], cfg["BN"])
         emode = K.MODE_EXACT if mode == K.MODE_SAT else mode  # saturate that cannot clamp
-        kern[grid, nt](AT, WV, Bb, Bm, lut, bias, N, O, Kd, emode, acc.width, HW, O_total, o_off,
-                       exact_d, acc_d)
+        B1 = WV if dp == K.DP_OPERAND else Bb  # make_gemm: B1 = WV or Bbase, B2 = Bm (product)
+        kern[grid, nt](AT, B1, Bm, lut, bias, N, O, Kd, emode, acc.width, HW, O_total, o_off, exact_d, acc_d)
         _note(f"gemm_{acc_type}")
     else:
         _launch(K.mac_seq, N * O, opt["threads"], dp, AT, WV, Bb, Bm, lut, bias, N, O, Kd, mode,

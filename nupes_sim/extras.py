@@ -15,16 +15,17 @@ class Unavailable(RuntimeError):
 
 
 class MissingExtra(Unavailable):
-    def __init__(self, module, what, extra=None):
+    def __init__(self, module, what, extra=None, package=None):
         self.module = module
         self.extra = extra or EXTRAS.get(module.split(".")[0], module)
-        super().__init__(f"{what} needs {module}, which is not installed: pip install 'nupes-sim[{self.extra}]'")
+        super().__init__(f"{what} needs {package or module}, which is not installed: "
+                         f"pip install 'nupes-sim[{self.extra}]'")
 
 
 def missing_extra(err, what):
     """MissingExtra for a ModuleNotFoundError of a module an extra provides, else None."""
     top = (getattr(err, "name", None) or "").split(".")[0]
-    return MissingExtra(top, what) if top in EXTRAS else None
+    return MissingExtra(top, what, package=top.replace("_", "-")) if top in EXTRAS else None
 
 
 def require(module, what):

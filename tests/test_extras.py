@@ -57,7 +57,7 @@ def test_cuda_backend_without_gpu_is_one_line(model):
 def test_cuda_backend_without_numba_cuda_names_the_extra(model):
     r = cli(["simulate", model / "conv.h5", "--input", model / "x.npy", "--out", model / "y.npy", "--backend", "cuda"],
             block=["numba_cuda"])
-    one_line_exit_2(r, "numba_cuda", "nupes-sim[cuda]")
+    one_line_exit_2(r, "numba-cuda", "nupes-sim[cuda]")
     r = cli(["bench", "--backend", "cuda"], block=["numba_cuda"])
     one_line_exit_2(r, "nupes-sim[cuda]")
 
