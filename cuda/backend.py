@@ -2,8 +2,8 @@
 ``nupes_sim.oracle.run_layer`` returns (same keys, int64 arrays, shapes, values, and the
 same input validation errors).
 
-``ensure_available()`` raises RuntimeError naming the cause when numba-cuda is missing, fails
-to import, or ``numba.cuda.is_available()`` is false. There is never a silent fallback to
+``ensure_available()`` raises nupes_sim.extras.Unavailable (a RuntimeError) naming the cause
+when numba-cuda is missing, fails to import, or ``numba.cuda.is_available()`` is false. There is never a silent fallback to
 another backend. The CUDA simulator (NUMBA_ENABLE_CUDASIM=1) counts as available.
 
 Launch configuration (results never depend on it; the tests run several):
@@ -17,6 +17,7 @@ Launch configuration (results never depend on it; the tests run several):
 import numpy as np
 
 from nupes_sim import primitives as P
+from nupes_sim.extras import Unavailable
 from nupes_sim.layers import Add, AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d
 from nupes_sim.tables import Rescale, Thresholds
 
@@ -30,7 +31,7 @@ _I31 = 2**31
 
 
 def ensure_available():
-    """Raise RuntimeError naming the cause unless numba.cuda can run kernels here."""
+    """Raise Unavailable (a RuntimeError) naming the cause unless numba.cuda can run kernels here."""
     cuda = import_cuda()
     if not cuda.is_available():
         reason = "no CUDA driver or GPU is visible"
@@ -38,9 +39,9 @@ def ensure_available():
             cuda.current_context()
         except Exception as e:  # CudaSupportError & co. carry the driver's reason
             reason = f"{type(e).__name__}: {e}"
-        raise RuntimeError(f"the cuda backend cannot run: numba.cuda.is_available() is False ({reason}). "
-                           "Use backend='cpu' or 'numpy', or NUMBA_ENABLE_CUDASIM=1 for the (slow) "
-                           "CUDA simulator")
+        raise Unavailable(f"the cuda backend cannot run: numba.cuda.is_available() is False ({reason}). "
+                          "Use backend='cpu' or 'numpy', or NUMBA_ENABLE_CUDASIM=1 for the (slow) "
+                          "CUDA simulator")
 
 
 def _k():
@@ -174,8 +175,8 @@ def _mac_launch(layer, wd, AT, N, HW, O_total, o_off, exact_d, acc_d, plan, opt)
         nt = (cfg["BM"] // cfg["TM"]) * (cfg["BN"] // cfg["TN"])
         grid = K.gemm_grid(N, O, cfg["BM"], cfg["BN"])
         emode = K.MODE_EXACT if mode == K.MODE_SAT else mode  # saturate that cannot clamp
-        kern[grid, nt](AT, WV, Bb, Bm, lut, bias, N, O, Kd, emode, acc.width, HW, O_total, o_off,
-                       exact_d, acc_d)
+        B1 = WV if dp == K.DP_OPERAND else Bb  # make_gemm: B1 = WV or Bbase, B2 = Bm (product)
+        kern[grid, nt](AT, B1, Bm, lut, bias, N, O, Kd, emode, acc.width, HW, O_total, o_off, exact_d, acc_d)
         _note(f"gemm_{acc_type}")
     else:
         _launch(K.mac_seq, N * O, opt["threads"], dp, AT, WV, Bb, Bm, lut, bias, N, O, Kd, mode,
@@ -284,8 +285,6 @@ def _requantize(acc_d, shape, requant, channel_axis, seed, tensor_id, opt):
         monotone = bool(thr.shape[1] < 2 or (np.diff(thr, axis=1) >= 0).all())
         if thr.shape[1] == 0:  # a single code: nothing to compare
             return np.full(shape, requant.qmin, np.int64)
-        _launch(K.requant_thr, size, opt["threads"], acc_d, cuda.to_device(thr[:, :0].copy()) if False
-                    else cuda.to_device(thr), True, max(inner, 1), max(nch, 1), requant.qmin, out_d)
         _launch(K.requant_thr, size, opt["threads"], acc_d, cuda.to_device(thr), monotone,
                 max(inner, 1), max(nch, 1), requant.qmin, out_d)
         return out_d.copy_to_host().reshape(shape)

@@ -1,15 +1,13 @@
-"""`nupes-sim` command line: demo, quantize, simulate, golden, verify, diff, audit, bench, eval.
+"""`nupes-sim` command line: demo, quantize, simulate, golden, hex, verify, diff, audit, bench, eval.
 
 Exit codes: 0 ok, 1 mismatch or failed check, 2 usage error or bad input (one line on
 stderr, no traceback).
 """
 import argparse
 import importlib
-import importlib.util
 import json
 import os
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -169,10 +167,22 @@ def cmd_golden(args):
     for line in coverage_lines(cov):
         _say(args, line)
     if args.hex:
-        man = export_hex(args.out, args.hex)
+        man = export_hex(args.out, args.hex, layers=args.hex_layers.split(",") if args.hex_layers else None)
         res["hex"] = {"dir": args.hex, "tensors": len(man["tensors"])}
     _say(args, f"wrote {n} golden vectors to {args.out}" + (f" and hex files to {args.hex}" if args.hex else ""))
     _emit_json(args, res)
+    return 0
+
+
+def cmd_hex(args):
+    from .golden import export_hex
+
+    man = export_hex(args.golden, args.out, layers=args.layers.split(",") if args.layers else None,
+                     vectors=_int_list(args.vectors, "--vectors") if args.vectors else None)
+    _say(args, f"wrote {len(man['tensors'])} hex files, {len(man['layers'])} layer headers and manifest.json "
+               f"to {args.out} (model {man['model_hash']})")
+    _emit_json(args, {"out": args.out, "tensors": len(man["tensors"]), "layers": list(man["layers"]),
+                      "vectors": man["vectors_exported"], "model_hash": man["model_hash"]})
     return 0
 
 
@@ -248,15 +258,7 @@ def cmd_audit(args):
 def cmd_bench(args):
     rest = list(args.rest)
     if args.backend == "cpu":
-        path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_cpu.py"
-        if not path.exists():
-            raise CliError(f"the CPU benchmark ({path}) is not available in this install")
-        spec = importlib.util.spec_from_file_location("nupes_bench_cpu", path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        if not hasattr(mod, "main"):
-            raise CliError(f"{path} has no main(argv)")
-        return int(mod.main(rest) or 0)
+        return int(_lazy("nupes_sim.bench.cpu", "main", "bench --backend cpu")(rest) or 0)
     return int(_lazy("nupes_sim.cuda.bench", "main", "bench --backend cuda")(rest) or 0)
 
 
@@ -310,6 +312,7 @@ EXAMPLES = {
     "verify": "nupes-sim verify golden.h5 --backend cpu --model model.h5",
     "diff": "nupes-sim diff golden.h5 hw_dump.h5\n  nupes-sim diff golden.h5 hw_hex_dir/ --json --model-hash 3fa9c2...\n"
             "  nupes-sim diff golden.h5 rtl_dump/ --layers fc --stages out --vectors 0-3",
+    "hex": "nupes-sim hex golden.h5 --out golden_hex/\n  nupes-sim hex golden.h5 --out fc_hex/ --layers fc --vectors 0-3",
     "audit": "nupes-sim audit model.h5 --random 64 --out audit/ --fail-on overflow --fail-on clipping",
     "bench": "nupes-sim bench --backend cpu -- --help",
     "eval": "nupes-sim eval -- --help        # nupes_sim.reference.results",
@@ -379,6 +382,7 @@ def build_parser():
     inputs(sp)
     sp.add_argument("--out", required=True, help="golden file to write (.h5)")
     sp.add_argument("--hex", metavar="DIR", help="also export $readmemh hex files + manifest.json into DIR")
+    sp.add_argument("--hex-layers", metavar="A,B", help="with --hex: export only these layers' tensors")
     sp.add_argument("--stress", action="store_true",
                     help="corner-case inputs: saturation/wrap patterns and accumulators on and next to every "
                          "threshold of layers reading the input (nupes_sim.stress); --random N adds random ones")
@@ -402,6 +406,12 @@ def build_parser():
     sp.add_argument("--allow-other-model", action="store_true",
                     help="compare a dump that names another model hash instead of failing")
     model_pin(sp)
+    sp = add("hex", "export a golden file as $readmemh hex files, manifest.json and per-layer Verilog headers",
+             cmd_hex)
+    sp.add_argument("golden", help="golden file (.h5)")
+    sp.add_argument("--out", required=True, help="new (or empty) folder to write")
+    sp.add_argument("--layers", help="only these layers (comma-separated names)")
+    sp.add_argument("--vectors", help="only these vectors, e.g. 0-3,7")
     sp = add("audit", "numerical-stability audit: ranges, headroom, overflow, clipping, float64 error", cmd_audit)
     sp.add_argument("model", help="quantized model file (.h5)")
     inputs(sp)
@@ -411,7 +421,7 @@ def build_parser():
     sp.add_argument("--clip-tolerance", type=float, default=0.0,
                     help="fraction of clipped codes tolerated by --fail-on clipping (default 0)")
     backend(sp)
-    sp = add("bench", "benchmarks (benchmarks/bench_cpu.py or nupes_sim.cuda.bench)", cmd_bench)
+    sp = add("bench", "benchmarks (nupes_sim.bench.cpu or nupes_sim.cuda.bench)", cmd_bench)
     sp.add_argument("--backend", choices=("cpu", "cuda"), default="cpu")
     sp.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
     sp = add("eval", "evaluation tables of the reference (nupes_sim.reference.results.main)", cmd_eval)
@@ -427,14 +437,23 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if hasattr(args, "rest") and args.rest[:1] == ["--"]:
         args.rest = args.rest[1:]
+    if os.environ.get("NUPES_OMP_PASSIVE", "0").strip() not in ("", "0"):  # opt-in, nupes_sim.cpu.threads
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from .extras import Unavailable, missing_extra
     from .golden import GoldenFormatError
     from .serialize import ModelFormatError
 
     try:
         return args.fn(args)
-    except (CliError, GoldenFormatError, ModelFormatError, ValueError, TypeError, OSError) as e:
+    except (CliError, GoldenFormatError, ModelFormatError, Unavailable, ValueError, TypeError, OSError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"nupes-sim {args.verb}: error: {msg}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:  # an optional extra (torch, matplotlib, ...) is missing
+        err = missing_extra(e, args.verb)
+        if err is None:
+            raise
+        print(f"nupes-sim {args.verb}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("nupes-sim: interrupted", file=sys.stderr)

@@ -33,6 +33,9 @@ def main(argv=None):
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
+    from .cpu import use_passive_omp_wait
+
+    use_passive_omp_wait()  # this program's choice, before torch or numba start OpenMP (cpu/threads.py)
     import torch
     from tqdm import tqdm
 

@@ -85,8 +85,11 @@ class Graph:
         del shapes[INPUT]
         return shapes
 
-    def run(self, x, backend="cpu", intermediates=False):
+    def run(self, x, backend="cpu", intermediates=False, options=None):
+        """Run every layer on `backend`; `options` is passed to its run_layer (cpu: a
+        nupes_sim.cpu.CpuOptions; results never depend on it)."""
         be = get_backend(backend)
+        kw = {} if options is None else {"options": options}
         values = {INPUT: np.asarray(x)}
         result = RunResult(output=None)
         last_use = {}
@@ -94,7 +97,7 @@ class Graph:
             for i in n.inputs:
                 last_use[i] = idx
         for idx, n in enumerate(self.nodes):
-            stage = be.run_layer(n.layer, *(values[i] for i in n.inputs))
+            stage = be.run_layer(n.layer, *(values[i] for i in n.inputs), **kw)
             values[n.name] = stage["out"]
             result.overflow[n.name] = overflow_count(n.layer, stage)
             if intermediates:

@@ -16,8 +16,7 @@ REQUANT_IDS = {"none": 0, "thresholds": 1, "rescale": 2}
 # ROM file parameters of a MAC layer -> dataset; absent datasets are written as "none"
 FILES = (("W_CODES_FILE", "weight_codes"), ("W_INDEX_FILE", "weight_table_index"), ("W_LUT_FILE", "w_lut"),
          ("X_LUT_FILE", "x_lut"), ("P_LUT_FILE", "p_lut"), ("A_LUT_FILE", "a_lut"), ("B_LUT_FILE", "b_lut"),
-         ("BIAS_FILE", "bias"), ("THR_FILE", "thresholds"), ("MULT_FILE", "multiplier"), ("SHIFT_FILE", "shift"),
-         ("RQ_TABLE_FILE", "requant_table"))
+         ("BIAS_FILE", "bias"), ("THR_FILE", "thresholds"), ("MULT_FILE", "multiplier"), ("SHIFT_FILE", "shift"))
 
 
 def _vlit(v):

@@ -21,6 +21,14 @@ TOWARD_ZERO = 5
 STOCHASTIC = 6
 DOUBLE_ROUND = 7  # TOSA RESCALE DOUBLE_ROUND (rescale only)
 
+# Accumulator overflow-mode identifiers (docs/ARITHMETIC.md §4), the one numbering every
+# backend's kernels use; the order is that of layers.OVERFLOW_MODES. Golden files store the
+# names, never these numbers.
+WRAP = 0
+SATURATE = 1
+EXACT = 2
+OVERFLOW_IDS = {"wrap": WRAP, "saturate": SATURATE, "exact": EXACT}
+
 MASK32 = 0xFFFFFFFF
 
 
@@ -105,6 +113,24 @@ def sat_add(a, b, lo, hi):
     return a + b
 
 
+def sat_step(acc, part, p, k, kk, tile, lo, hi):
+    """One product p (index k of kk, k ascending) through the saturating accumulator
+    (ARITHMETIC.md §4); returns the new (acc, part).
+
+    tile == 0: acc = clamp(acc + p) for every p, starting from the bias.
+    tile == T: part restarts at 0 at each tile start (k % T == 0), part = clamp(part + p), and
+    at a tile end (or the last k) acc = clamp(acc + part). acc and part stay in [lo, hi] and
+    |p| < 2^62 (layer checks), so every sat_add precondition holds."""
+    if tile == 0:
+        return sat_add(acc, p, lo, hi), part
+    if k % tile == 0:
+        part = 0
+    part = sat_add(part, p, lo, hi)
+    if k % tile == tile - 1 or k == kk - 1:
+        acc = sat_add(acc, part, lo, hi)
+    return acc, part
+
+
 def wrap(x, n):
     """x reduced modulo 2^n into [-2^(n-1), 2^(n-1)), two's complement, 8 <= n <= 64."""
     if n >= 64:
@@ -148,14 +174,16 @@ def clamp(x, lo, hi):
     return x
 
 
-NAMES = ("mul32", "fmix32", "hash32", "round_shift", "sat_add", "wrap", "count_ge", "rescale", "clamp")
+NAMES = ("mul32", "fmix32", "hash32", "round_shift", "sat_add", "sat_step", "wrap", "count_ge", "rescale",
+         "clamp")
 
 
 def compile_all(decorator):
     """Every primitive compiled by `decorator` (numba.njit, cuda.jit(device=True)).
 
     Each function is re-bound from its own bytecode to a namespace whose globals are the
-    compiled siblings (hash32 -> fmix32 -> mul32, rescale -> round_shift) and this module's
+    compiled siblings (hash32 -> fmix32 -> mul32, rescale -> round_shift,
+    sat_step -> sat_add) and this module's
     integer constants, so compiled code never calls back into Python and the backends share
     one source. Returns a namespace of the compiled functions."""
     ns = {k: v for k, v in globals().items() if isinstance(v, int) and not isinstance(v, bool)}

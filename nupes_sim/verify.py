@@ -86,6 +86,65 @@ def _observed_at(o, k):
     return o.invalid[k] if k in o.invalid else int(o.values.reshape(-1)[k])
 
 
+def _code_interval(rq, row, code):
+    """[lo, hi) of acc values giving `code` (None = unbounded), from the thresholds."""
+    j = int(code) - int(rq.qmin)
+    if not 0 <= j <= len(row):
+        return None
+    return [int(row[j - 1]) if j > 0 else None, int(row[j]) if j < len(row) else None]
+
+
+def divergence_context(golden, e, multi, observed):
+    """Extra context of a first divergence (#11.6): for `out` under thresholds, the acc
+    interval of the expected and observed codes; for a Linear `acc`, the decoded operands
+    (LUT integers) and, under saturate, the first step k where the reference clamped."""
+    from .oracle import _mac_products
+    from .tables import Thresholds
+
+    if e.node is None:
+        return {}
+    L = golden.graph.nodes[e.node].layer
+    out = {}
+    ch = multi[1] if len(multi) > 1 else 0
+    rq = getattr(L, "requant", None)
+    if e.stage == "out" and isinstance(rq, Thresholds):
+        row = rq.thr[ch if rq.thr.shape[0] > 1 else 0]
+        out["acc interval of the expected code [thr_lo, thr_hi)"] = _code_interval(rq, row, e.values[multi])
+        if isinstance(observed, int):
+            out["acc interval of the observed code [thr_lo, thr_hi)"] = _code_interval(rq, row, observed)
+    if e.stage == "acc" and type(L).__name__ == "Linear":
+        x = golden.vectors[e.vector]["stages"]
+        src = golden.graph.nodes[e.node].inputs[0]
+        xin = golden.vectors[e.vector]["input"] if src == INPUT else x[src]["out"]
+        b, o = multi
+        p = _mac_products(L, xin[b:b + 1], np.ones((1, xin.shape[1]), bool))[0, o]
+        out["products p_k (k ascending)"] = p.tolist()
+        if L.datapath == "operand":
+            qw = L.w_codes.reshape(L.out_channels, -1)[o]
+            out["decoded weights W_k (w_lut)"] = L.w_table.lut[L.w_table_index[o], qw - L.w_range.qmin].tolist()
+            out["decoded inputs X_k (x_lut)"] = L.x_table.lut[0, xin[b] - L.x_range.qmin].tolist()
+        if L.acc.overflow == "saturate":
+            acc, part, first, T = int(L.bias[o]), 0, None, L.acc.tile
+            for k, pk in enumerate(p.tolist()):
+                if T:
+                    raw = part + pk
+                    part = min(max(raw, L.acc.lo), L.acc.hi)
+                    if raw != part and first is None:
+                        first = f"k={k} (tile partial)"
+                    if (k + 1) % T == 0 or k == len(p) - 1:
+                        raw = acc + part
+                        acc, part = min(max(raw, L.acc.lo), L.acc.hi), 0
+                        if raw != acc and first is None:
+                            first = f"k={k} (tile sum)"
+                else:
+                    raw = acc + pk
+                    acc = min(max(raw, L.acc.lo), L.acc.hi)
+                    if raw != acc and first is None:
+                        first = f"k={k}"
+            out["first step where the reference clamped"] = first or "none (no clamp)"
+    return out
+
+
 def compare_dump(golden, dump, layers=None, vectors=None, stages=DUMP_STAGES, partial=False,
                  allow_other_model=False, expect_model_hash=None, layout=None):
     """Strict DiffReport of a Golden against a Dump (see the module docstring)."""
@@ -150,6 +209,10 @@ def compare_dump(golden, dump, layers=None, vectors=None, stages=DUMP_STAGES, pa
             k = int(bad[0])
             multi = tuple(int(i) for i in np.unravel_index(k, e.values.shape))
             feed = {} if e.node is None else feeding_inputs(g, golden.vectors[e.vector], e.node, e.stage, multi)
+            try:
+                feed = dict(feed, **divergence_context(golden, e, multi, _observed_at(o, k)))
+            except Exception as ex:  # noqa: BLE001 - context is a help; never hide the divergence
+                feed = dict(feed, context_error=f"{type(ex).__name__}: {ex}")
             if k in o.invalid:
                 feed = dict(feed, word=f"{o.invalid[k]!r} is not a {e.width}-bit {'signed' if e.signed else 'unsigned'} "
                                         f"hex value (never masked)")

@@ -1,5 +1,4 @@
 """The Numba CPU backend equals the NumPy oracle bit for bit (values, dtypes, shapes, errors)."""
-import contextlib
 import dataclasses
 
 import numpy as np
@@ -7,6 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from nupes_sim import cpu, oracle
+from nupes_sim.cpu import CpuOptions
 from nupes_sim import primitives as P
 from nupes_sim.formats import PowerFormat, UniformFormat
 from nupes_sim.graph import Graph
@@ -69,17 +69,10 @@ def test_flatten_matches_oracle(case):
 
 @given(linear_case(max_batch=4, max_out=5, max_k=24), st.booleans())
 def test_fast_path_flag_agrees(case, use_f32):
-    """Module flag off (integer kernels only) == on (BLAS paths, float32 allowed or not)."""
+    """Option off (integer kernels only) == on (BLAS paths, float32 allowed or not)."""
     layer, (x,) = case
-    old = cpu.FAST_PATHS, cpu.USE_FLOAT32
-    try:
-        cpu.USE_FLOAT32 = use_f32
-        cpu.FAST_PATHS = True
-        a = cpu.run_layer(layer, x)
-        cpu.FAST_PATHS = False
-        b = cpu.run_layer(layer, x)
-    finally:
-        cpu.FAST_PATHS, cpu.USE_FLOAT32 = old
+    a = cpu.run_layer(layer, x, options=CpuOptions(fast=True, use_float32=use_f32))
+    b = cpu.run_layer(layer, x, options=CpuOptions(fast=False, use_float32=use_f32))
     assert_same(b, a)
 
 
@@ -282,16 +275,18 @@ def test_graph_runs_on_cpu_backend():
     g = Graph([conv, pool, flat, lin])
     x = rng.integers(0, 256, (2, 2, 4, 4))
     a = g.run(x, backend="numpy", intermediates=True)
-    b = g.run(x, backend="cpu", intermediates=True)
-    assert np.array_equal(a.output, b.output) and a.overflow == b.overflow
-    for name in a.stages:
-        assert_same(a.stages[name], b.stages[name], name)
+    for opts in (None, CpuOptions(fast=False), CpuOptions(fused=False, use_float32=False)):
+        b = g.run(x, backend="cpu", intermediates=True, options=opts)
+        assert np.array_equal(a.output, b.output) and a.overflow == b.overflow
+        for name in a.stages:
+            assert_same(a.stages[name], b.stages[name], f"{name} {opts}")
 
 
 def test_primitives_compiled_from_the_shared_source():
     """The compiled copies are the primitives' own bytecode (no re-implementation)."""
-    for name in cpu._PRIMITIVE_NAMES:
-        assert getattr(cpu._p, name).py_func.__code__ is getattr(P, name).__code__
+    assert cpu.PRIMITIVE_NAMES == P.NAMES and "sat_step" in P.NAMES
+    for name in cpu.PRIMITIVE_NAMES:
+        assert getattr(cpu.prim, name).py_func.__code__ is getattr(P, name).__code__
 
 
 def test_layer_rejects_products_beyond_2_62():
@@ -302,47 +297,49 @@ def test_layer_rejects_products_beyond_2_62():
                      acc=Accumulator(64, "exact"))
 
 
-# ---- fused exact-float path (cpu._fused): forced on and off, chunking and one-hot sides -----
-@contextlib.contextmanager
-def fused_settings():
-    keys = ("FUSED", "ONE_HOT", "USE_FLOAT32", "F32_MAX_CHUNKS", "FEATURE_BYTES")
-    old = {k: getattr(cpu, k) for k in keys}
-    old_lim = dict(cpu.CHUNK_LIMIT)
-    try:
-        yield
-    finally:
-        _restore(old, old_lim)
-
-
-def _restore(old, old_lim):
-    for k, v in old.items():
-        setattr(cpu, k, v)
-    cpu.CHUNK_LIMIT.clear()
-    cpu.CHUNK_LIMIT.update(old_lim)
-
-
+# ---- fused exact-float path (cpu.fused): forced on and off, chunking and one-hot sides -----
 def _fused_variants(layer, inputs):
     """The oracle's result for every fused setting: off, both one-hot sides, float32/float64,
     small chunk limits (many chunks, k-cuts inside a conv window), tiny conv row blocks."""
-    with fused_settings():
-        return _fused_variants_inner(layer, inputs)
-
-
-def _fused_variants_inner(layer, inputs):
     want = oracle.run_layer(layer, *inputs)
-    cpu.FUSED = False
-    assert_same(want, cpu.run_layer(layer, *inputs), "fused off")
-    cpu.FUSED = True
+    assert_same(want, cpu.run_layer(layer, *inputs, options=CpuOptions(fused=False)), "fused off")
     for side in (None, "weights", "activations"):
         for f32 in (True, False):
             for lim in (None, 2**12, 2**16):
-                cpu.ONE_HOT, cpu.USE_FLOAT32 = side, f32
-                cpu.CHUNK_LIMIT[np.float32] = lim or 2**24
-                cpu.CHUNK_LIMIT[np.float64] = lim or 2**53
-                cpu.F32_MAX_CHUNKS = 10**6
-                cpu.FEATURE_BYTES = 1 if lim == 2**12 else 16 << 20
-                assert_same(want, cpu.run_layer(layer, *inputs), f"fused {side} f32={f32} limit={lim}")
+                opts = CpuOptions(one_hot=side, use_float32=f32, chunk_limit_f32=lim or 2**24,
+                                  chunk_limit_f64=lim or 2**53, f32_max_chunks=10**6,
+                                  feature_bytes=1 if lim == 2**12 else 16 << 20)
+                assert_same(want, cpu.run_layer(layer, *inputs, options=opts), f"fused {side} f32={f32} limit={lim}")
     return want
+
+
+def test_options_are_validated_and_frozen():
+    with pytest.raises(ValueError, match="one_hot"):
+        CpuOptions(one_hot="both")
+    with pytest.raises(ValueError, match="chunk_limit_f32"):
+        CpuOptions(chunk_limit_f32=2**24 + 1)  # beyond float32's exact integers
+    with pytest.raises(TypeError, match="fast"):
+        CpuOptions(fast=1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cpu.DEFAULT.fast = False
+    wf = PowerFormat(4, True, 1.0, np.array([0.1]))
+    lin = Linear.build("lin", np.ones((2, 3), np.int64), wf, wf)
+    with pytest.raises(TypeError, match="CpuOptions"):
+        cpu.run_layer(lin, np.zeros((1, 3), np.int64), options={"fast": False})
+
+
+def test_import_changes_no_environment():
+    """Importing the CPU backend sets no environment variable (OMP_WAIT_POLICY is opt-in)."""
+    import subprocess
+    import sys
+
+    code = ("import os; before = dict(os.environ); import nupes_sim.cpu, nupes_sim.graph; "
+            "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items()); "
+            "nupes_sim.cpu.use_passive_omp_wait(); print(os.environ['OMP_WAIT_POLICY'])")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "PASSIVE"
 
 
 @settings(max_examples=25, deadline=None)

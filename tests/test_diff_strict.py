@@ -283,3 +283,39 @@ def test_tb_helper_round_trip(gold, tmp_path):
     assert np.array_equal(gv.layer_input(0, "pool"), gv.stage(0, "conv", "out"))
     rep = diff(gold["path"], tmp_path / "tb")
     assert rep.ok and rep.stages == {"input", "acc", "out"}, rep.format_text()
+
+
+def test_divergence_context_thresholds_and_clamp(tmp_path):
+    import sys as _s
+    _s.path.insert(0, os.path.join(os.path.dirname(__file__), "hdl"))
+    from configs import graph
+
+    from nupes_sim.stress import stress_inputs
+
+    g = graph("operand_sat")
+    p = tmp_path / "g.h5"
+    write_golden(g, stress_inputs(g, (16,), seed=0)[:8], p)
+    gold = read_golden(p)
+    L = g.nodes[0].layer
+    sat_v = next(v for v, vec in enumerate(gold.vectors)
+                 if (vec["stages"]["fc"]["acc"] != vec["stages"]["fc"]["acc_exact"]).any())
+    d = tmp_path / "d"
+    layout = expected_layout(gold)
+    t = {n: e.values.copy() for n, e in layout.items() if e.vector is not None and e.stage in ("acc", "out", "codes")}
+    o = int(np.flatnonzero(gold.vectors[sat_v]["stages"]["fc"]["acc"][0] != gold.vectors[sat_v]["stages"]["fc"]["acc_exact"][0])[0])
+    delta = -1 if t[f"vectors/{sat_v:06d}/000_fc/acc"][0, o] == L.acc.hi else 1
+    t[f"vectors/{sat_v:06d}/000_fc/acc"][0, o] += delta
+    write_dump(d, t, gold)
+    f = diff(p, d).first
+    assert (f.vector, f.stage, f.index) == (sat_v, "acc", o)
+    assert f.inputs["first step where the reference clamped"].startswith("k=")
+    assert len(f.inputs["decoded weights W_k (w_lut)"]) == 16 == len(f.inputs["products p_k (k ascending)"])
+    t[f"vectors/{sat_v:06d}/000_fc/acc"][0, o] -= delta
+    e = t["vectors/000000/000_fc/out"]
+    e[0, 0] = e[0, 0] + 1 if e[0, 0] < L.requant.qmax else e[0, 0] - 1
+    write_dump(d, t, gold)
+    f = diff(p, d).first
+    lo, hi = f.inputs["acc interval of the expected code [thr_lo, thr_hi)"]
+    acc = int(gold.vectors[0]["stages"]["fc"]["acc"][0, 0])
+    assert (lo is None or lo <= acc) and (hi is None or acc < hi)
+    assert "acc interval of the observed code [thr_lo, thr_hi)" in f.inputs

@@ -83,6 +83,35 @@ def test_sat_add_int64_limits():
     assert P.sat_add(hi, -big, lo, hi) == hi - big
 
 
+@pytest.mark.parametrize("tile", [0, 1, 2, 3, 5])
+def test_sat_step_is_the_oracle_accumulator(tile):
+    """sat_step over a sequence (k ascending) gives oracle.accumulate's saturating result:
+    every 8-bit-accumulator sequence of length <= 4 over products {-200, -128, -1, 0, 1, 127,
+    200}, from the biases lo, -1, 0, hi (sequences that clamp inside a tile and across tiles)."""
+    import itertools
+
+    from nupes_sim.layers import Accumulator
+
+    acc_cfg = Accumulator(8, "saturate", tile)
+    lo, hi = acc_cfg.lo, acc_cfg.hi
+    values = (-200, -128, -1, 0, 1, 127, 200)
+    for n in range(0, 5):
+        for seq in itertools.product(values, repeat=n):
+            for bias in (lo, -1, 0, hi):
+                a, part = bias, 0
+                for k, p in enumerate(seq):
+                    a, part = P.sat_step(a, part, p, k, n, tile, lo, hi)
+                _, want = oracle.accumulate(np.array([seq], np.int64).reshape(1, n), bias, acc_cfg)
+                assert a == int(want[0]), (seq, bias, tile)
+
+
+def test_overflow_ids_follow_the_layer_modes():
+    from nupes_sim.layers import OVERFLOW_MODES
+
+    assert tuple(P.OVERFLOW_IDS) == OVERFLOW_MODES
+    assert list(P.OVERFLOW_IDS.values()) == [P.WRAP, P.SATURATE, P.EXACT] == [0, 1, 2]
+
+
 @pytest.mark.parametrize("width", [8, 9, 16, 31, 32, 33, 48, 62, 63, 64])
 def test_wrap_boundaries(width):
     for x in boundary_ints(61) + [2**63 - 1, -(2**63)]:

@@ -63,29 +63,117 @@ def hex_tensors(golden):
     return out
 
 
-def export_hex(golden_path, out_dir):
-    """Write $readmemh-style files (one two's complement hex word per line, C order) for every
-    tensor of a golden file, plus manifest.json describing each. Returns the manifest dict."""
+def _entry_note(golden, name, a, width):
+    parts = name.split("/")
+    if parts[0] == "layers" and parts[2] == "thresholds":
+        info = golden.layers[golden.layer_order[int(parts[1][:3])]]["info"]
+        n = info.get("acc_width", 64)
+        if n < 64 and a.size and int(a.max()) == 2 ** (n - 1):
+            return (f"holds 2^{n - 1} = 'never reached' (acc_max + 1): {width}-bit words (acc_width + 1); "
+                    f"a bench that declares {n} bits reads it as -2^{n - 1} and miscounts every code")
+    return None
+
+
+def requant_table(golden, name):
+    """Per threshold row: each threshold t (inside the accumulator range) with the expected code
+    at acc = t and at acc = t - 1 (code = out_qmin + #{j : acc >= thr[row, j]})."""
+    lay = golden.layers[name]
+    thr = lay["datasets"].get("thresholds")
+    if thr is None:
+        return None
+    info = lay["info"]
+    n = info.get("acc_width", 64)
+    lo, hi = -(2 ** (n - 1)), 2 ** (n - 1) - 1
+    rows = []
+    for r in thr:
+        rows.append([{"threshold": int(t), "code_at_t": int(info["out_qmin"] + (r <= t).sum()),
+                      "code_at_t_minus_1": int(info["out_qmin"] + (r <= t - 1).sum())}
+                     for t in r if lo <= int(t) <= hi])
+    return rows
+
+
+def export_hex(golden_path, out_dir, layers=None, vectors=None, headers=True):
+    """Write $readmemh-style files (one two's complement hex word per line, C order) for the
+    tensors of a golden file, manifest.json (every layer's full `info`, each file's width and
+    signedness, requantizer tables) and a Verilog header per layer (`layers__NNN_x__params.vh`).
+    layers/vectors: names (or NNN_name keys) / indices to export (default all). The folder is
+    written to a temporary sibling and renamed into place: `out_dir` must not exist or be empty.
+    Returns the manifest dict."""
+    from ..dumps import expected_layout
+    from ..hdl_params import layer_header
+
     golden = read_golden(golden_path)
-    os.makedirs(out_dir, exist_ok=True)
-    entries = []
-    for name, a, width, signed in hex_tensors(golden):
-        fname = name.replace("/", "__") + ".hex"
-        with open(os.path.join(out_dir, fname), "w") as fh:
-            fh.write(_hex_lines(a, width, signed))
-        entries.append({"tensor": name, "file": fname, "shape": list(a.shape), "width": int(width),
-                        "signed": bool(signed), "order": "C (row-major, last index fastest), one word per line",
-                        "encoding": "two's complement hex" if signed else "unsigned hex",
-                        "sha256": sha256_array(np.asarray(a, np.int64))})
-    manifest = {"schema": SCHEMA + "-hex", "schema_version": SCHEMA_VERSION, "source": os.path.basename(golden_path),
-                "model_hash": golden.attrs["model_hash"], "n_vectors": golden.attrs["n_vectors"],
-                "layer_order": golden.layer_order, "tensors": entries}
-    tmp = os.path.join(out_dir, ".manifest.json.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(manifest, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, os.path.join(out_dir, "manifest.json"))
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+        raise ValueError(f"hex folder {out_dir} exists and is not empty; give a new or empty folder "
+                         f"(stale files of an earlier export would sit next to the new manifest)")
+    names = golden.layer_order
+    keys = {layer_key(i, n): n for i, n in enumerate(names)}
+    lsel = set(names) if layers is None else {keys.get(x, x) for x in layers}
+    bad = sorted(lsel - set(names))
+    if bad:
+        raise ValueError(f"hex --layers: no layer {bad[0]!r} in {golden_path} (layers: {', '.join(names)})")
+    vsel = set(range(len(golden.vectors))) if vectors is None else {int(v) for v in vectors}
+    if not vsel or not lsel or any(not 0 <= v < len(golden.vectors) for v in vsel):
+        raise ValueError(f"hex --vectors: choose among 0-{len(golden.vectors) - 1}")
+    layout = expected_layout(golden)
+    parent = os.path.dirname(out_dir) or "."
+    os.makedirs(parent, exist_ok=True)
+    import tempfile
+
+    tmp_dir = tempfile.mkdtemp(prefix="." + os.path.basename(out_dir) + ".", dir=parent)
+    try:
+        entries = []
+        for name, a, width, signed in hex_tensors(golden):
+            parts = name.split("/")
+            lname = keys.get(parts[1]) if parts[0] == "layers" else (keys.get(parts[2]) if len(parts) > 3 else None)
+            if parts[0] == "vectors" and int(parts[1]) not in vsel:
+                continue
+            if lname is not None and lname not in lsel:
+                continue
+            fname = name.replace("/", "__") + ".hex"
+            with open(os.path.join(tmp_dir, fname), "w") as fh:
+                fh.write(_hex_lines(a, width, signed))
+            e = {"tensor": name, "file": fname, "shape": list(a.shape), "width": int(width),
+                 "signed": bool(signed), "order": "C (row-major, last index fastest), one word per line",
+                 "encoding": "two's complement hex" if signed else "unsigned hex",
+                 "sha256": sha256_array(np.asarray(a, np.int64))}
+            note = _entry_note(golden, name, a, width)
+            if note:
+                e["note"] = note
+            entries.append(e)
+        lays = {}
+        for i, n in enumerate(names):
+            if n not in lsel:
+                continue
+            key = layer_key(i, n)
+            d = {"info": golden.layers[n]["info"]}
+            rt = requant_table(golden, n)
+            if rt is not None:
+                d["requant_table"] = rt
+            if headers:
+                hname = f"layers__{key}__params.vh"
+                with open(os.path.join(tmp_dir, hname), "w") as fh:
+                    fh.write(layer_header(golden, i, layout))
+                d["header"] = hname
+            lays[key] = d
+        manifest = {"schema": SCHEMA + "-hex", "schema_version": SCHEMA_VERSION,
+                    "source": os.path.basename(golden_path), "model_hash": golden.attrs["model_hash"],
+                    "n_vectors": golden.attrs["n_vectors"], "vectors_exported": sorted(vsel),
+                    "layer_order": golden.layer_order, "layers_exported": [n for n in names if n in lsel],
+                    "input_shape": golden.attrs["input_shape"], "layers": lays, "tensors": entries}
+        with open(os.path.join(tmp_dir, "manifest.json"), "w") as fh:
+            json.dump(manifest, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if os.path.isdir(out_dir):
+            os.rmdir(out_dir)  # empty (checked above); a racing writer makes this fail loudly
+        os.replace(tmp_dir, out_dir)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
     return manifest
 
 
@@ -106,7 +194,9 @@ def read_hex_dir(out_dir):
                 raise GoldenFormatError(f"{out_dir}/{e['file']}: {len(words)} words; shape {shape} needs {n}")
             vals = []
             for w in words:
-                v = int(w, 16) & ((1 << width) - 1)
+                v = int(w, 16)
+                if not 0 <= v < 1 << width:  # never masked: a wider word is an error
+                    raise GoldenFormatError(f"{out_dir}/{e['file']}: word {w!r} does not fit {width} bits")
                 if signed and v >= 1 << (width - 1):
                     v -= 1 << width
                 vals.append(v)
@@ -118,4 +208,4 @@ def read_hex_dir(out_dir):
         raise GoldenFormatError(f"{out_dir}: bad hex dump ({type(e).__name__}: {e})") from None
 
 
-__all__ = ["hex_tensors", "export_hex", "read_hex_dir"]
+__all__ = ["hex_tensors", "export_hex", "read_hex_dir", "requant_table"]

@@ -288,10 +288,11 @@ def test_repo_root_first_does_not_shadow_nvidia_cuda():
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     code = ("import sys; assert sys.path[0] in ('', %r); import cuda, cuda.bindings; "
             "from numba import cuda as nc; import nupes_sim.cuda.kernels as k; "
+            "from nupes_sim import primitives as P; assert k.PRIMITIVE_NAMES == P.NAMES; "
             "print(cuda.bindings.__name__, nc.__name__, len(k.PRIMITIVE_NAMES))" % str(ROOT))
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "cuda.bindings numba.cuda 9" in r.stdout
+    assert "cuda.bindings numba.cuda 10" in r.stdout
 
 
 def test_numpy_without_row_stack_imports_numba_cuda():

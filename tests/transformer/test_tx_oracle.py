@@ -425,3 +425,14 @@ def test_attention_graph_runs_on_the_oracle(masked):
         assert (r.stages["sm"]["prob"][1, :, :, 2:] == 0).all()
     else:
         assert (np.triu(np.ones((4, 4)), 1)[None, None] * r.stages["sm"]["prob"] == 0).all()
+
+
+@pytest.mark.parametrize("mode,rule", [("half_even", round), ("floor", math.floor), ("ceil", math.ceil)])
+def test_exp_and_layernorm_tables_follow_their_definition(mode, rule):
+    """A one-LSB change of the exp LUT or the γ/β table rounding fails here (host tables §13, §14)."""
+    for s, F in ((0.05, 15), (0.3, 7), (1.0, 12)):
+        lut = TT.exp_table(UniformFormat(8, True, s), F, mode)
+        assert lut.tolist() == [rule(math.exp(-s * d) * 2.0**F) for d in range(256)]
+    g, b = np.array([0.7, -1.3, 2.05]), np.array([0.01, -0.4, 0.333])
+    G, B = TT.layernorm_tables(g, b, 3, 20, 12, mode)
+    assert G.tolist() == [rule(v * 2.0**12) for v in g] and B.tolist() == [rule(v * 2.0**32) for v in b]

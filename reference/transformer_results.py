@@ -1,0 +1,131 @@
+"""Acceptance numbers of the integer transformers (issue #10), measured end to end.
+
+    python -m nupes_sim.reference.transformer_results charlm --wbits 4 --method nupes [--chars 20480]
+    python -m nupes_sim.reference.transformer_results minilm --wbits 4 --method powerquant [--sentences 200]
+
+Char LM: held-out perplexity of the float model, the float64 fake-quant twin and the integer
+simulator (CPU backend) on the same non-overlapping windows of T = context characters (each
+window predicts its last T characters), W{wbits} weights, A8 activations.
+"""
+import argparse
+import json
+import math
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def _log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def charlm(wbits=4, method="nupes", chars=20480, n_calib=32, steps=None, backend="cpu", batch=16):
+    from .api import quantize_model
+    from .data import kjv_split
+    from .evaluate import load_charlm
+    from .export_transformer import export_charlm
+
+    model = load_charlm()
+    train, held = kjv_split()
+    T = model.context
+    ids = model.encode(train)
+    g = torch.Generator().manual_seed(0)
+    starts = torch.randint(0, ids.numel() - T - 1, (max(n_calib, 128),), generator=g)
+    calib = torch.stack([ids[s:s + T] for s in starts.tolist()])
+    t0 = time.perf_counter()
+    extra = {"nupes_init": "gptq_power"} if method == "nupes" else {}
+    if method == "powerquant":
+        qmodel, _ = quantize_model(model, method=method, wbits=wbits, progress=False)
+    else:
+        qmodel, _ = quantize_model(model, method=method, wbits=wbits, calib=calib, progress=False, steps=steps, **extra)
+    t_quant = time.perf_counter() - t0
+    _log(f"quantized ({method}, W{wbits}) in {t_quant:.0f}s")
+    t0 = time.perf_counter()
+    ex = export_charlm(qmodel, calib[:n_calib])
+    _log(f"exported {len(ex.graph.nodes)} nodes in {time.perf_counter() - t0:.0f}s")
+    h = model.encode(held)
+    n_win = math.ceil(chars / T)
+    win = torch.stack([h[i * T:i * T + T + 1] for i in range(n_win)])
+    nll = {"float": 0.0, "twin": 0.0, "integer": 0.0}
+    t0 = time.perf_counter()
+    for i in range(0, n_win, batch):
+        x, y = win[i:i + batch, :T], win[i:i + batch, 1:].reshape(-1)
+        with torch.no_grad():
+            outs = {"float": model(x).double().reshape(-1, len(model.vocab)),
+                    "twin": ex.fake_quant(x).reshape(-1, len(model.vocab)),
+                    "integer": torch.from_numpy(ex.integer(x.numpy(), backend=backend))}
+        for k, v in outs.items():
+            nll[k] += float(F.cross_entropy(v, y, reduction="sum"))
+    n = n_win * T
+    res = {k: math.exp(v / n) for k, v in nll.items()}
+    res.update(chars=n, wbits=wbits, method=method, seconds_integer=time.perf_counter() - t0, seconds_quant=t_quant)
+    res["int_vs_twin_pct"] = 100 * (res["integer"] / res["twin"] - 1)
+    res["int_vs_float_pct"] = 100 * (res["integer"] / res["float"] - 1)
+    return res
+
+
+def minilm(wbits=4, method="powerquant", n_sent=200, T=48, backend="cpu", batch=16):
+    """Sentence-embedding cosine (mean pooling over the mask, as models.embed) of the integer
+    simulator against the float model and the twin, on the first n_sent of the 2000 verses
+    results.py evaluates, padded/truncated to T tokens (the float reference sees the same T)."""
+    import numpy as np
+
+    from .api import quantize_model
+    from .data import load_kjv_verses
+    from .evaluate import embedding_agreement
+    from .export_transformer import export_minilm
+    from .models import load_minilm
+
+    model, tok = load_minilm()
+    verses = load_kjv_verses()
+    pick = np.random.default_rng(0).choice(len(verses), 4000, replace=False)
+    ev = [verses[i] for i in pick[:n_sent]]
+    cal = [verses[i] for i in pick[2000:2000 + 32]]
+    tok.enable_truncation(max_length=T)
+    tok.enable_padding(pad_id=tok.token_to_id("[PAD]"), pad_token="[PAD]", length=T)
+
+    def ids_of(sents):
+        return torch.tensor([e.ids for e in tok.encode_batch(sents)], dtype=torch.long)
+    t0 = time.perf_counter()
+    qmodel, _ = quantize_model(model, method=method, wbits=wbits, progress=False)
+    ex = export_minilm(qmodel, ids_of(cal), pad_id=tok.token_to_id("[PAD]"))
+    _log(f"quantized + exported in {time.perf_counter() - t0:.0f}s")
+    ids = ids_of(ev)
+    mask = (ids != tok.token_to_id("[PAD]")).double()
+    pooled = {"float": [], "twin": [], "integer": []}
+    t0 = time.perf_counter()
+    for i in range(0, len(ev), batch):
+        x, m = ids[i:i + batch], mask[i:i + batch, :, None]
+        with torch.no_grad():
+            hs = {"float": model(x, m[..., 0].long()).double(), "twin": ex.fake_quant(x).reshape(len(x), T, -1),
+                  "integer": torch.from_numpy(ex.integer(x.numpy(), backend=backend)).reshape(len(x), T, -1)}
+        for k, h in hs.items():
+            pooled[k].append((h * m).sum(1) / m.sum(1))
+    emb = {k: torch.cat(v) for k, v in pooled.items()}
+    res = {"n_sentences": len(ev), "T": T, "wbits": wbits, "method": method,
+           "seconds_eval": time.perf_counter() - t0}
+    for a, b in (("integer", "float"), ("integer", "twin"), ("twin", "float")):
+        d = embedding_agreement(emb[b], emb[a])
+        res[f"cos_{a}_vs_{b}"], res[f"nn_{a}_vs_{b}"] = d["mean_cos"], d["nn_agreement"]
+    return res
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", choices=["charlm", "minilm"])
+    p.add_argument("--sentences", type=int, default=200)
+    p.add_argument("--wbits", type=int, default=4)
+    p.add_argument("--method", default="nupes")
+    p.add_argument("--chars", type=int, default=20480)
+    p.add_argument("--steps", type=int, default=None)
+    a = p.parse_args(argv)
+    if a.model == "minilm":
+        print(json.dumps(minilm(a.wbits, a.method, a.sentences)))
+    else:
+        print(json.dumps(charlm(a.wbits, a.method, a.chars, steps=a.steps)))
+
+
+if __name__ == "__main__":
+    main()
