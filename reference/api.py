@@ -22,7 +22,8 @@ import warnings
 import torch
 from torch import nn
 
-from .calibrate import PowerActQuant, as_batches, attach_act_quant, capture_inputs, execution_order
+from .calibrate import (PowerActQuant, as_batches, attach_act_quant, batches_key, capture_all_inputs, capture_inputs,
+                        execution_order)
 from .baselines import FAKE_METHODS, fake_layer
 from .gptq import gptq_layer
 from .nupes import EXPONENT_BOUNDS, NupesConfig, nupes_layer
@@ -75,7 +76,7 @@ def _select(model, layers, skip, unsupported):
 def quantize_model(model, method="nupes", wbits=4, abits=None, calib=None, granularity="channel", group_size=None,
                    mode="sequential", steps=None, seed=0, progress=True, skip=None, unsupported="error", layers=None,
                    exponent=None, exponent_search="network", actorder=False, blocksize=128, percdamp=0.01,
-                   nupes_init="powerquant", nupes_config=None, batch_size=64, target=None):
+                   nupes_init="powerquant", nupes_config=None, batch_size=64, target=None, float_inputs=None):
     """Quantize the Linear/Conv2d weights of `model` (and optionally the inputs of those layers).
 
     method: 'rtn' (uniform RTN), 'powerquant' (power RTN, data-free exponent search),
@@ -96,6 +97,8 @@ def quantize_model(model, method="nupes", wbits=4, abits=None, calib=None, granu
     output from the quantized inputs, the sequential target) or 'local' (the float weights on
     the quantized inputs, classic GPTQ); None: 'local' for GPTQ, 'float' for NUPES. The
     report's loss_before/loss_after are that objective (same inputs, same target).
+    float_inputs: an optional dict that caches the float network's layer inputs between
+    calls on the same model and calibration batches (results.py shares it across methods).
     Returns (qmodel, report).
     """
     t_start = time.perf_counter()
@@ -147,6 +150,14 @@ def quantize_model(model, method="nupes", wbits=4, abits=None, calib=None, granu
                     check_finite_tensor(f"calibration batch {i} (first quantized layer {first!r})", b)
             order = execution_order(model, {n: fmodules[n] for n in targets}, batches[0])
             order += [n for n in targets if n not in order]
+            if float_inputs is None or float_inputs.get("_batches") != batches_key(batches):
+                fp_all, fp_keys = capture_all_inputs(model, {n: fmodules[n] for n in targets}, batches)
+                if float_inputs is not None:
+                    float_inputs.clear()
+                    float_inputs.update(_batches=batches_key(batches), inputs=fp_all, keys=fp_keys)
+            else:
+                fp_all, fp_keys = float_inputs["inputs"], float_inputs["keys"]
+            shared_q = {}  # float-input key -> the quantized network's input captured for it
         else:
             order = list(targets)
 
@@ -171,9 +182,17 @@ def quantize_model(model, method="nupes", wbits=4, abits=None, calib=None, granu
             w = mod.weight.detach().to(torch.float64)
             x_fp = x_q = None
             if batches is not None:
-                x_fp = capture_inputs(model, fmodules[n], batches, n)
-                if x_fp is not None:
-                    x_q = x_fp if mode == "parallel" else capture_inputs(qmodel, mod, batches, n)
+                x_fp = fp_all.get(n)
+                if x_fp is not None and mode == "parallel":
+                    x_q = x_fp
+                elif x_fp is not None:
+                    # a tensor fed to several layers is computed before any of them runs, so
+                    # quantizing one cannot change it for the others: capture it once
+                    k = fp_keys.get(n)
+                    x_q = shared_q.get(k)
+                    if x_q is None or x_q.shape != x_fp.shape:
+                        x_q = capture_inputs(qmodel, mod, batches, n)
+                        shared_q[k] = x_q
             if abits is not None and x_q is not None:
                 act = PowerActQuant.calibrate(x_q, abits, seed=seed, name=f"layer {n!r}: input")
                 x_q = act(x_q)

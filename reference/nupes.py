@@ -61,13 +61,13 @@ class NupesConfig:
     train a in the dsq phase; dtype: dsq-phase dtype (hard evaluations are float64);
     max_rows: cap on the calibration samples used (first ones), None = all."""
 
-    steps: int = 40
+    steps: int = 15
     lr: float = 0.05
     lr_exponent: float = 2e-3
     beta: tuple = (1.0, 20.0)
     reg: float = 1.0
     harden_every: int = 5
-    sweeps: int = 2
+    sweeps: int = 1
     refine_exponent: bool = True
     grad_clip: float = None
     learn_exponent: bool = True
