@@ -136,4 +136,4 @@ def test_identical_reports_ok_with_the_count(golden):
     rep = compare(g, copy.deepcopy(g.vectors))
     assert rep.ok and rep.n_mismatches == 0
     assert rep.compared == sum(_arr(g.vectors, *s).size for s in _slots(g))
-    assert f"OK: {rep.compared} elements identical" in rep.format_text()
+    assert rep.format_text().startswith(f"OK: {rep.compared} elements")
