@@ -6,9 +6,12 @@ float64 scales, exponent, bits, granularity, group_size, method) for exporters, 
 `abits`, `nupes_act` (a PowerActQuant applied to its input by a forward pre-hook).
 
 Report per layer: name, method, exponent, scales (min/max/mean), loss_before, loss_after,
-loss_kind, seconds. The loss is the relative output MSE on the calibration inputs
-mean((f(X_fp, W) − f(X_q, ŵ))²) / mean(f(X_fp, W)²) when calibration inputs reach the
-layer ('output_rel_mse'), else the relative weight MSE ('weight_rel_mse'). loss_before is
+loss_kind, target, seconds. The loss is the layer objective of objective.py: the relative
+output error ‖f(X_t, W) − f(X_q, ŵ)‖² / ‖f(X_t, W)‖² on the calibration inputs when they
+reach the layer ('output_rel_mse'; X_t = X_fp for target 'float', X_q for 'local'), else
+the relative weight error ('weight_rel_mse'). Every data-driven method of a layer uses one
+objective: GPTQ takes its Hessian (and, for target 'float', quantizes the least-squares
+target weight W*), NUPES starts from GPTQ-power and optimizes the same function. loss_before is
 the method's starting point on the same grid: uniform RTN for 'rtn'/'gptq', power RTN at the
 layer's exponent for 'powerquant'/'gptq_power', the NUPES initialization for 'nupes'.
 """
@@ -19,13 +22,16 @@ import warnings
 import torch
 from torch import nn
 
-from .calibrate import PowerActQuant, as_batches, attach_act_quant, capture_inputs, execution_order
-from .gptq import HessianAccumulator, gptq_layer, input_rows
-from .nupes import EXPONENT_BOUNDS, NupesConfig, layer_forward, nupes_layer
+from .calibrate import (PowerActQuant, as_batches, attach_act_quant, batches_key, capture_all_inputs, capture_inputs,
+                        execution_order)
+from .baselines import FAKE_METHODS, fake_layer
+from .gptq import gptq_layer
+from .nupes import EXPONENT_BOUNDS, NupesConfig, nupes_layer
+from .objective import TARGETS, LayerObjective
 from .powerquant import search_exponent
 from .quantizer import PowerQuantizer, QuantizedWeight, check_finite_tensor
 
-METHODS = ("rtn", "powerquant", "gptq", "gptq_power", "nupes")
+METHODS = ("rtn", "powerquant", "gptq", "gptq_power", "nupes") + tuple(FAKE_METHODS)
 SUPPORTED = (nn.Linear, nn.Conv2d)
 SUPPORTED_NAMES = "nn.Linear, nn.Conv2d"
 
@@ -67,26 +73,17 @@ def _select(model, layers, skip, unsupported):
     return chosen, left
 
 
-def _rel_output_loss(module, x_fp, x_q, w, w_hat):
-    f = layer_forward(module)
-    with torch.no_grad():
-        y = f(x_fp.double(), w)
-        d = f(x_q.double(), w_hat) - y
-        return float((d * d).mean()) / (float((y * y).mean()) or 1.0)
-
-
-def _rel_weight_loss(w, w_hat):
-    return float(((w_hat - w) ** 2).mean()) / (float((w * w).mean()) or 1.0)
-
-
 def quantize_model(model, method="nupes", wbits=4, abits=None, calib=None, granularity="channel", group_size=None,
                    mode="sequential", steps=None, seed=0, progress=True, skip=None, unsupported="error", layers=None,
                    exponent=None, exponent_search="network", actorder=False, blocksize=128, percdamp=0.01,
-                   nupes_init="powerquant", nupes_config=None, batch_size=64):
+                   nupes_init="powerquant", nupes_config=None, batch_size=64, target=None, float_inputs=None):
     """Quantize the Linear/Conv2d weights of `model` (and optionally the inputs of those layers).
 
     method: 'rtn' (uniform RTN), 'powerquant' (power RTN, data-free exponent search),
-    'gptq' (uniform GPTQ), 'gptq_power' (GPTQ on the PowerQuant grid), 'nupes'.
+    'gptq' (uniform GPTQ), 'gptq_power' (GPTQ on the PowerQuant grid), 'nupes'; and the
+    fake-quant-only baselines of baselines.py (no `nupes_quant`, not exportable): 'nf'
+    (NormalFloat RTN), 'gptq_nf' (GPTQ on the NF grid), 'gptq_asym' (GPTQ on the reference's
+    asymmetric zero-point grid), 'kmeans' (Hessian-diagonal-weighted k-means per channel).
     wbits/abits: weight/activation bits (abits None: float activations). calib: a tensor
     (split into `batch_size` batches) or an iterable of input batches; required for 'gptq',
     'gptq_power' and abits, optional for 'nupes' (None: data-free NUPES).
@@ -96,6 +93,12 @@ def quantize_model(model, method="nupes", wbits=4, abits=None, calib=None, granu
     skip: callable(name, module) -> bool or names to leave in float. layers: names or
     module types to quantize (default: every Linear/Conv2d); asking for an unsupported type
     raises (unsupported='error') or leaves it in float with a warning ('float').
+    target: what the data-driven methods match (objective.py): 'float' (the float network's
+    output from the quantized inputs, the sequential target) or 'local' (the float weights on
+    the quantized inputs, classic GPTQ); None: 'local' for GPTQ, 'float' for NUPES. The
+    report's loss_before/loss_after are that objective (same inputs, same target).
+    float_inputs: an optional dict that caches the float network's layer inputs between
+    calls on the same model and calibration batches (results.py shares it across methods).
     Returns (qmodel, report).
     """
     t_start = time.perf_counter()
@@ -109,6 +112,8 @@ def quantize_model(model, method="nupes", wbits=4, abits=None, calib=None, granu
         raise ValueError(f"unsupported={unsupported!r} is not allowed; choose 'error' or 'float'")
     if exponent_search not in ("network", "layer"):
         raise ValueError(f"exponent_search={exponent_search!r} is not allowed; choose 'network' or 'layer'")
+    if target is not None and target not in TARGETS:
+        raise ValueError(f"target={target!r} is not allowed; choose one of {list(TARGETS)} or None")
     if nupes_init not in ("powerquant", "gptq_power"):
         raise ValueError(f"nupes_init={nupes_init!r} is not allowed; choose 'powerquant' or 'gptq_power'")
     PowerQuantizer(wbits, True, 1.0, granularity, group_size)  # validates bits/granularity/group_size
@@ -121,7 +126,7 @@ def quantize_model(model, method="nupes", wbits=4, abits=None, calib=None, granu
         config.steps = steps
     config.check()
     batches = as_batches(calib, batch_size)
-    if batches is None and (method in ("gptq", "gptq_power") or abits is not None
+    if batches is None and (method in ("gptq", "gptq_power") or abits is not None or FAKE_METHODS.get(method)
                             or (method == "nupes" and nupes_init == "gptq_power")):
         what = f"method={method!r}" if abits is None else f"abits={abits}"
         raise ValueError(f"{what} needs calibration data: pass calib=")
@@ -145,6 +150,14 @@ def quantize_model(model, method="nupes", wbits=4, abits=None, calib=None, granu
                     check_finite_tensor(f"calibration batch {i} (first quantized layer {first!r})", b)
             order = execution_order(model, {n: fmodules[n] for n in targets}, batches[0])
             order += [n for n in targets if n not in order]
+            if float_inputs is None or float_inputs.get("_batches") != batches_key(batches):
+                fp_all, fp_keys = capture_all_inputs(model, {n: fmodules[n] for n in targets}, batches)
+                if float_inputs is not None:
+                    float_inputs.clear()
+                    float_inputs.update(_batches=batches_key(batches), inputs=fp_all, keys=fp_keys)
+            else:
+                fp_all, fp_keys = float_inputs["inputs"], float_inputs["keys"]
+            shared_q = {}  # float-input key -> the quantized network's input captured for it
         else:
             order = list(targets)
 
@@ -169,16 +182,24 @@ def quantize_model(model, method="nupes", wbits=4, abits=None, calib=None, granu
             w = mod.weight.detach().to(torch.float64)
             x_fp = x_q = None
             if batches is not None:
-                x_fp = capture_inputs(model, fmodules[n], batches, n)
-                if x_fp is not None:
-                    x_q = x_fp if mode == "parallel" else capture_inputs(qmodel, mod, batches, n)
+                x_fp = fp_all.get(n)
+                if x_fp is not None and mode == "parallel":
+                    x_q = x_fp
+                elif x_fp is not None:
+                    # a tensor fed to several layers is computed before any of them runs, so
+                    # quantizing one cannot change it for the others: capture it once
+                    k = fp_keys.get(n)
+                    x_q = shared_q.get(k)
+                    if x_q is None or x_q.shape != x_fp.shape:
+                        x_q = capture_inputs(qmodel, mod, batches, n)
+                        shared_q[k] = x_q
             if abits is not None and x_q is not None:
                 act = PowerActQuant.calibrate(x_q, abits, seed=seed, name=f"layer {n!r}: input")
                 x_q = act(x_q)
                 attach_act_quant(mod, act)
                 report["activations"][n] = dict(bits=act.bits, signed=act.signed, exponent=act.exponent,
                                                 scale=act.scale)
-            if method in ("rtn", "gptq"):
+            if method in ("rtn", "gptq") or method in FAKE_METHODS:
                 a = 1.0
             elif exponent is not None:
                 a = float(exponent)
@@ -189,7 +210,24 @@ def quantize_model(model, method="nupes", wbits=4, abits=None, calib=None, granu
             q = PowerQuantizer(wbits, True, a, granularity, group_size)
             s = q.scales(w)
             base = QuantizedWeight.from_codes(q, q.encode(w, s), s, "rtn" if a == 1.0 else "powerquant")
+            tgt = target or ("float" if method == "nupes" else "local")
+            if x_fp is not None:
+                obj = LayerObjective.from_inputs(mod, x_fp, x_q, tgt, n)
+            else:
+                obj = LayerObjective.weight_error(mod, n)
             info = {}
+            if method in FAKE_METHODS:  # fake quantization only: no nupes_quant, not exportable
+                w_hat, start = fake_layer(method, mod, obj, wbits, granularity, group_size, x_fp is not None,
+                                          blocksize, percdamp, n)
+                check_finite_tensor(f"layer {n!r}: quantized weight", w_hat)
+                with torch.no_grad():
+                    mod.weight.copy_(w_hat.to(mod.weight.dtype))
+                report["layers"].append(dict(
+                    name=n, method=method, type=type(mod).__name__, shape=tuple(mod.weight.shape), exponent=None,
+                    scale=None, loss_before=obj.value(start), loss_after=obj.value(w_hat), loss_kind=obj.kind,
+                    calibrated=x_fp is not None, target=tgt if x_fp is not None else None, fake_quant_only=True,
+                    seconds=time.perf_counter() - t0))
+                continue
             if method in ("rtn", "powerquant"):
                 qw = base
             elif method in ("gptq", "gptq_power") or (method == "nupes" and nupes_init == "gptq_power"):
@@ -198,27 +236,17 @@ def quantize_model(model, method="nupes", wbits=4, abits=None, calib=None, granu
                                   stacklevel=2)
                     qw = base
                 else:
-                    rows = input_rows(mod, x_q.to(torch.float64))
-                    hs = []
-                    for r in rows:
-                        acc = HessianAccumulator(r.shape[1])
-                        acc.add(r, n)
-                        hs.append(acc.H)
-                    qw = gptq_layer(mod, hs, wbits, a, granularity, group_size, blocksize, percdamp, actorder,
-                                    name=n, method="gptq" if a == 1.0 else "gptq_power")
+                    qw = gptq_layer(mod, obj.hessians, wbits, a, granularity, group_size, blocksize, percdamp,
+                                    actorder, name=n, method="gptq" if a == 1.0 else "gptq_power",
+                                    weight=obj.target_weight(percdamp))
                 if method == "nupes":
                     base = qw
             if method == "nupes":
-                qw, info = nupes_layer(mod, wbits, granularity, group_size, init=base, x_fp=x_fp, x_q=x_q,
-                                       config=config, name=n, seed=seed)
+                qw, info = nupes_layer(mod, wbits, granularity, group_size, init=base, objective=obj, config=config,
+                                       name=n, seed=seed)
             w_hat = qw.decode()
             check_finite_tensor(f"layer {n!r}: quantized weight", w_hat)
-            if x_fp is not None:
-                before = _rel_output_loss(mod, x_fp, x_q, w, base.decode())
-                after = _rel_output_loss(mod, x_fp, x_q, w, w_hat)
-                kind = "output_rel_mse"
-            else:
-                before, after, kind = _rel_weight_loss(w, base.decode()), _rel_weight_loss(w, w_hat), "weight_rel_mse"
+            before, after, kind = obj.value(base.decode()), obj.value(w_hat), obj.kind
             with torch.no_grad():
                 mod.weight.copy_(w_hat.to(mod.weight.dtype))
             mod.nupes_quant = qw
@@ -227,7 +255,7 @@ def quantize_model(model, method="nupes", wbits=4, abits=None, calib=None, granu
                 name=n, method=method, type=type(mod).__name__, shape=tuple(mod.weight.shape), exponent=qw.exponent,
                 scale=dict(min=float(sc.min()), max=float(sc.max()), mean=float(sc.mean()), count=sc.numel()),
                 loss_before=before, loss_after=after, loss_kind=kind,
-                calibrated=x_fp is not None, seconds=time.perf_counter() - t0,
+                calibrated=x_fp is not None, target=tgt if x_fp is not None else None, seconds=time.perf_counter() - t0,
                 **({"nupes": info} if info else {})))
         report["seconds"] = time.perf_counter() - t_start
         return qmodel, report

@@ -113,3 +113,39 @@ def attach_act_quant(module, act):
     module.nupes_act = act
     module.register_forward_pre_hook(act_prehook)
     return module
+
+
+def capture_all_inputs(model, modules, batches):
+    """({name: input}, {name: key}) for every module of {name: module} in one forward pass
+    per batch (None-valued entries are left out: modules that never run). key identifies the
+    tensor a module received in the first batch (storage pointer, offset, shape, strides):
+    modules with equal keys were fed the same tensor (q/k/v of one attention; a residual
+    block's first conv and its shortcut), so in the quantized network they also share it."""
+    got = {n: [] for n in modules}
+    keys = {}
+    handles = []
+    for n, m in modules.items():
+        def hook(mod, args, n=n):
+            x = args[0]
+            if n not in keys:
+                keys[n] = (x.untyped_storage().data_ptr(), x.storage_offset(), tuple(x.shape), tuple(x.stride()))
+            got[n].append(x.detach())
+        handles.append(m.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            for b in batches:
+                model(b)
+    finally:
+        for h in handles:
+            h.remove()
+    out = {}
+    for n, xs in got.items():
+        if xs:
+            out[n] = torch.cat(xs, 0) if len(xs) > 1 else xs[0].clone()
+            check_finite_tensor(f"layer {n!r}: calibration input", out[n])
+    return out, keys
+
+
+def batches_key(batches):
+    """A cheap identity of a list of calibration batches (for input caches)."""
+    return tuple((b.data_ptr(), tuple(b.shape)) for b in batches)

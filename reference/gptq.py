@@ -104,7 +104,8 @@ def gptq(W, H, element, granularity="channel", group_size=None, scales=None, blo
 
     `scales`: fixed scales ((1,) tensor, (C,) channel, (C, K/g) group) or None (derived
     as described in the module docstring). `element(col, s) -> (fake, code)` and
-    `element.scales(block) -> (C,)` define the grid.
+    `element.scales(block) -> (C,)` define the grid (an element with `nparams` = P > 1
+    returns (C, P) per-row parameters instead, e.g. scale and zero point).
     """
     W = W.detach().to(torch.float64).clone()
     check_finite_tensor(f"layer {name!r}: weight", W)
@@ -129,17 +130,17 @@ def gptq(W, H, element, granularity="channel", group_size=None, scales=None, blo
     if granularity == "tensor":
         row_scale = scales.reshape(1).expand(C).clone()
     elif granularity == "channel":
-        row_scale = scales.reshape(C).clone()
+        row_scale = scales.reshape(C, -1).squeeze(1).clone()  # (C,) or (C, nparams)
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
     static = granularity == "group" and (actorder or scales is not None)
     if granularity == "group":
         if scales is None:
-            scales = torch.ones(C, K // g, dtype=torch.float64)
+            scales = torch.ones(C, K // g, getattr(element, "nparams", 1), dtype=torch.float64).squeeze(-1)
             if actorder:
                 scales = torch.stack([element.scales(W[:, j * g:(j + 1) * g]) for j in range(K // g)], 1)
-        scales = scales.reshape(C, K // g).clone()
+        scales = scales.reshape(C, K // g, -1).squeeze(-1).clone()
     perm = torch.arange(K)
     if actorder:
         perm = torch.argsort(torch.diag(H), descending=True, stable=True)
@@ -179,14 +180,20 @@ def gptq(W, H, element, granularity="channel", group_size=None, scales=None, blo
 
 
 def gptq_layer(module, hessians, bits=4, exponent=1.0, granularity="channel", group_size=None, blocksize=128,
-               percdamp=0.01, actorder=False, element=None, name="layer", method=None):
+               percdamp=0.01, actorder=False, element=None, name="layer", method=None, weight=None):
     """GPTQ of an nn.Linear / nn.Conv2d from per-conv-group Hessians (see `input_rows`).
 
     Returns a QuantizedWeight (codes in the weight's shape, contract scales). `element`
-    defaults to the power grid with the given exponent (1.0: uniform GPTQ).
+    defaults to the power grid with the given exponent (1.0: uniform GPTQ). `weight`: the
+    weight to quantize instead of the module's (same numel; the float-target weight W* of
+    `objective.LayerObjective.target_weight`), scales included.
     """
     qspec = PowerQuantizer(bits, True, exponent, granularity, group_size)
     w = module.weight.detach().to(torch.float64)
+    if weight is not None:
+        if weight.numel() != w.numel():
+            raise ValueError(f"layer {name!r}: weight override has {weight.numel()} elements, the layer {w.numel()}")
+        w = weight.detach().to(torch.float64).reshape(w.shape)
     check_finite_tensor(f"layer {name!r}: weight", w)
     W = w.reshape(w.shape[0], -1)
     qspec.blocks_shape(w.shape)  # validates group size against the flattened shape

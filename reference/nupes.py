@@ -1,25 +1,37 @@
 """NUPES (Yvinec, Dapogny, Bailly): gradient-based power quantization of one layer.
 
-Parameters per layer: a learnable exponent a (clamped to [0.1, 2.0]) and a real latent ε
-in code space, one per weight. Codes are c = clip(dsq_β(ε), −M, M) with the differentiable
-soft quantizer dsq_β(ε) = ⌊ε⌋ + 1/2 + tanh(β(ε−⌊ε⌋−1/2)) / (2·tanh(β/2)), β annealed
-geometrically from β₀ (≈ identity) to β₁ (≈ rounding) over the steps.
+Objective: the layer objective of `objective.py` (the same quadratic form GPTQ minimizes,
+float or local target; data-free: weight error or a synthetic-input Hessian), so a NUPES
+result and its start are compared on exactly one function.
 
-Scale choice: the scale *follows* a, s(a) = m^a / M with m = max|w| over the scale's slice
-(all-zero slices: m = 0, s = 1), so the largest code always decodes to the largest weight
-magnitude. Then ŵ = sign(c)·(s(a)|c|)^(1/a) = sign(c)·m·(|c|/M)^(1/a), the form used for
-optimisation: |c|/M ∈ [0, 1], so the power never overflows, and its a-gradient involves
-log(|c|/M) only, evaluated as log(where(c ≠ 0, max(|c|/M, 1e-6), 1)) with the value masked
-to 0 at c = 0 — both branches of every `where` are finite, so no NaN can reach autograd.
-The exported scales are the contract's s = m^a/M for the final a, and the returned weight
-is the exact contract decode (quantizer.py) of the hardened codes.
+Start: a QuantizedWeight `init` (data-driven: GPTQ on the power grid; data-free:
+PowerQuant). Per slice the magnitude m = (s₀·M)^(1/a₀) that the largest code decodes to is
+taken from the start's scales and kept; scales follow the exponent, s(a) = m^a/M, so at
+(codes₀, a₀) NUPES is exactly its start.
 
-Loss: data-driven ‖f(X_fp, W) − f(X_q, ŵ)‖² / ‖f(X_fp, W)‖² (layer output, X_q the inputs
-the quantized network feeds the layer) or data-free ‖(W − ŵ)·√λ‖² / ‖W·√λ‖² with optional
-element weights λ. At the end ε is hardened (round, clip), the loss is recomputed in float64
-with the exact decode, and the initialization is kept if it is not worse — so NUPES never
-loses to its own init. Any non-finite loss, parameter or gradient raises FloatingPointError
-naming the layer and the step.
+Parameters: a learnable exponent a (clamped to [0.1, 2.0]) and a real latent ε in code
+space, one per weight, initialized at the start's codes (dsq is exact at integers, so the
+first soft loss is the start's hard loss). Codes are c = clip(dsq_β(ε), −M, M) with the
+differentiable soft quantizer dsq_β(ε) = ⌊ε⌋ + 1/2 + tanh(β(ε−⌊ε⌋−1/2)) / (2·tanh(β/2)).
+
+Schedule (one documented scheme, `NupesConfig`):
+1. dsq phase: Adam on (ε, a) jointly for `steps` steps; β annealed geometrically from β₀
+   (≈ identity: ε moves freely over the whole code range) to β₁ (≈ rounding), plus a
+   rounding regularizer λ(t)·Σ h·sin²(πε) (h = H_jj·(m/M)²/norm: the cost of a one-level
+   error in that weight, so λ is in loss units), λ(t) ramped from 0 to `reg` over the
+   second half, which pulls every latent onto an integer so soft and hard agree. Every
+   `harden_every` steps the hard point (round ε, a) is evaluated exactly and the best hard
+   point seen is kept: the hardened result is what was optimized, never a fresh rounding.
+2. code phase: exact coordinate descent over the whole code range on the hard codes
+   (codesearch.py, `sweeps` sweeps), then a golden-section refinement of a with the codes
+   fixed, then one more sweep if a moved.
+3. the better of the start and the result is returned (≤ by construction); info says
+   which, and how far codes moved (histogram of |code − start code|).
+
+Guards: ŵ = sign(c)·m·(|c|/M)^(1/a) with |c|/M ∈ [0, 1]; the a-gradient involves log(|c|/M)
+only, evaluated as log(where(c ≠ 0, max(|c|/M, 1e-6), 1)) with the value masked to 0 at
+c = 0 — both branches of every `where` are finite, so no NaN can reach the gradient. Any
+non-finite loss, parameter or gradient raises FloatingPointError naming the layer and step.
 """
 import math
 import time
@@ -29,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import codesearch
+from .objective import LayerObjective
 from .powerquant import search_exponent
 from .quantizer import PowerQuantizer, QuantizedWeight, check_finite_tensor
 
@@ -39,35 +53,47 @@ _TINY = 1e-6  # smallest |c|/M used inside pow/log (a = 2: gradient ≤ 1/(2√1
 
 @dataclass
 class NupesConfig:
-    """steps: Adam steps; lr: on ε (code units); lr_exponent: on a; beta: (start, end) of
-    the geometric β schedule; grad_clip: max global gradient norm; learn_exponent: train a;
-    dtype: optimisation dtype (the final comparison is float64); max_rows: cap on the
-    calibration samples used (first ones), None = all."""
+    """steps: Adam steps of the dsq phase; lr: on ε (code units); lr_exponent: on a; beta:
+    (start, end) of the geometric β schedule; reg: final weight of the rounding regularizer
+    (loss units); harden_every: steps between exact hard evaluations; sweeps: coordinate
+    descent sweeps of the code phase (0: none); refine_exponent: golden-section refinement
+    of a in the code phase; grad_clip: max global gradient norm (None: off); learn_exponent:
+    train a in the dsq phase; dtype: dsq-phase dtype (hard evaluations are float64);
+    max_rows: cap on the calibration samples used (first ones), None = all."""
 
-    steps: int = 50
-    lr: float = None  # None: 0.05 data-driven, 0.01 data-free
-    lr_exponent: float = 5e-3
-    beta: tuple = (2.0, 50.0)
-    grad_clip: float = 1.0
+    steps: int = 15
+    lr: float = 0.05
+    lr_exponent: float = 2e-3
+    beta: tuple = (1.0, 20.0)
+    reg: float = 1.0
+    harden_every: int = 5
+    sweeps: int = 1
+    refine_exponent: bool = True
+    grad_clip: float = None
     learn_exponent: bool = True
-    latent_init: str = None  # 'weights' (continuous |w|^a/s·sign) or 'codes'; None: weights if data-driven
     dtype: torch.dtype = torch.float32
     max_rows: int = None
 
     def check(self):
-        if not (isinstance(self.steps, int) and self.steps >= 0):
-            raise ValueError(f"steps={self.steps!r} is not allowed; must be an integer >= 0")
+        for k in ("steps", "sweeps"):
+            v = getattr(self, k)
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+                raise ValueError(f"{k}={v!r} is not allowed; must be an integer >= 0")
+        if not (isinstance(self.harden_every, int) and self.harden_every >= 1):
+            raise ValueError(f"harden_every={self.harden_every!r} is not allowed; must be an integer >= 1")
         for k in ("lr", "lr_exponent", "grad_clip"):
             v = getattr(self, k)
-            if k == "lr" and v is None:
+            if k == "grad_clip" and v is None:
                 continue
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"{k}={v!r} is not allowed; must be finite and > 0")
+        if not (isinstance(self.reg, (int, float)) and math.isfinite(self.reg) and self.reg >= 0):
+            raise ValueError(f"reg={self.reg!r} is not allowed; must be finite and >= 0")
         b0, b1 = self.beta
         if not (0 < b0 <= b1 < 1e4):
             raise ValueError(f"beta={self.beta!r} is not allowed; need 0 < start <= end < 1e4")
-        if self.latent_init not in (None, "weights", "codes"):
-            raise ValueError(f"latent_init={self.latent_init!r} is not allowed; choose 'weights' or 'codes'")
+        if self.max_rows is not None and not (isinstance(self.max_rows, int) and self.max_rows >= 1):
+            raise ValueError(f"max_rows={self.max_rows!r} is not allowed; must be None or an integer >= 1")
 
 
 def dsq(eps, beta):
@@ -138,16 +164,23 @@ def _check(name, what, step, t):
         raise FloatingPointError(f"NUPES layer {name!r} step {step}: non-finite {what}")
 
 
+def move_histogram(start, final):
+    """{'0': n, '1': n, '2': n, '3+': n}: how far codes moved from the start."""
+    d = (final.to(torch.int64) - start.to(torch.int64)).abs().reshape(-1)
+    return {"0": int((d == 0).sum()), "1": int((d == 1).sum()), "2": int((d == 2).sum()), "3+": int((d >= 3).sum())}
+
+
 def nupes_layer(module, bits=4, granularity="channel", group_size=None, init=None, exponent=None, x_fp=None,
-                x_q=None, config=None, weight=None, loss_fn=None, name="layer", seed=0):
+                x_q=None, config=None, objective=None, target="float", name="layer", seed=0):
     """Optimise one nn.Linear / nn.Conv2d with NUPES. Returns (QuantizedWeight, info).
 
-    init: a QuantizedWeight to start from (power RTN / GPTQ codes), else power RTN at
-    `exponent` (or the PowerQuant per-layer optimum). x_fp / x_q: calibration inputs of the
-    layer in the float / quantized network (x_q defaults to x_fp); both None: data-free.
-    weight: optional element weights λ ≥ 0 of the data-free loss. loss_fn(w_hat) -> scalar
-    overrides the loss. info: exponent_init/final, loss_init, loss_hard, loss_final,
-    kept_init, seconds, loss_kind.
+    init: the QuantizedWeight to start from (GPTQ-power / PowerQuant codes), else power RTN
+    at `exponent` (or the PowerQuant per-layer optimum). objective: a LayerObjective; else
+    built from x_fp / x_q (the layer's inputs in the float / quantized network, x_q
+    defaulting to x_fp) with `target`, or the data-free weight error when both are None.
+    info: exponent_init/final, loss_init, loss_dsq (best hard point of the dsq phase),
+    loss_hard (after the code phase), loss_final, kept_init, improved (strictly lower),
+    moves (histogram), codes_changed, seconds, loss_kind.
     """
     t0 = time.perf_counter()
     config = config or NupesConfig()
@@ -155,102 +188,128 @@ def nupes_layer(module, bits=4, granularity="channel", group_size=None, init=Non
     torch.manual_seed(seed)
     w = module.weight.detach().to(torch.float64)
     check_finite_tensor(f"layer {name!r}: weight", w)
+    layer_forward(module)  # type check
     shape = w.shape
+    if objective is None:
+        if x_fp is not None:
+            if config.max_rows is not None:
+                x_fp = x_fp[:config.max_rows]
+                x_q = None if x_q is None else x_q[:config.max_rows]
+            objective = LayerObjective.from_inputs(module, x_fp.detach(), None if x_q is None else x_q.detach(),
+                                                   target, name)
+        else:
+            objective = LayerObjective.weight_error(module, name)
+    obj = objective
     if init is None:
         a0 = exponent if exponent is not None else search_exponent(w, bits, granularity, group_size,
                                                                    bounds=EXPONENT_BOUNDS).exponent
         q0 = PowerQuantizer(bits, True, a0, granularity, group_size)
         s0 = q0.scales(w, f"layer {name!r}: weight")
         init = QuantizedWeight.from_codes(q0, q0.encode(w, s0), s0, "powerquant")
-    a0 = min(max(float(init.exponent), EXPONENT_BOUNDS[0]), EXPONENT_BOUNDS[1])
-    spec = PowerQuantizer(bits, True, a0, granularity, group_size)
+    a_init = float(init.exponent)
+    spec = PowerQuantizer(bits, True, a_init, granularity, group_size)
     R, G, g = spec.blocks_shape(shape)
+    rgg = (R, G, g)
     M = spec.qmax
-    m64 = w.reshape(R, G, g).abs().amax(2, keepdim=True)
+    C, K = obj.W.shape
+    codes0 = init.codes.to(torch.int64).reshape(R, G, g)
+    # magnitude the largest code decodes to, from the start's scales; 0 where the slice is all zero
+    s_init = init.scales.to(torch.float64).reshape(R, G)
+    live = w.reshape(R, G, g).abs().amax(2) > 0
+    m64 = torch.where(live, codesearch._t_pow(s_init * M, 1.0 / a_init), torch.zeros_like(s_init))
+    l_init = obj.value(init.decode())
+    _check(name, f"initial loss ({l_init})", 0, torch.tensor(l_init))
+    best = (l_init, codes0, a_init)
 
-    if x_fp is not None:
-        x_fp = x_fp.detach()
-        x_q = x_fp if x_q is None else x_q.detach()
-        if config.max_rows is not None:
-            x_fp, x_q = x_fp[:config.max_rows], x_q[:config.max_rows]
-        check_finite_tensor(f"layer {name!r}: calibration input (float network)", x_fp)
-        check_finite_tensor(f"layer {name!r}: calibration input (quantized network)", x_q)
-        if x_fp.shape != x_q.shape:
-            raise ValueError(f"layer {name!r}: x_fp shape {tuple(x_fp.shape)} != x_q shape {tuple(x_q.shape)}")
-    fwd = layer_forward(module)
+    def consider(codes, a, loss):
+        nonlocal best
+        if loss < best[0]:
+            best = (loss, codes.clone(), a)
 
-    def make_loss(dtype):
-        if loss_fn is not None:
-            return loss_fn
-        if x_fp is not None:
-            xq = x_q.to(dtype)
-            with torch.no_grad():
-                y = fwd(x_fp.to(dtype), w.to(dtype))
-                norm = float((y.double() ** 2).mean()) or 1.0
-            return lambda wh: ((fwd(xq, wh) - y) ** 2).mean() / norm
-        lam = torch.ones_like(w) if weight is None else torch.as_tensor(weight, dtype=torch.float64).expand(shape)
-        check_finite_tensor(f"layer {name!r}: loss weights", lam)
-        wd, ld = w.to(dtype), lam.to(dtype)
-        norm = float((w ** 2 * lam).mean()) or 1.0
-        return lambda wh: ((wh - wd) ** 2 * ld).mean() / norm
-
-    # ---- optimisation (config.dtype) ---------------------------------------------------
+    # ---- 1. dsq phase ---------------------------------------------------------------------
     dt = config.dtype
-    data_driven = x_fp is not None or loss_fn is not None
-    latent_init = config.latent_init or ("weights" if data_driven else "codes")
-    lr = config.lr if config.lr is not None else (0.05 if data_driven else 0.01)
-    if latent_init == "weights":
-        x = w.reshape(R, G, g)
-        eps0 = torch.sign(x) * M * torch.where(m64 > 0, x.abs() / torch.where(m64 > 0, m64, 1.0), 0.0) ** a0
-    else:
-        eps0 = init.codes.to(torch.float64).reshape(R, G, g)
-    eps = nn.Parameter(eps0.clamp(-M, M).to(dt))
-    a = nn.Parameter(torch.tensor(a0, dtype=dt))
-    m = m64.to(dt)
-    params = [{"params": [eps], "lr": lr}]
-    if config.learn_exponent:
-        params.append({"params": [a], "lr": config.lr_exponent})
-    try:
-        opt = torch.optim.Adam(params, fused=True)
-    except (RuntimeError, TypeError):
+    a_lo, a_hi = EXPONENT_BOUNDS
+    if config.steps:
+        eps = nn.Parameter(codes0.to(dt).clone())
+        a = nn.Parameter(torch.tensor(min(max(a_init, a_lo), a_hi), dtype=dt))
+        m = m64.to(dt).unsqueeze(-1)
+        W = obj.W.to(dt)
+        # h: cost (loss units) of a one-level error in each weight, for the rounding regularizer
+        hdiag = torch.cat([torch.diagonal(H).expand(obj.O, K) for H in obj.hessians], 0)
+        spacing = (m64 / M).unsqueeze(-1).expand(R, G, g).reshape(C, K) if R == C else \
+            (m64 / M).reshape(-1)[0].expand(C, K)
+        h = (hdiag * spacing ** 2 / obj.norm).to(dt).reshape(R, G, g)
+        params = [{"params": [eps], "lr": config.lr}]
+        if config.learn_exponent:
+            params.append({"params": [a], "lr": config.lr_exponent})
         opt = torch.optim.Adam(params)
-    loss = make_loss(dt)
-    b0, b1 = config.beta
-    for step in range(config.steps):
-        beta = b0 * (b1 / b0) ** (step / max(config.steps - 1, 1))
-        l = loss(soft_power_weight(eps, a, m, beta, M).reshape(shape))
-        _check(name, f"loss ({l.detach().item()})", step, l.detach())
-        opt.zero_grad(set_to_none=False)
-        l.backward()
-        # the total norm is non-finite iff some gradient entry is: one reduction checks all
-        gnorm = torch.nn.utils.clip_grad_norm_([eps, a], config.grad_clip)
-        _check(name, "gradient (of ε or of the exponent)", step, gnorm)
-        opt.step()
-        with torch.no_grad():
-            eps.clamp_(-M, M)  # clamp_ keeps NaN: checked after the loop (and by the next loss)
-            a.clamp_(*EXPONENT_BOUNDS)
-        _check(name, "exponent", step, a.detach())
-    _check(name, "latent ε", config.steps, eps.detach())
+        b0, b1 = config.beta
+        n = config.steps
+        for step in range(n):
+            t = step / max(n - 1, 1)
+            beta = b0 * (b1 / b0) ** t
+            lam = config.reg * max(0.0, 2.0 * t - 1.0)
+            ws = soft_power_weight(eps, a, m, beta, M).reshape(C, K)
+            D = ws.detach() - W
+            with torch.no_grad():
+                Res = obj.residual(D)
+                loss = obj.value_from(D, Res)
+            _check(name, f"loss ({float(loss)})", step, loss)
+            opt.zero_grad(set_to_none=False)
+            ws.backward(2.0 * Res / obj.norm)
+            if lam > 0:
+                (lam * (h * torch.sin(math.pi * eps) ** 2).sum()).backward()
+            if config.grad_clip is not None:
+                gnorm = torch.nn.utils.clip_grad_norm_([eps, a], config.grad_clip)
+            else:
+                gnorm = eps.grad.norm() + a.grad.abs()
+            _check(name, "gradient (of ε or of the exponent)", step, gnorm)
+            opt.step()
+            with torch.no_grad():
+                eps.clamp_(-M, M)
+                a.clamp_(a_lo, a_hi)
+            _check(name, "exponent", step, a.detach())
+            _check(name, "latent ε", step, eps.detach())
+            if (step + 1) % config.harden_every == 0 or step == n - 1:
+                hc = torch.clamp(torch.round(eps.detach().double()), -M, M).to(torch.int64)
+                ah = float(a.detach())
+                consider(hc, ah, codesearch.hard_loss(obj, m64, ah, M, hc, rgg))
+    loss_dsq = best[0]
 
-    # ---- harden, compare with the init in float64 ----------------------------------------
-    a1 = float(a.detach())
-    qh = spec.with_exponent(a1)
-    sh = qh.scales(w)
-    codes = torch.clamp(torch.round(eps.detach().double()), -M, M).reshape(shape)
-    hard = QuantizedWeight.from_codes(qh, codes, sh, "nupes")
-    loss64 = make_loss(torch.float64)
-    with torch.no_grad():
-        l_init = float(loss64(init.decode()))
-        l_hard = float(loss64(hard.decode()))
-    for what, v in (("initial loss", l_init), ("hardened loss", l_hard)):
+    # ---- 2. code phase: exact coordinate descent and exponent refinement --------------------
+    if config.sweeps:
+        _, codes, a1 = best
+        codes, l1, _ = codesearch.coordinate_descent(obj, codes, codesearch.levels(m64, a1, M), rgg, config.sweeps)
+        consider(codes, a1, l1)
+        if config.refine_exponent:
+            a2, l2 = codesearch.refine_exponent(obj, m64, M, codes, rgg, a1, EXPONENT_BOUNDS)
+            if a2 != a1 and l2 < l1:
+                consider(codes, a2, l2)
+                codes, l3, _ = codesearch.coordinate_descent(obj, codes, codesearch.levels(m64, a2, M), rgg, 1)
+                consider(codes, a2, l3)
+    l_hard = best[0]
+
+    # ---- 3. the exact result (or the start) --------------------------------------------------
+    kept = best[0] >= l_init
+    if kept:
+        out = init
+        l_final = l_init
+    else:
+        _, codes, a_f = best
+        q = spec.with_exponent(a_f)
+        s = codesearch.scales_for(m64, a_f, M).reshape(spec.scales_shape(shape))
+        out = QuantizedWeight.from_codes(q, codes.reshape(shape), s, "nupes")
+        l_final = obj.value(out.decode())  # exact contract decode: the number reported
+        if not l_final <= l_init:  # cannot happen (the level table is the decode); keep the guarantee anyway
+            out, l_final, kept = init, l_init, True
+    for what, v in (("initial loss", l_init), ("final loss", l_final)):
         if not math.isfinite(v):
             raise FloatingPointError(f"NUPES layer {name!r} step {config.steps}: non-finite {what} ({v})")
-    kept = l_hard > l_init
-    out = init if kept else hard
     out = QuantizedWeight(out.codes, out.scales, out.exponent, out.bits, out.granularity, out.group_size,
                           "nupes", out.signed)
-    info = dict(exponent_init=float(init.exponent), exponent_final=out.exponent, loss_init=l_init,
-                loss_hard=l_hard, loss_final=min(l_init, l_hard), kept_init=kept,
-                loss_kind="custom" if loss_fn else ("output_rel_mse" if x_fp is not None else "weight_rel_mse"),
+    moves = move_histogram(init.codes, out.codes)
+    info = dict(exponent_init=a_init, exponent_final=out.exponent, loss_init=l_init, loss_dsq=loss_dsq,
+                loss_hard=l_hard, loss_final=l_final, kept_init=kept, improved=l_final < l_init, moves=moves,
+                codes_changed=sum(v for k, v in moves.items() if k != "0"), loss_kind=obj.kind,
                 seconds=time.perf_counter() - t0)
     return out, info

@@ -92,3 +92,23 @@ def test_stochastic_threshold_refused_even_with_one_code():
     with pytest.raises(ValueError, match="stochastic"):
         Linear.build("l", np.array([[1]]), PowerFormat(4, True, 1.0, 1.0), fmt, out_fmt=fmt, relu=True,
                      clip_max=1e-9, requant_rounding="stochastic")
+
+
+def test_double_round_in_golden_files(tmp_path):
+    """Item 6: double_round (id 7) is stored in golden files and verified by every backend."""
+    from nupes_sim.golden import read_golden, write_golden
+    from nupes_sim.graph import Graph
+    from nupes_sim.verify import verify
+    rng = np.random.default_rng(6)
+    wf = PowerFormat(4, True, 0.7, 0.1)
+    xf = PowerFormat(4, False, 0.7, 0.05)
+    fc = Linear.build("fc", rng.integers(-7, 8, (5, 16)), wf, xf, acc=Accumulator(24, "wrap"),
+                      out_fmt=UniformFormat(8, True, 0.003, -2), requant_rounding="double_round", mult_bits=31,
+                      w_frac_bits=10, x_frac_bits=10)
+    assert fc.requant.rounding == 7 and int(fc.requant.shift[0]) > 31
+    p = str(tmp_path / "g.h5")
+    write_golden(Graph([fc]), rng.integers(0, 16, (4, 16)), p)
+    assert read_golden(p).graph.nodes[0].layer.requant.rounding == 7
+    for backend in ("numpy", "cpu"):
+        rep = verify(p, backend=backend)
+        assert rep.ok and rep.compared > 0

@@ -15,6 +15,7 @@ from nupes_sim.reference.api import quantize_model
 from nupes_sim.reference.calibrate import PowerActQuant
 from nupes_sim.reference.gptq import HessianAccumulator, PowerElement, gptq, gptq_layer
 from nupes_sim.reference.nupes import NupesConfig, dsq, nupes_layer, soft_decode, soft_power_weight
+from nupes_sim.reference.objective import LayerObjective
 from nupes_sim.reference.powerquant import calibrate_activation, search_exponent, weight_error_np
 from nupes_sim.reference.quantizer import PowerQuantizer, QuantizedWeight
 from nupes_sim.reference.rtn import rtn_quantize
@@ -250,16 +251,19 @@ def test_nupes_never_worse_than_its_init(seed):
     assert info["loss_final"] < 0.8 * info["loss_init"]  # data-driven NUPES does improve here
 
 
-def test_nupes_fails_loudly_on_non_finite_loss():
+def test_nupes_fails_loudly_on_non_finite_loss(monkeypatch):
     lin = nn.Linear(8, 4)
+    obj = LayerObjective.weight_error(lin, "fc7")
     calls = []
+    real = obj.residual
 
-    def bad_loss(w_hat):
+    def bad(D):
         calls.append(1)
-        return (w_hat ** 2).sum() * (float("nan") if len(calls) == 3 else 1.0)
+        return real(D) * (float("nan") if len(calls) == 4 else 1.0)  # call 1: the start's loss
 
+    monkeypatch.setattr(obj, "residual", bad)
     with pytest.raises(FloatingPointError, match=r"'fc7' step 2"):
-        nupes_layer(lin, 4, exponent=1.0, loss_fn=bad_loss, name="fc7", config=NupesConfig(steps=10))
+        nupes_layer(lin, 4, exponent=1.0, objective=obj, name="fc7", config=NupesConfig(steps=10))
 
 
 # ---- quantize_model ---------------------------------------------------------------------------------

@@ -1,0 +1,151 @@
+"""Baselines that users pick instead of power formats, in fake quantization (float64 weights).
+
+None of these has an integer format in the simulator yet (a zero-point weight format and a
+general codebook format are separate work), so a model quantized with them cannot be
+exported; they exist to put NUPES next to what users run.
+
+- `AsymElement`: the reference GPTQ's standard grid (IST-DASLab `Quantizer`, sym=False):
+  2^b levels 0..2^b−1 with a zero point, per-row min-max range widened to include 0,
+  scale = (max − min)/(2^b − 1), zero = round(−min/scale), ŵ = scale·(q − zero).
+- `CodebookElement`: a per-row-scaled codebook (values in [−1, 1]) with absmax scaling,
+  nearest value; with `NF_CODEBOOK(bits)` it is NormalFloat (QLoRA): 2^(b−1) positive and
+  2^(b−1)−1 negative normal quantiles plus 0 (b = 4 gives the 16 NF4 values).
+- `weighted_kmeans`: per-row 1-D k-means with 2^b centroids weighted by a sensitivity per
+  input element (SqueezeLLM style; we use the Hessian diagonal diag(XᵀX) as the
+  sensitivity), Lloyd iterations from quantile initial centroids.
+
+The elements follow `gptq.gptq`'s element protocol (scales(block) → per-row parameters,
+__call__(col, params) → (fake, code)), so GPTQ's error compensation runs on these grids too.
+"""
+import numpy as np
+import torch
+from scipy.stats import norm
+
+
+def NF_CODEBOOK(bits, offset=0.9677083):
+    """NormalFloat values (float64, sorted, in [−1, 1]) as QLoRA builds NF4."""
+    n = 2 ** (bits - 1)
+    pos = norm.ppf(np.linspace(offset, 0.5, n + 1)[:-1])
+    neg = -norm.ppf(np.linspace(offset, 0.5, n)[:-1])
+    v = np.sort(np.concatenate([pos, [0.0], neg]))
+    return torch.tensor(v / np.abs(v).max(), dtype=torch.float64)
+
+
+class AsymElement:
+    """Element quantizer on the standard asymmetric grid (module doc); params (C, 2) = (scale, zero)."""
+
+    nparams = 2
+
+    def __init__(self, bits):
+        self.maxq = 2 ** bits - 1
+
+    def scales(self, block):
+        lo = torch.clamp(block.min(1).values, max=0.0)
+        hi = torch.clamp(block.max(1).values, min=0.0)
+        dead = (lo == 0) & (hi == 0)
+        lo = torch.where(dead, -torch.ones_like(lo), lo)
+        hi = torch.where(dead, torch.ones_like(hi), hi)
+        scale = (hi - lo) / self.maxq
+        zero = torch.round(-lo / scale)
+        return torch.stack([scale, zero], 1)
+
+    def __call__(self, col, p):
+        scale, zero = p[:, 0], p[:, 1]
+        q = torch.clamp(torch.round(col / scale) + zero, 0, self.maxq)
+        return scale * (q - zero), q
+
+
+class CodebookElement:
+    """Nearest value of absmax·codebook per row; params (C,) = absmax (1 for all-zero rows)."""
+
+    nparams = 1
+
+    def __init__(self, codebook):
+        self.values = torch.as_tensor(codebook, dtype=torch.float64)
+
+    def scales(self, block):
+        m = block.abs().max(1).values
+        return torch.where(m > 0, m, torch.ones_like(m))
+
+    def __call__(self, col, s):
+        lv = s.unsqueeze(1) * self.values.unsqueeze(0)  # (C, L)
+        idx = torch.argmin((col.unsqueeze(1) - lv).abs(), 1)
+        return lv.gather(1, idx.unsqueeze(1)).squeeze(1), idx
+
+
+def rtn_element(W, element, granularity="channel", group_size=None):
+    """Round-to-nearest on an element's grid (no error compensation): fake (C, K)."""
+    W = W.to(torch.float64)
+    C, K = W.shape
+    g = group_size if granularity == "group" else K
+    out = torch.empty_like(W)
+    for j0 in range(0, K, g):
+        blk = W[:, j0:j0 + g]
+        p = element.scales(blk)
+        for j in range(blk.shape[1]):
+            out[:, j0 + j] = element(blk[:, j], p)[0]
+    return out
+
+
+def weighted_kmeans(W, weights, bits, iters=25):
+    """Per-row weighted 1-D k-means of W (C, K) with 2^bits centroids; weights (K,) or (C, K)
+    ≥ 0. Returns the fake-quantized weight (C, K) float64 (each weight → its centroid)."""
+    W = W.to(torch.float64)
+    C, K = W.shape
+    k = min(2 ** bits, K)
+    wt = torch.as_tensor(weights, dtype=torch.float64).expand(C, K).clamp_min(0) + 1e-12
+    qs = torch.linspace(0, 1, k + 2, dtype=torch.float64)[1:-1]
+    cent = torch.quantile(W, qs, dim=1).T.contiguous()  # (C, k)
+    for _ in range(iters):
+        assign = torch.argmin((W.unsqueeze(2) - cent.unsqueeze(1)).abs(), 2)  # (C, K)
+        onehot = torch.nn.functional.one_hot(assign, k).to(torch.float64) * wt.unsqueeze(2)
+        num = (onehot * W.unsqueeze(2)).sum(1)
+        den = onehot.sum(1)
+        new = torch.where(den > 0, num / den.clamp_min(1e-300), cent)
+        if torch.equal(new, cent):
+            break
+        cent = new
+    assign = torch.argmin((W.unsqueeze(2) - cent.unsqueeze(1)).abs(), 2)
+    return cent.gather(1, assign)
+
+
+def gptq_fake(module, hessians, element, granularity="channel", group_size=None, weight=None, blocksize=128,
+              percdamp=0.01, name="layer"):
+    """GPTQ on an element's grid (per conv group), returning only the fake-quantized weight
+    in the module's weight shape (float64). `weight`: the weight to quantize (default the
+    module's), e.g. the float-target W*."""
+    from .gptq import gptq
+
+    w = module.weight.detach().to(torch.float64) if weight is None else weight.to(torch.float64)
+    W = w.reshape(module.weight.shape[0], -1)
+    G = len(hessians)
+    O = W.shape[0] // G
+    parts = [gptq(W[i * O:(i + 1) * O], H, element, granularity, group_size, None, blocksize, percdamp, False,
+                  name)[2] for i, H in enumerate(hessians)]
+    return torch.cat(parts, 0).reshape(module.weight.shape)
+
+
+#: fake-quant-only methods of `api.quantize_model` (no integer format yet) and whether they need data
+FAKE_METHODS = {"nf": False, "gptq_nf": True, "gptq_asym": True, "kmeans": True}
+
+
+def fake_layer(method, module, obj, bits, granularity, group_size, calibrated, blocksize=128, percdamp=0.01,
+               name="layer"):
+    """(ŵ in the weight's shape, its round-to-nearest start) for a FAKE_METHODS method on one
+    layer; `obj` is the layer objective (Hessians, float target). Uncalibrated layers fall
+    back to round-to-nearest on the method's grid (k-means: unweighted)."""
+    if granularity not in ("channel", "group"):
+        raise ValueError(f"method={method!r} supports granularity 'channel' or 'group', got {granularity!r}")
+    W = module.weight.detach().to(torch.float64).reshape(module.weight.shape[0], -1)
+    shape = module.weight.shape
+    if method == "kmeans":
+        sens = torch.cat([torch.diagonal(H).expand(obj.O, -1) for H in obj.hessians], 0) if calibrated else \
+            torch.ones_like(W)
+        fake = weighted_kmeans(W, sens, bits).reshape(shape)
+        return fake, fake
+    el = AsymElement(bits) if method == "gptq_asym" else CodebookElement(NF_CODEBOOK(bits))
+    start = rtn_element(W, el, granularity, group_size).reshape(shape)
+    if method == "nf" or not calibrated:
+        return start, start
+    return gptq_fake(module, obj.hessians, el, granularity, group_size, obj.target_weight(percdamp), blocksize,
+                     percdamp, name), start
