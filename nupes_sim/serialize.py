@@ -18,11 +18,12 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
+import sys
 
 import numpy as np
 
 from . import __version__
+from .atomic import atomic_path
 from .formats import CodeRange, UniformRange
 from .graph import Graph, Node
 from .layers import LAYER_TYPES, Accumulator
@@ -236,8 +237,9 @@ def read_graph_h5(group, where="model"):
 
 
 def atomic_h5(path):
-    """Context manager: an h5py File on a temp file in the same folder, fsynced and
-    os.replace()d onto `path` on success, removed on failure."""
+    """Context manager: an h5py File on a temporary file next to `path` (nupes_sim.atomic:
+    fsynced and renamed onto `path` on success, removed on failure, cleaned up by the next
+    write if the process was killed)."""
     return _AtomicH5(path)
 
 
@@ -248,12 +250,15 @@ class _AtomicH5:
     def __enter__(self):
         import h5py
 
-        d = os.path.dirname(os.path.abspath(self.path))
-        fd, self.tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=d)
-        os.close(fd)
-        # libver v110: object headers, B-trees and superblock carry checksums, so corrupt
-        # metadata is detected by HDF5 rather than misread.
-        self.f = h5py.File(self.tmp, "w", libver=("v110", "v110"), track_order=True)
+        self._cm = atomic_path(self.path)
+        tmp = self._cm.__enter__()
+        try:
+            # libver v110: object headers, B-trees and superblock carry checksums, so corrupt
+            # metadata is detected by HDF5 rather than misread.
+            self.f = h5py.File(tmp, "w", libver=("v110", "v110"), track_order=True)
+        except BaseException:
+            self._cm.__exit__(*sys.exc_info())
+            raise
         return self.f
 
     def __exit__(self, et, ev, tb):
@@ -261,22 +266,12 @@ class _AtomicH5:
             if et is None:
                 self.f.flush()
             self.f.close()
+        except BaseException:
             if et is None:
-                with open(self.tmp, "rb+") as fh:
-                    os.fsync(fh.fileno())
-                um = os.umask(0)
-                os.umask(um)
-                os.chmod(self.tmp, 0o666 & ~um)  # mkstemp makes 0600; give the usual mode
-                os.replace(self.tmp, self.path)
-                dfd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
-        finally:
-            if os.path.exists(self.tmp):
-                os.unlink(self.tmp)
-        return False
+                et, ev, tb = sys.exc_info()
+                self._cm.__exit__(et, ev, tb)
+                raise
+        return self._cm.__exit__(et, ev, tb)
 
 
 def save_model(graph, path, input_shape=None, loss_history=None, compression="gzip"):
