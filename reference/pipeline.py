@@ -68,7 +68,9 @@ def load_user_model(model, arch=None):
         except Exception as e:
             raise ValueError(f"{path}: not a readable torch.export program ({type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
-        return ExportedProgramModule(ep)
+        from .from_export import module_from_export
+
+        return module_from_export(ep)
     if arch is None:
         raise ValueError(f"{path}: a state dict needs --arch, one of {list(ARCHS)} or 'package.module:ClassName' "
                          f"(or save a torch.export program as .pt2)")
@@ -168,7 +170,11 @@ def quantize_to_graph(model, arch=None, calib=None, method="nupes", wbits=4, abi
     from .export import ExportConfig, export_model
     from .fold import fold_batchnorm
 
-    net = fold_batchnorm(load_user_model(model, arch))
+    from .export import _trace_ops
+
+    user = load_user_model(model, arch)
+    _trace_ops(user, before_folding=True)  # every unsupported op listed in one error, before any work
+    net = fold_batchnorm(user)
     calib, export_calib = as_calibration(calib, net), as_calibration(export_calib, net)
     _check_calibration_fits(net, calib if calib is not None else export_calib)
     extra = {}
