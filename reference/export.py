@@ -242,7 +242,7 @@ def unsupported_error(bad):
             continue
         src = source_line(node)
         items.append(msg + (f" at {src}" if src else ""))
-    return f"cannot export {len(items)} op(s): " + "; ".join(items) + f". Supported: {SUPPORTED}"
+    return f"cannot export {len(items)} op(s): " + "; ".join(items) + f"; supported: {SUPPORTED}"
 
 
 def export_model(model, calib, config=None, input_signed=None):
