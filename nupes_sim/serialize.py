@@ -274,7 +274,18 @@ def read_graph_h5(group, where="model", limits=DEFAULT_LIMITS):
             arrays[k.replace(".", "/")] = a
     except H5StructureError as e:
         raise ModelFormatError(str(e)) from None
-    return graph_from_dict(arrays, attrs), arrays, attrs
+    graph = graph_from_dict(arrays, attrs)
+    # the stored description must be exactly what the rebuilt graph serializes to: same
+    # JSON, same arrays with the same dtypes (byte order included) and shapes
+    arrays2, attrs2 = graph_to_dict(graph)
+    if canonical_json(attrs2) != canonical_json(attrs):
+        raise ModelFormatError(f"{where}/graph_json: not the canonical description of the layers it builds")
+    for k, a in arrays.items():
+        b = arrays2.get(k)
+        if b is None or a.dtype.str != b.dtype.str or a.shape != b.shape or not np.array_equal(a, b):
+            raise ModelFormatError(f"{where}/arrays/{k.replace('/', '.')}: dtype {a.dtype.str} shape {a.shape} is not "
+                                   f"what the layer stores ({None if b is None else b.dtype.str} {None if b is None else b.shape})")
+    return graph, arrays, attrs
 
 
 def _no_constant(name):
