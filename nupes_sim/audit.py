@@ -18,6 +18,7 @@ import os
 
 import numpy as np
 
+from .atomic import atomic_dir
 from .graph import INPUT, get_backend
 from .layers import Accumulator
 from .serialize import load_model, model_hash
@@ -76,7 +77,6 @@ def audit(model, input_codes, out_dir, fail_on=(), backend="numpy", clip_toleran
     x = np.asarray(input_codes)
     be = get_backend(backend)
     res = graph.run(x, backend=backend, intermediates=True)
-    os.makedirs(out_dir, exist_ok=True)
     values = {INPUT: x}
     layers, errors = [], {}
     for n in graph.nodes:
@@ -133,12 +133,15 @@ def audit(model, input_codes, out_dir, fail_on=(), backend="numpy", clip_toleran
                   "clipped_fraction": "out codes at qmax, or at qmin when qmin is below the zero code (not ReLU)",
                   "err_lsb": "integer accumulator minus float64 reference, in accumulator LSBs"},
               "layers": layers, "fail_on": list(fail_on), "failed": failed, "plots": []}
-    if plots:
-        report["plots"] = _plots(layers, errors, history, out_dir)
-    with open(os.path.join(out_dir, "report.json"), "w") as fh:
-        json.dump(report, fh, indent=1)
-    with open(os.path.join(out_dir, "report.md"), "w") as fh:
-        fh.write(_markdown(report))
+    # the whole report folder appears at once (nupes_sim.atomic); an existing folder is
+    # replaced only if it is empty or holds a previous audit report
+    with atomic_dir(out_dir, may_replace=lambda p: os.path.isfile(os.path.join(p, "report.json"))) as tmp:
+        if plots:
+            report["plots"] = _plots(layers, errors, history, tmp)
+        with open(os.path.join(tmp, "report.json"), "w") as fh:
+            json.dump(report, fh, indent=1)
+        with open(os.path.join(tmp, "report.md"), "w") as fh:
+            fh.write(_markdown(report))
     return report
 
 

@@ -11,11 +11,11 @@ import sys
 
 import numpy as np
 
+from .cli_checks import (CliError, OneLineParser, existing_file, float_in, int_in, load_array, memory_arg,
+                         output_folder_exists, refuse_overwrite, shape_arg)
+
 BACKENDS = ("numpy", "cpu", "cuda")
-
-
-class CliError(Exception):
-    """A user-facing error: printed as one line, exit code 2."""
+SEED = int_in(0, 2**63 - 1, "seed")
 
 
 def _progress(args):
@@ -49,82 +49,87 @@ def _lazy(module, attr, what):
 
 
 def _load_inputs(path, dataset=None):
-    path = str(path)
-    if not os.path.exists(path):
-        raise CliError(f"input file {path} does not exist")
-    if path.endswith(".npy"):
-        try:
-            x = np.load(path, allow_pickle=False)
-        except Exception as e:
-            raise CliError(f"cannot read {path} as .npy: {e}") from None
-    elif path.endswith((".h5", ".hdf5")):
-        import h5py
+    """Integer input codes (N, ...) from .npy/.h5: kind, dtype and size checked from the
+    header before reading; values must fit int64."""
+    from .memory import budget
 
-        try:
-            with h5py.File(path, "r") as f:
-                if dataset is None:
-                    names = [k for k in f.keys() if isinstance(f[k], h5py.Dataset)]
-                    if "input" in names:
-                        dataset = "input"
-                    elif len(names) == 1:
-                        dataset = names[0]
-                    else:
-                        raise CliError(f"{path}: name the input dataset with --dataset (found {names})")
-                x = f[dataset][()]
-        except CliError:
-            raise
-        except Exception as e:
-            raise CliError(f"cannot read {path}: {e}") from None
-    else:
-        raise CliError(f"input {path}: expected a .npy or .h5 file of integer codes")
-    x = np.asarray(x)
-    if x.dtype.kind not in "iu":
-        raise CliError(f"input {path}: codes must be integers, got dtype {x.dtype}")
+    x = load_array(path, dataset, "input", "iu", budget())
+    if x.dtype == np.uint64 and x.size and int(x.max()) > 2**63 - 1:
+        raise CliError(f"input {path}: code {int(x.max())} does not fit int64")
     return x.astype(np.int64)
 
 
 def _load_model(path):
     from .serialize import load_model
 
-    if not os.path.exists(path):
-        raise CliError(f"model file {path} does not exist")
+    existing_file(path, "model file")
     return load_model(path, full=True)
+
+
+def _input_shape(args, m):
+    if getattr(args, "shape", None):
+        return tuple(args.shape)
+    if m.input_shape is not None:
+        return tuple(m.input_shape)
+    first = m.graph.nodes[0].layer
+    if hasattr(first, "k") and type(first).__name__ == "Linear":
+        return (first.k,)
+    raise CliError("the model file does not record its input shape; give --shape C,H,W")
+
+
+def _check_vectors_fit(m, shape, n, per_vector_only=False):
+    """Refuse (one line, before allocating) inputs/runs that cannot fit the memory budget."""
+    from .memory import check_fits, elements, run_bytes
+
+    inputs = 0 if per_vector_only else 8 * n * elements(shape)
+    check_fits(f"{n} input vectors of shape {tuple(shape)}", inputs)
+    try:
+        vb = run_bytes(m.graph, shape)
+    except ValueError as e:
+        raise CliError(f"input shape {tuple(shape)} does not fit the model: {e}") from None
+    check_fits(f"{n} input vectors of shape {tuple(shape)}", inputs + vb)
 
 
 def _inputs_for(args, m):
     from .golden import random_inputs
 
+    if args.input and args.random is not None:
+        raise CliError("give either --input FILE or --random N, not both")
     if args.input:
-        return _load_inputs(args.input, getattr(args, "dataset", None)), {"input_file": os.path.basename(args.input)}
+        x = _load_inputs(args.input, getattr(args, "dataset", None))
+        _check_vectors_fit(m, x.shape[1:], len(x), per_vector_only=True)
+        return x, {"input_file": os.path.basename(args.input)}
     if args.random is None:
         raise CliError("give --input FILE or --random N" + (" (or --stress)" if hasattr(args, "stress") else ""))
     shape = _input_shape(args, m)
+    _check_vectors_fit(m, shape, args.random)
     return random_inputs(m.graph, args.random, args.seed, shape), {"input_seed": args.seed, "n_random": args.random}
-
-
-def _input_shape(args, m):
-    shape = tuple(int(s) for s in args.shape.split(",")) if args.shape else m.input_shape
-    if shape is None:
-        first = m.graph.nodes[0].layer
-        if hasattr(first, "k") and type(first).__name__ == "Linear":
-            shape = (first.k,)
-        else:
-            raise CliError("the model file does not record its input shape; give --shape C,H,W")
-    return shape
 
 
 # ---- verbs ----------------------------------------------------------------------------
 
 def cmd_simulate(args):
+    from .atomic import save_npy
+    from .memory import check_fits, run_bytes
+
+    out = args.out
+    if not out.endswith((".npy", ".h5", ".hdf5")):
+        raise CliError("--out must end in .npy or .h5")
+    if out.endswith(".npy") and args.intermediates:
+        raise CliError("--intermediates needs an .h5 output")
+    refuse_overwrite(out, [("model file", args.model), ("input file", args.input)])
+    output_folder_exists(out)
     m = _load_model(args.model)
     x = _load_inputs(args.input, args.dataset)
+    try:
+        need = run_bytes(m.graph, x.shape[1:], len(x))
+    except ValueError as e:
+        raise CliError(f"input shape {x.shape[1:]} does not fit the model: {e}") from None
+    check_fits(f"simulating {len(x)} vectors of shape {x.shape[1:]}", need)
     r = m.graph.run(x, backend=args.backend, intermediates=args.intermediates)
-    out = args.out
     if out.endswith(".npy"):
-        if args.intermediates:
-            raise CliError("--intermediates needs an .h5 output")
-        np.save(out, r.output)
-    elif out.endswith((".h5", ".hdf5")):
+        save_npy(out, np.asarray(r.output))
+    else:
         from .serialize import atomic_h5
 
         with atomic_h5(out) as f:
@@ -134,8 +139,6 @@ def cmd_simulate(args):
                 for s, a in st.items():
                     g.create_dataset(s, data=np.asarray(a), track_times=False)
             f.attrs["overflow"] = json.dumps(r.overflow)
-    else:
-        raise CliError("--out must end in .npy or .h5")
     _say(args, f"wrote {out}: output shape {tuple(np.shape(r.output))}; overflow counts {r.overflow}")
     _emit_json(args, {"out": out, "shape": list(np.shape(r.output)), "overflow": r.overflow})
     return 0
@@ -144,6 +147,12 @@ def cmd_simulate(args):
 def cmd_golden(args):
     from .golden import export_hex, write_golden
 
+    ins = [("model file", args.model), ("input file", args.input)]
+    refuse_overwrite(args.out, ins)
+    output_folder_exists(args.out)
+    if args.hex:
+        refuse_overwrite(args.hex, ins + [("golden output", args.out)], "--hex")
+        output_folder_exists(args.hex, "--hex")
     m = _load_model(args.model)
     if args.stress:
         from .stress import stress_inputs
@@ -221,6 +230,7 @@ def _int_list(text, what):
 def cmd_verify(args):
     from .verify import verify
 
+    existing_file(args.golden, "golden file")
     return _report(args, verify(args.golden, backend=args.backend, progress=_progress(args),
                                 expect_model_hash=_expected_model_hash(args)))
 
@@ -241,6 +251,8 @@ def cmd_diff(args):
 def cmd_audit(args):
     from .audit import audit
 
+    refuse_overwrite(args.out, [("model file", args.model), ("input file", args.input)])
+    output_folder_exists(args.out)
     m = _load_model(args.model)
     x, _ = _inputs_for(args, m)
     rep = audit(m, x, args.out, fail_on=tuple(args.fail_on or ()), backend=args.backend,
@@ -278,10 +290,14 @@ def cmd_quantize(args):
 
     from .serialize import save_model
 
-    calib = load_calibration(args.calib, args.dataset) if args.calib else None
-    if calib is None:
+    if not args.calib:
         raise CliError("--calib is required: activation formats are calibrated on a few inputs "
                        "(with --data-free the weights still ignore them)")
+    refuse_overwrite(args.out, [("model", args.model if os.path.exists(args.model) else None),
+                                ("calibration file", args.calib)])
+    output_folder_exists(args.out)
+    existing_file(args.calib, "calibration file")
+    calib = load_calibration(args.calib, args.dataset)
     ex, report = pipeline(args.model, arch=args.arch, calib=None if args.data_free else calib,
                           export_calib=calib, method=args.method, wbits=args.wbits, abits=args.abits,
                           granularity=args.granularity, group_size=args.group_size, steps=args.steps,
@@ -320,14 +336,14 @@ EXAMPLES = {
 
 
 def build_parser():
-    common = argparse.ArgumentParser(add_help=False)
+    common = OneLineParser(add_help=False)
     common.add_argument("--quiet", "-q", action="store_true", help="no progress bars or summaries")
     common.add_argument("--json", action="store_true", help="machine-readable JSON on stdout")
-    p = argparse.ArgumentParser(prog="nupes-sim", description="Bit-exact integer simulator of power-quantized "
+    p = OneLineParser(prog="nupes-sim", description="Bit-exact integer simulator of power-quantized "
                                 "networks: golden vectors, verification, numerical audit.",
                                 epilog="exit codes: 0 ok, 1 mismatch/failed check, 2 usage or bad input",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="verb", metavar="VERB")
+    sub = p.add_subparsers(dest="verb", metavar="VERB", parser_class=OneLineParser)
     sub.required = True
 
     def add(name, help_, fn):
@@ -339,9 +355,17 @@ def build_parser():
     def inputs(sp):
         sp.add_argument("--input", help="integer input codes (.npy, or .h5 with --dataset), first axis = vectors")
         sp.add_argument("--dataset", help="dataset name inside an .h5 input (default 'input' or the only one)")
-        sp.add_argument("--random", type=int, metavar="N", help="draw N random valid input vectors instead")
-        sp.add_argument("--seed", type=int, default=0, help="seed for --random (default 0)")
-        sp.add_argument("--shape", help="per-vector input shape for --random, e.g. 3,32,32 (default: from the model)")
+        sp.add_argument("--random", type=int_in(1, None, "N"), metavar="N",
+                        help="draw N random valid input vectors instead (N >= 1)")
+        sp.add_argument("--seed", type=SEED, default=0, help="seed for --random (default 0; 0 to 2^63-1)")
+        sp.add_argument("--shape", type=shape_arg,
+                        help="per-vector input shape for --random, e.g. 3,32,32 (default: from the model)")
+        memory(sp)
+
+    def memory(sp):
+        sp.add_argument("--max-memory", type=memory_arg, default=None, metavar="SIZE",
+                        help="memory budget, e.g. 4G (default: half of the machine's memory); work that cannot "
+                             "fit is refused before it starts, large layers are computed in chunks within it")
 
     def model_pin(sp):
         sp.add_argument("--model", help="fail unless the golden file was made from this model file (.h5)")
@@ -360,15 +384,16 @@ def build_parser():
     sp.add_argument("--dataset", help="dataset name inside an .h5 calibration file")
     sp.add_argument("--data-free", action="store_true", help="quantize weights data-free (calib only sets activation formats)")
     sp.add_argument("--method", default="nupes", choices=("rtn", "powerquant", "gptq", "gptq_power", "nupes"))
-    sp.add_argument("--wbits", type=int, default=4, help="weight bits (default 4)")
-    sp.add_argument("--abits", type=int, default=8, help="activation bits (default 8)")
+    sp.add_argument("--wbits", type=int_in(2, 8, "bits"), default=4, help="weight bits, 2 to 8 (default 4)")
+    sp.add_argument("--abits", type=int_in(2, 8, "bits"), default=8, help="activation bits, 2 to 8 (default 8)")
     sp.add_argument("--granularity", default="channel", choices=("tensor", "channel", "group"))
-    sp.add_argument("--group-size", type=int, default=None)
-    sp.add_argument("--steps", type=int, default=None, help="NUPES steps per layer")
+    sp.add_argument("--group-size", type=int_in(1, None, "size"), default=None,
+                    help="input elements per weight scale with --granularity group")
+    sp.add_argument("--steps", type=int_in(0, 10**6, "steps"), default=None, help="NUPES steps per layer")
     sp.add_argument("--datapath", default="operand", choices=("operand", "product"))
-    sp.add_argument("--acc-width", type=int, default=48)
+    sp.add_argument("--acc-width", type=int_in(8, 64, "bits"), default=48, help="accumulator bits, 8 to 64")
     sp.add_argument("--overflow", default="saturate", choices=("wrap", "saturate", "exact"))
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=SEED, default=0)
     sp.add_argument("--out", required=True, help="model file to write (.h5)")
     sp = add("simulate", "run a saved model on input codes and write its outputs", cmd_simulate)
     sp.add_argument("model", help="quantized model file (.h5, see save_model)")
@@ -376,6 +401,7 @@ def build_parser():
     sp.add_argument("--dataset", help="dataset name inside an .h5 input")
     sp.add_argument("--out", required=True, help="output file: .npy (final output) or .h5")
     sp.add_argument("--intermediates", action="store_true", help="also store every stage (needs .h5)")
+    memory(sp)
     backend(sp)
     sp = add("golden", "write golden vectors (HDF5, docs/GOLDEN.md) for a model", cmd_golden)
     sp.add_argument("model", help="quantized model file (.h5)")
@@ -386,11 +412,12 @@ def build_parser():
     sp.add_argument("--stress", action="store_true",
                     help="corner-case inputs: saturation/wrap patterns and accumulators on and next to every "
                          "threshold of layers reading the input (nupes_sim.stress); --random N adds random ones")
-    sp.add_argument("--stress-max", type=int, default=1024, metavar="N", help="at most N stress vectors (default 1024)")
+    sp.add_argument("--stress-max", type=int_in(1, 10**6, "N"), default=1024, metavar="N", help="at most N stress vectors (default 1024)")
     sp.add_argument("--no-compress", action="store_true", help="no gzip compression of datasets")
     backend(sp)
     sp = add("verify", "recompute a golden file's intermediates and compare bit for bit", cmd_verify)
     sp.add_argument("golden", help="golden file (.h5)")
+    memory(sp)
     backend(sp)
     model_pin(sp)
     sp = add("diff", "strictly compare a golden file with a hardware dump; report the first divergence", cmd_diff)
@@ -418,7 +445,7 @@ def build_parser():
     sp.add_argument("--out", required=True, help="folder for report.md, report.json and plots")
     sp.add_argument("--fail-on", action="append", choices=("overflow", "saturation", "clipping"),
                     help="exit 1 if this happens (repeatable)")
-    sp.add_argument("--clip-tolerance", type=float, default=0.0,
+    sp.add_argument("--clip-tolerance", type=float_in(0.0, 1.0, "fraction"), default=0.0,
                     help="fraction of clipped codes tolerated by --fail-on clipping (default 0)")
     backend(sp)
     sp = add("bench", "benchmarks (nupes_sim.bench.cpu or nupes_sim.cuda.bench)", cmd_bench)
@@ -435,6 +462,9 @@ def main(argv=None):
     if len(argv) > 1 and argv[0] in ("demo", "eval") and argv[1] != "--":
         argv.insert(1, "--")  # everything after these verbs belongs to their own parser
     args = parser.parse_args(argv)
+    from .memory import set_budget
+
+    set_budget(getattr(args, "max_memory", None))
     if hasattr(args, "rest") and args.rest[:1] == ["--"]:
         args.rest = args.rest[1:]
     if os.environ.get("NUPES_OMP_PASSIVE", "0").strip() not in ("", "0"):  # opt-in, nupes_sim.cpu.threads
@@ -454,6 +484,10 @@ def main(argv=None):
         if err is None:
             raise
         print(f"nupes-sim {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"nupes-sim {args.verb}: error: out of memory (lower --max-memory or use fewer/smaller vectors)",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("nupes-sim: interrupted", file=sys.stderr)

@@ -3,6 +3,10 @@
 Independent of nupes_sim.primitives: rounding uses exact rationals (fractions.Fraction),
 accumulation uses Python integers (object arrays), requantization counts thresholds by
 direct comparison. Tests use this module as the truth for every other backend.
+
+Memory: MAC layers are computed in blocks of (input positions x output channels) whose
+products fit `memory.chunk_budget()`; every output element depends only on its own
+products and bias, so blocking changes no value (it only bounds the working set).
 """
 import math
 from fractions import Fraction
@@ -10,6 +14,7 @@ from fractions import Fraction
 import numpy as np
 
 from . import primitives as P
+from .memory import chunk_budget
 from .layers import Add, AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d
 from .rounding import hash_words
 from .tables import Rescale, Thresholds
@@ -149,33 +154,73 @@ def _mac_products(layer, x_cols, valid):
     return np.where(valid[..., None, :], prods, 0)
 
 
+# bytes of working memory per product in _mac_products + accumulate (int64 LUT values, the
+# index arrays, the object copy and its Python ints, the running sums): a generous bound
+BYTES_PER_PRODUCT = 96
+
+
+def blocks(n_rows, n_cols, k, budget=None):
+    """(rows per block, channels per block) so that rows*channels*k products fit the budget."""
+    cap = max(1, (chunk_budget() if budget is None else budget) // (BYTES_PER_PRODUCT * max(k, 1)))
+    cb = max(1, min(n_cols, cap))
+    rb = max(1, min(n_rows, cap // cb))
+    return rb, cb
+
+
+def mac_rows(layer, cols, valid, acc_cfg):
+    """(exact, acc) int64 (R, O) of MAC rows: cols/valid (R, K) against every output channel
+    of `layer` (or a group view), computed block by block (see module doc)."""
+    R, K = cols.shape
+    O = layer.out_channels
+    exact = np.empty((R, O), np.int64)
+    acc = np.empty((R, O), np.int64)
+    rb, cb = blocks(R, O, K)
+    for o0 in range(0, O, cb):
+        sub = _ChannelView(layer, slice(o0, min(o0 + cb, O)))
+        for r0 in range(0, R, rb):
+            prods = _mac_products(sub, cols[r0:r0 + rb], valid[r0:r0 + rb])  # (rb, cb, K)
+            e, a = accumulate(prods, sub.bias[None, :], acc_cfg)
+            exact[r0:r0 + rb, o0:o0 + cb] = e
+            acc[r0:r0 + rb, o0:o0 + cb] = a
+    return exact, acc
+
+
 def linear(layer, x):
     layer.x_range.check_codes(f"{layer.name} input", x)
     layer.check_shape(x)
-    prods = _mac_products(layer, x, np.ones(x.shape, bool))  # (B, O, K)
-    exact, acc = accumulate(prods, layer.bias[None, :], layer.acc)
+    exact, acc = mac_rows(layer, x.astype(np.int64), np.ones(x.shape, bool), layer.acc)  # (B, O)
     out = requantize(acc, layer.requant, 1, layer.seed, layer.tensor_id)
     return dict(acc_exact=exact, acc=acc, out=out)
 
 
-def im2col(x, kernel, stride, padding, dilation, pad_value=0):
-    """Columns (B, Ho, Wo, C, kh, kw) of x (B, C, H, W) and the validity mask of each tap."""
+def im2col(x, kernel, stride, padding, dilation, pad_value=0, rows=None):
+    """Columns (B, Ho, Wo, C, kh, kw) of x (B, C, H, W) and the validity mask of each tap;
+    rows=(r0, r1) builds only output rows r0 <= oh < r1 (shape (B, r1 - r0, Wo, ...))."""
     B, C, H, W = x.shape
     kh, kw = kernel
     ho = (H + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     wo = (W + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    cols = np.full((B, ho, wo, C, kh, kw), pad_value, dtype=np.int64)
-    valid = np.zeros((B, ho, wo, C, kh, kw), dtype=bool)
-    for oh in range(ho):
+    r0, r1 = (0, ho) if rows is None else rows
+    cols = np.full((B, r1 - r0, wo, C, kh, kw), pad_value, dtype=np.int64)
+    valid = np.zeros((B, r1 - r0, wo, C, kh, kw), dtype=bool)
+    for oh in range(r0, r1):
         for ow in range(wo):
             for i in range(kh):
                 for j in range(kw):
                     h = oh * stride[0] - padding[0] + i * dilation[0]
                     w = ow * stride[1] - padding[1] + j * dilation[1]
                     if 0 <= h < H and 0 <= w < W:
-                        cols[:, oh, ow, :, i, j] = x[:, :, h, w]
-                        valid[:, oh, ow, :, i, j] = True
+                        cols[:, oh - r0, ow, :, i, j] = x[:, :, h, w]
+                        valid[:, oh - r0, ow, :, i, j] = True
     return cols, valid
+
+
+def conv_row_blocks(layer, B, ho, wo):
+    """Output-row ranges [(r0, r1)] whose im2col columns (int64 + mask) fit the chunk budget."""
+    k = int(np.prod(layer.w_codes.shape[1:])) * layer.groups
+    per_row = max(1, B * wo * k * 9)
+    n = max(1, min(ho, chunk_budget() // per_row))
+    return [(r, min(r + n, ho)) for r in range(0, ho, n)]
 
 
 def conv2d(layer, x):
@@ -184,18 +229,19 @@ def conv2d(layer, x):
     ho, wo = layer.check_shape(x)
     B = x.shape[0]
     pad_code = 0 if layer.x_range.qmin <= 0 <= layer.x_range.qmax else layer.x_range.qmin
-    cols, valid = im2col(x, (kh, kw), layer.stride, layer.padding, layer.dilation, pad_code)
     Og = O // layer.groups
     exact = np.empty((B, ho, wo, O), np.int64)
     acc = np.empty_like(exact)
-    for g in range(layer.groups):
-        sub = _group_view(layer, g, Og)
-        c = cols[:, :, :, g * Cg:(g + 1) * Cg].reshape(B, ho, wo, -1)
-        v = valid[:, :, :, g * Cg:(g + 1) * Cg].reshape(B, ho, wo, -1)
-        prods = _mac_products(sub, c, v)  # (B, ho, wo, Og, K)
-        e, a = accumulate(prods, sub.bias, layer.acc)
-        exact[..., g * Og:(g + 1) * Og] = e
-        acc[..., g * Og:(g + 1) * Og] = a
+    for r0, r1 in conv_row_blocks(layer, B, ho, wo):  # output rows are independent
+        cols, valid = im2col(x, (kh, kw), layer.stride, layer.padding, layer.dilation, pad_code, (r0, r1))
+        n = B * (r1 - r0) * wo
+        for g in range(layer.groups):
+            sub = _group_view(layer, g, Og)
+            c = cols[:, :, :, g * Cg:(g + 1) * Cg].reshape(n, -1)
+            v = valid[:, :, :, g * Cg:(g + 1) * Cg].reshape(n, -1)
+            e, a = mac_rows(sub, c, v, layer.acc)  # (n, Og)
+            exact[:, r0:r1, :, g * Og:(g + 1) * Og] = e.reshape(B, r1 - r0, wo, Og)
+            acc[:, r0:r1, :, g * Og:(g + 1) * Og] = a.reshape(B, r1 - r0, wo, Og)
     exact = exact.transpose(0, 3, 1, 2).copy()
     acc = acc.transpose(0, 3, 1, 2).copy()
     out = requantize(acc, layer.requant, 1, layer.seed, layer.tensor_id)
@@ -217,6 +263,18 @@ class _GroupView:
 
 def _group_view(layer, g, og):
     return _GroupView(layer, g, og)
+
+
+class _ChannelView:
+    """Output channels `sl` of a layer or group view (weights, table rows and bias)."""
+
+    def __init__(self, layer, sl):
+        self.w_codes = layer.w_codes[sl]
+        self.out_channels = self.w_codes.shape[0]
+        self.w_table_index = layer.w_table_index[sl]
+        self.bias = layer.bias[sl]
+        for name in ("datapath", "w_table", "x_table", "p_table", "w_range", "x_range"):
+            setattr(self, name, getattr(layer, name))
 
 
 def add(layer, a, b):

@@ -18,11 +18,15 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
+import sys
 
 import numpy as np
 
 from . import __version__
+from .atomic import atomic_path
+from .h5check import DEFAULT_LIMITS, INT_DTYPES, H5StructureError, check_links, dataset_meta
+from .h5check import attr as h5attr
+from .h5check import elements as h5elements
 from .formats import CodeRange, UniformRange
 from .graph import Graph, Node
 from .layers import LAYER_TYPES, Accumulator
@@ -213,32 +217,86 @@ def write_graph_h5(group, graph, compression=None):
     return arrays, attrs
 
 
-def read_graph_h5(group, where="model"):
-    """(graph, arrays, attrs) from a group written by write_graph_h5, checksums verified."""
-    if set(group.keys()) != {"graph_json", "arrays"} or len(group.attrs.keys()):
-        raise ModelFormatError(f"{where}: expected exactly 'graph_json' and 'arrays' and no attributes, "
-                               f"found {sorted(group.keys())} with attributes {sorted(group.attrs.keys())}")
-    for k, ds in [("graph_json", group["graph_json"])] + [(f"arrays/{k}", v) for k, v in group["arrays"].items()]:
-        if set(ds.attrs.keys()) != {"sha256"}:
-            raise ModelFormatError(f"{where}/{k}: attributes {sorted(ds.attrs.keys())}; expected ['sha256']")
-    if len(group["arrays"].attrs.keys()):
-        raise ModelFormatError(f"{where}/arrays: unexpected attributes {sorted(group['arrays'].attrs.keys())}")
-    raw = bytes(np.asarray(group["graph_json"][()], np.uint8).tobytes())
-    if hashlib.sha256(raw).hexdigest() != group["graph_json"].attrs.get("sha256"):
-        raise ModelFormatError(f"{where}/graph_json: checksum mismatch")
-    attrs = json.loads(raw.decode("utf-8"))
-    arrays = {}
-    for k, ds in group["arrays"].items():
-        a = ds[()]
-        if sha256_array(a) != ds.attrs.get("sha256"):
-            raise ModelFormatError(f"{where}/arrays/{k}: checksum mismatch")
-        arrays[k.replace(".", "/")] = a
-    return graph_from_dict(arrays, attrs), arrays, attrs
+ARRAY_DTYPES = INT_DTYPES | {"|b1", "<f8"}
+_SHA = set("0123456789abcdef")
+
+
+def _sha_attr(ds, where):
+    v = h5attr(ds, "sha256", "str", where)
+    if len(v) != 64 or set(v) - _SHA:
+        raise ModelFormatError(f"{where}: sha256 attribute {v[:80]!r} is not a SHA-256 hex digest")
+    return v
+
+
+def read_graph_h5(group, where="model", limits=DEFAULT_LIMITS):
+    """(graph, arrays, attrs) from a group written by write_graph_h5. Structure, attribute
+    types, dtypes and declared sizes are checked before any data is read (h5check); then
+    checksums; then every layer is rebuilt through its constructor (all layer checks)."""
+    import h5py
+
+    try:
+        check_links(group, where, limits)
+        if set(group.keys()) != {"graph_json", "arrays"} or len(group.attrs.keys()):
+            raise ModelFormatError(f"{where}: expected exactly 'graph_json' and 'arrays' and no attributes, "
+                                   f"found {sorted(group.keys())} with attributes {sorted(group.attrs.keys())}")
+        gj, ag = group["graph_json"], group["arrays"]
+        if not isinstance(gj, h5py.Dataset) or not isinstance(ag, h5py.Group):
+            raise ModelFormatError(f"{where}: graph_json must be a dataset and arrays a group")
+        if len(ag.attrs.keys()):
+            raise ModelFormatError(f"{where}/arrays: unexpected attributes {sorted(ag.attrs.keys())}")
+        members = [("graph_json", gj)] + [(f"arrays/{k}", v) for k, v in ag.items()]
+        total = 0
+        for k, ds in members:
+            w = f"{where}/{k}"
+            if not isinstance(ds, h5py.Dataset):
+                raise ModelFormatError(f"{w}: expected a dataset, found a group")
+            if set(ds.attrs.keys()) != {"sha256"}:
+                raise ModelFormatError(f"{w}: attributes {sorted(ds.attrs.keys())}; expected ['sha256']")
+            _sha_attr(ds, w)
+            if k == "graph_json":
+                _, shp = dataset_meta(ds, w, {"|u1"}, ndim=1, limits=limits)
+            else:
+                _, shp = dataset_meta(ds, w, ARRAY_DTYPES, limits=limits)
+            total += h5elements(shp)
+            if total > limits.max_total_elements:
+                raise ModelFormatError(f"{where}: arrays declare more than {limits.max_total_elements} elements")
+        raw = bytes(np.asarray(gj[()], np.uint8).tobytes())
+        if hashlib.sha256(raw).hexdigest() != gj.attrs["sha256"]:
+            raise ModelFormatError(f"{where}/graph_json: checksum mismatch")
+        try:
+            attrs = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise ModelFormatError(f"{where}/graph_json: not valid JSON ({type(e).__name__})") from None
+        arrays = {}
+        for k, ds in ag.items():
+            a = ds[()]
+            if sha256_array(a) != ds.attrs["sha256"]:
+                raise ModelFormatError(f"{where}/arrays/{k}: checksum mismatch")
+            arrays[k.replace(".", "/")] = a
+    except H5StructureError as e:
+        raise ModelFormatError(str(e)) from None
+    graph = graph_from_dict(arrays, attrs)
+    # the stored description must be exactly what the rebuilt graph serializes to: same
+    # JSON, same arrays with the same dtypes (byte order included) and shapes
+    arrays2, attrs2 = graph_to_dict(graph)
+    if canonical_json(attrs2) != canonical_json(attrs):
+        raise ModelFormatError(f"{where}/graph_json: not the canonical description of the layers it builds")
+    for k, a in arrays.items():
+        b = arrays2.get(k)
+        if b is None or a.dtype.str != b.dtype.str or a.shape != b.shape or not np.array_equal(a, b):
+            raise ModelFormatError(f"{where}/arrays/{k.replace('/', '.')}: dtype {a.dtype.str} shape {a.shape} is not "
+                                   f"what the layer stores ({None if b is None else b.dtype.str} {None if b is None else b.shape})")
+    return graph, arrays, attrs
+
+
+def _no_constant(name):
+    raise ModelFormatError(f"graph_json holds {name}, which is not a JSON number")
 
 
 def atomic_h5(path):
-    """Context manager: an h5py File on a temp file in the same folder, fsynced and
-    os.replace()d onto `path` on success, removed on failure."""
+    """Context manager: an h5py File on a temporary file next to `path` (nupes_sim.atomic:
+    fsynced and renamed onto `path` on success, removed on failure, cleaned up by the next
+    write if the process was killed)."""
     return _AtomicH5(path)
 
 
@@ -249,12 +307,15 @@ class _AtomicH5:
     def __enter__(self):
         import h5py
 
-        d = os.path.dirname(os.path.abspath(self.path))
-        fd, self.tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=d)
-        os.close(fd)
-        # libver v110: object headers, B-trees and superblock carry checksums, so corrupt
-        # metadata is detected by HDF5 rather than misread.
-        self.f = h5py.File(self.tmp, "w", libver=("v110", "v110"), track_order=True)
+        self._cm = atomic_path(self.path)
+        tmp = self._cm.__enter__()
+        try:
+            # libver v110: object headers, B-trees and superblock carry checksums, so corrupt
+            # metadata is detected by HDF5 rather than misread.
+            self.f = h5py.File(tmp, "w", libver=("v110", "v110"), track_order=True)
+        except BaseException:
+            self._cm.__exit__(*sys.exc_info())
+            raise
         return self.f
 
     def __exit__(self, et, ev, tb):
@@ -262,22 +323,12 @@ class _AtomicH5:
             if et is None:
                 self.f.flush()
             self.f.close()
+        except BaseException:
             if et is None:
-                with open(self.tmp, "rb+") as fh:
-                    os.fsync(fh.fileno())
-                um = os.umask(0)
-                os.umask(um)
-                os.chmod(self.tmp, 0o666 & ~um)  # mkstemp makes 0600; give the usual mode
-                os.replace(self.tmp, self.path)
-                dfd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
-        finally:
-            if os.path.exists(self.tmp):
-                os.unlink(self.tmp)
-        return False
+                et, ev, tb = sys.exc_info()
+                self._cm.__exit__(et, ev, tb)
+                raise
+        return self._cm.__exit__(et, ev, tb)
 
 
 def save_model(graph, path, input_shape=None, loss_history=None, compression="gzip"):
@@ -301,7 +352,10 @@ def save_model(graph, path, input_shape=None, loss_history=None, compression="gz
             for i, (name, hist) in enumerate(loss_history.items()):
                 if name not in names:
                     raise ValueError(f"loss_history names {name!r}, which is not a layer of the graph")
-                ds = h.create_dataset(f"{i:04d}", data=np.asarray(hist, np.float64).reshape(-1), track_times=False)
+                vals = np.asarray(hist, np.float64).reshape(-1)
+                if not np.isfinite(vals).all():
+                    raise ValueError(f"loss_history[{name!r}] holds non-finite values")
+                ds = h.create_dataset(f"{i:04d}", data=vals, track_times=False)
                 ds.attrs["layer"] = name
 
 
@@ -312,35 +366,78 @@ class LoadedModel:
         self.graph, self.input_shape, self.loss_history, self.model_hash = graph, input_shape, loss_history, model_hash
 
 
-def load_model(path, full=False):
+ROOT_ATTRS = {"format": "str", "version": "int", "package_version": "str", "model_hash": "str",
+              "input_shape": "int_vector"}
+OPTIONAL_ROOT_ATTRS = {"input_shape"}
+
+
+def load_model(path, full=False, limits=DEFAULT_LIMITS):
     """Read a model file written by save_model. Returns the Graph (or a LoadedModel when
-    full=True). Raises ModelFormatError (a ValueError) for anything that is not a valid file."""
+    full=True). Raises ModelFormatError (a ValueError) for anything that is not a valid file:
+    structure and types are checked before data is read (h5check), every layer is rebuilt
+    through its constructor."""
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
-            if f.attrs.get("format") != MODEL_FORMAT:
+            w = f"{path}:/"
+            check_links(f, w, limits)
+            if "format" not in f.attrs or h5attr(f, "format", "str", w) != MODEL_FORMAT:
                 raise ModelFormatError(f"{path}: not a nupes-sim model file (format attribute "
                                        f"{f.attrs.get('format')!r})")
-            if int(f.attrs.get("version", -1)) != MODEL_VERSION:
+            if h5attr(f, "version", "int", w) != MODEL_VERSION:
                 raise ModelFormatError(f"{path}: model file version {f.attrs.get('version')!r}; "
                                        f"this reader supports {MODEL_VERSION}")
-            graph, _, _ = read_graph_h5(f["model"], f"{path}:/model")
+            names = set(f.attrs.keys())
+            missing = set(ROOT_ATTRS) - OPTIONAL_ROOT_ATTRS - names
+            extra = names - set(ROOT_ATTRS)
+            if missing or extra:
+                raise ModelFormatError(f"{path}: root attributes: missing {sorted(missing)}, unexpected {sorted(extra)}")
+            vals = {k: h5attr(f, k, kind, w) for k, kind in ROOT_ATTRS.items() if k in names}
+            if set(f.keys()) - {"model", "loss_history"} or "model" not in f:
+                raise ModelFormatError(f"{path}: expected groups 'model' (and optionally 'loss_history'), "
+                                       f"found {sorted(f.keys())}")
+            graph, _, _ = read_graph_h5(f["model"], f"{path}:/model", limits)
             h = model_hash(graph)
-            if h != f.attrs.get("model_hash"):
+            if h != vals["model_hash"]:
                 raise ModelFormatError(f"{path}: model_hash attribute does not match the stored graph")
-            shape = tuple(int(v) for v in f.attrs["input_shape"]) if "input_shape" in f.attrs else None
-            hist = {}
-            if "loss_history" in f:
-                for ds in f["loss_history"].values():
-                    hist[str(ds.attrs["layer"])] = np.asarray(ds[()], np.float64)
+            shape = vals.get("input_shape")
+            if shape is not None and (not shape or any(s < 1 for s in shape)):
+                raise ModelFormatError(f"{path}: input_shape {shape} must hold positive dimensions")
+            hist = _read_loss_history(f, path, graph, limits) if "loss_history" in f else {}
     except ModelFormatError:
         raise
+    except H5StructureError as e:
+        raise ModelFormatError(f"{path}: {e}") from None
     except FileNotFoundError:
         raise
     except Exception as e:  # h5py/HDF5 errors on corrupt or foreign files
         raise ModelFormatError(f"{path}: cannot read model file: {type(e).__name__}: {e}") from None
     return LoadedModel(graph, shape, hist, h) if full else graph
+
+
+def _read_loss_history(f, path, graph, limits):
+    import h5py
+
+    g = f["loss_history"]
+    w = f"{path}:/loss_history"
+    if not isinstance(g, h5py.Group) or len(g.attrs.keys()):
+        raise ModelFormatError(f"{w}: must be a group without attributes")
+    names = {n.name for n in graph.nodes}
+    hist = {}
+    for i, (k, ds) in enumerate(g.items()):
+        dw = f"{w}/{k}"
+        if k != f"{i:04d}" or not isinstance(ds, h5py.Dataset) or set(ds.attrs.keys()) != {"layer"}:
+            raise ModelFormatError(f"{dw}: expected dataset {i:04d} with one attribute 'layer'")
+        dataset_meta(ds, dw, {"<f8"}, ndim=1, limits=limits)
+        layer = h5attr(ds, "layer", "str", dw)
+        if layer not in names or layer in hist:
+            raise ModelFormatError(f"{dw}: layer {layer[:80]!r} is not a layer of the graph (or repeated)")
+        a = np.asarray(ds[()], np.float64)
+        if not np.isfinite(a).all():
+            raise ModelFormatError(f"{dw}: loss values must be finite")
+        hist[layer] = a
+    return hist
 
 
 __all__ = ["graph_to_dict", "graph_from_dict", "model_hash", "save_model", "load_model", "LoadedModel",

@@ -85,7 +85,8 @@ def quantize_model(model, method="nupes", wbits=4, abits=None, calib=None, granu
     (NormalFloat RTN), 'gptq_nf' (GPTQ on the NF grid), 'gptq_asym' (GPTQ on the reference's
     asymmetric zero-point grid), 'kmeans' (Hessian-diagonal-weighted k-means per channel).
     wbits/abits: weight/activation bits (abits None: float activations). calib: a tensor
-    (split into `batch_size` batches) or an iterable of input batches; required for 'gptq',
+    (split into `batch_size` batches; a NumPy array or any float dtype is accepted and cast to the
+    model's dtype) or an iterable of input batches; required for 'gptq',
     'gptq_power' and abits, optional for 'nupes' (None: data-free NUPES).
     mode: 'sequential' (a layer sees the inputs of the partly quantized model) or 'parallel'
     (the float model's). steps: NUPES steps (default NupesConfig.steps). exponent: fixed
@@ -125,7 +126,8 @@ def quantize_model(model, method="nupes", wbits=4, abits=None, calib=None, granu
     if steps is not None:
         config.steps = steps
     config.check()
-    batches = as_batches(calib, batch_size)
+    p0 = next((p for p in model.parameters() if p.is_floating_point()), None)
+    batches = as_batches(calib, batch_size, dtype=p0.dtype if p0 is not None else None)
     if batches is None and (method in ("gptq", "gptq_power") or abits is not None or FAKE_METHODS.get(method)
                             or (method == "nupes" and nupes_init == "gptq_power")):
         what = f"method={method!r}" if abits is None else f"abits={abits}"

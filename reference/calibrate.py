@@ -1,4 +1,5 @@
 """Calibration plumbing: capturing layer inputs with hooks, and the activation quantizer module."""
+import numpy as np
 import torch
 from torch import nn
 
@@ -10,11 +11,16 @@ class _Stop(Exception):
     """Raised by a capture hook to end a forward pass once the layer's input is recorded."""
 
 
-def as_batches(calib, batch_size=64):
-    """A tensor (split along dim 0) or an iterable of batches (tensors, or tuples/lists whose
-    first element is the input) → list of input tensors."""
+def as_batches(calib, batch_size=64, dtype=None):
+    """A tensor or NumPy array (split along dim 0) or an iterable of batches (tensors or arrays,
+    or tuples/lists whose first element is the input) → list of input tensors, cast to `dtype`
+    (the model's floating dtype) when given, so float64 data feeds a float32 model."""
     if calib is None:
         return None
+    if dtype is not None:
+        return [b.to(dtype) for b in as_batches(calib, batch_size)]
+    if isinstance(calib, np.ndarray):
+        calib = torch.from_numpy(np.ascontiguousarray(calib))
     if torch.is_tensor(calib):
         if calib.dim() == 0 or calib.shape[0] == 0:
             raise ValueError(f"calib must have at least one sample along dim 0, got shape {tuple(calib.shape)}")
@@ -23,6 +29,8 @@ def as_batches(calib, batch_size=64):
     for b in calib:
         if isinstance(b, (tuple, list)):
             b = b[0]
+        if isinstance(b, np.ndarray):
+            b = torch.from_numpy(np.ascontiguousarray(b))
         if not torch.is_tensor(b):
             raise TypeError(f"calibration batches must be tensors (or tuples starting with one), got {type(b).__name__}")
         out.append(b)

@@ -151,10 +151,18 @@ class Exported:
         return (out, vals) if return_values else out
 
 
-def _trace_ops(model):
-    gm = fx.symbolic_trace(model)
+def _trace_ops(model, before_folding=False):
+    """(ops, input name) of a model; every construct that cannot be exported is collected
+    over the whole graph first and reported in one ValueError, each with its source line.
+    before_folding: the check run on the user's model before batch norms are folded (they
+    pass through; fold_batchnorm names those it cannot fold)."""
+    tracer = fx.Tracer()
+    tracer.record_stack_traces = True
+    graph = tracer.trace(model)
+    gm = fx.GraphModule(model, graph)
     modules = dict(gm.named_modules())
     ops, alias, placeholder = [], {}, None
+    bad = []  # (node, message) of everything that cannot be exported
 
     def src(n):
         return alias.get(n.name, n.name)
@@ -175,7 +183,8 @@ def _trace_ops(model):
             last = ops[-1] if ops else None
             if last is None or last.out != src(prev) or last.relu or len(prev.users) != 1 or \
                     last.kind in ("maxpool", "flatten"):
-                raise ValueError(f"ReLU {node.name!r} must directly follow a conv/linear/add/pool used only by it")
+                bad.append((node, f"ReLU {node.name!r} must directly follow a conv/linear/add/pool used only by it"))
+                continue
             last.relu = True
             last.clip_max = 6.0 if isinstance(mod, nn.ReLU6) else None
             alias[node.name] = last.out
@@ -201,12 +210,39 @@ def _trace_ops(model):
             ops.append(_Op("avgpool", node.target, (src(node.args[0]),), mod, out=node.name))
         elif isinstance(mod, nn.Flatten) or (node.op == "call_function" and node.target in _FLATTEN_FUNCS):
             ops.append(_Op("flatten", node.name, (src(node.args[0]),), out=node.name))
-        elif isinstance(mod, nn.Identity) or isinstance(mod, nn.Dropout):
+        elif isinstance(mod, nn.Identity) or isinstance(mod, nn.Dropout) or \
+                (before_folding and isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d))):
             alias[node.name] = src(node.args[0])
         else:
-            what = type(mod).__name__ if mod is not None else f"{node.op} {getattr(node.target, '__name__', node.target)}"
-            raise ValueError(f"cannot export {node.name!r} ({what}); supported: {SUPPORTED}")
+            bad.append((node, _unsupported_message(node, mod)))
+    if any(msg for _, msg in bad):
+        raise ValueError(unsupported_error(bad))
     return ops, placeholder
+
+
+def _unsupported_message(node, mod):
+    """What is refused and, where there is one, the supported way to write it."""
+    if node.op == "call_method" and node.target == "size" and all(
+            u.op == "call_method" and u.target in ("view", "reshape") for u in node.users):
+        return None  # part of x.view(x.size(0), -1): reported once, at the view
+    what = type(mod).__name__ if mod is not None else f"{node.op} {getattr(node.target, '__name__', node.target)}"
+    msg = f"{node.target if mod is not None else node.name} ({what})"
+    if node.op == "call_method" and node.target in ("view", "reshape", "flatten"):
+        msg += " - write torch.flatten(x, 1) instead"
+    return msg
+
+
+def unsupported_error(bad):
+    """One message listing every refused op with its source line."""
+    from .from_export import source_line
+
+    items = []
+    for node, msg in bad:
+        if msg is None:
+            continue
+        src = source_line(node)
+        items.append(msg + (f" at {src}" if src else ""))
+    return f"cannot export {len(items)} op(s): " + "; ".join(items) + f"; supported: {SUPPORTED}"
 
 
 def export_model(model, calib, config=None, input_signed=None):

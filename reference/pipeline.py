@@ -5,6 +5,8 @@ Used by `nupes-sim quantize` and `nupes-sim demo`; the Python API is the same:
 
     exported, report = quantize_to_graph("model.pt", arch="fashion-resnet", calib=x, method="nupes")
     exported.graph.run(exported.encode_input(x), backend="cpu")
+
+`calib` may be a NumPy array or a tensor of any real dtype (cast to the model's dtype).
 """
 from pathlib import Path
 
@@ -14,9 +16,38 @@ import torch
 ARCHS = ("fashion-resnet",)
 
 
+def _class_from_spec(spec):
+    """The nn.Module class named by 'package.module:ClassName' (imported)."""
+    import importlib
+
+    mod_name, _, cls_name = spec.partition(":")
+    if not mod_name or not cls_name:
+        raise ValueError(f"arch={spec!r}: expected a built-in name {list(ARCHS)} or 'package.module:ClassName'")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ValueError(f"arch={spec!r}: cannot import {mod_name!r} ({e}); is it on PYTHONPATH?") from None
+    cls = getattr(mod, cls_name, None)
+    if not isinstance(cls, type) or not issubclass(cls, torch.nn.Module):
+        raise ValueError(f"arch={spec!r}: {mod_name} has no nn.Module class {cls_name!r}")
+    return cls
+
+
+def _sniff(path):
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if not head:
+        raise ValueError(f"model file {path} is empty")
+    if head.startswith(b"\x89HDF"):
+        raise ValueError(f"model file {path} is an HDF5 file (a nupes-sim model or golden file?); quantize takes "
+                         f"a PyTorch state dict (.pt) or a torch.export program (.pt2)")
+    return head
+
+
 def load_user_model(model, arch=None):
     """An nn.Module from: an nn.Module; a saved torch.export program (.pt2); or a state dict
-    file plus a built-in architecture name (`arch`). The shipped Fashion-MNIST checkpoint is
+    file plus an architecture (`arch`: a built-in name, or 'package.module:ClassName' whose
+    constructor takes no arguments). The shipped Fashion-MNIST checkpoint is
     `"fashion-resnet"` with no arch."""
     from .evaluate import load_fashion_model
     from .models import FashionResNet
@@ -28,16 +59,43 @@ def load_user_model(model, arch=None):
     path = Path(model)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist")
+    head = _sniff(path)
     if path.suffix == ".pt2":
-        return torch.export.load(str(path)).module().eval()
+        if arch is not None:
+            raise ValueError(f"{path}: a torch.export program carries its own architecture; drop --arch")
+        try:
+            ep = torch.export.load(str(path))
+        except Exception as e:
+            raise ValueError(f"{path}: not a readable torch.export program ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        from .from_export import module_from_export
+
+        return module_from_export(ep)
     if arch is None:
-        raise ValueError(f"{path}: a state dict needs --arch, one of {list(ARCHS)} (or save a torch.export program as .pt2)")
-    if arch not in ARCHS:
-        raise ValueError(f"arch={arch!r} is not a built-in architecture; choose one of {list(ARCHS)}")
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
+        raise ValueError(f"{path}: a state dict needs --arch, one of {list(ARCHS)} or 'package.module:ClassName' "
+                         f"(or save a torch.export program as .pt2)")
+    if arch in ARCHS:
+        cls = FashionResNet
+    elif ":" in arch:
+        cls = _class_from_spec(arch)
+    else:
+        raise ValueError(f"arch={arch!r} is not a built-in architecture; choose one of {list(ARCHS)} "
+                         f"or give 'package.module:ClassName'")
+    if not head.startswith(b"PK"):
+        raise ValueError(f"{path} is not a PyTorch state dict file (torch.save writes a zip archive)")
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read the state dict ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
-    net = FashionResNet()
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
+    try:
+        net = cls()
+    except Exception as e:
+        raise ValueError(f"arch={arch!r}: {cls.__name__}() failed ({type(e).__name__}: {e})") from None
     try:
         net.load_state_dict(state)
     except RuntimeError as e:
@@ -46,25 +104,55 @@ def load_user_model(model, arch=None):
 
 
 def load_calibration(path, dataset=None):
-    """Float calibration inputs from .npy or .h5 (dataset name, or the only dataset)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"calibration file {path} does not exist")
-    if path.suffix == ".npy":
-        arr = np.load(path, allow_pickle=False)
-    elif path.suffix in (".h5", ".hdf5"):
-        import h5py
-        with h5py.File(path, "r") as f:
-            names = [k for k in f.keys() if isinstance(f[k], h5py.Dataset)]
-            name = dataset or (names[0] if len(names) == 1 else None)
-            if name is None or name not in f:
-                raise ValueError(f"{path}: name the calibration dataset with --dataset; it has {names}")
-            arr = f[name][()]
-    else:
-        raise ValueError(f"{path}: calibration data must be .npy or .h5")
-    if not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
-        raise ValueError(f"{path}: calibration data must be finite numbers")
-    return torch.from_numpy(np.asarray(arr, dtype=np.float32))
+    """Float calibration inputs (float32 tensor) from .npy or .h5 (dataset name, or the only
+    dataset); any real dtype (float64 included) is accepted. ValueError for anything else."""
+    from nupes_sim.cli_checks import CliError, load_array
+
+    try:
+        arr = load_array(path, dataset, "calibration file", "iuf", None)
+    except CliError as e:
+        raise ValueError(str(e)) from None
+    if arr.ndim < 2:
+        raise ValueError(f"{path}: calibration data of shape {arr.shape}; expected (batch, ...) with batch first")
+    if np.abs(arr).max() > np.finfo(np.float32).max:
+        raise ValueError(f"{path}: calibration values exceed the float32 range")
+    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+
+
+def as_calibration(calib, model=None):
+    """A calibration batch (NumPy array or tensor, any real dtype) as a tensor of the model's
+    floating dtype (float32 for most models), checked finite; None stays None."""
+    if calib is None:
+        return None
+    if isinstance(calib, np.ndarray):
+        if calib.dtype.kind not in "iuf":
+            raise TypeError(f"calibration array of dtype {calib.dtype}; expected real numbers")
+        calib = torch.from_numpy(np.ascontiguousarray(calib))
+    if not torch.is_tensor(calib):
+        return calib  # an iterable of batches: quantize_model checks them
+    if not (calib.is_floating_point() or calib.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
+        raise TypeError(f"calibration tensor of dtype {calib.dtype}; expected real numbers")
+    dtype = torch.float32
+    if model is not None:
+        p = next((t for t in model.parameters() if t.is_floating_point()), None)
+        dtype = p.dtype if p is not None else dtype
+    calib = calib.to(dtype)
+    if not torch.isfinite(calib).all():
+        raise ValueError("calibration data must be finite numbers")
+    return calib
+
+
+def _check_calibration_fits(net, calib):
+    """Run one calibration sample through the float model first: a wrong shape is one clear
+    error before any quantization work."""
+    if calib is None or not torch.is_tensor(calib):
+        return
+    try:
+        with torch.no_grad():
+            net(calib[:1])
+    except Exception as e:
+        raise ValueError(f"calibration data of shape {tuple(calib.shape)} does not fit the model: "
+                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
 
 
 def quantize_to_graph(model, arch=None, calib=None, method="nupes", wbits=4, abits=8, granularity="channel",
@@ -82,7 +170,13 @@ def quantize_to_graph(model, arch=None, calib=None, method="nupes", wbits=4, abi
     from .export import ExportConfig, export_model
     from .fold import fold_batchnorm
 
-    net = fold_batchnorm(load_user_model(model, arch))
+    from .export import _trace_ops
+
+    user = load_user_model(model, arch)
+    _trace_ops(user, before_folding=True)  # every unsupported op listed in one error, before any work
+    net = fold_batchnorm(user)
+    calib, export_calib = as_calibration(calib, net), as_calibration(export_calib, net)
+    _check_calibration_fits(net, calib if calib is not None else export_calib)
     extra = {}
     if method == "nupes":
         extra["nupes_init"] = nupes_init or ("gptq_power" if calib is not None else "powerquant")

@@ -119,9 +119,11 @@ def export_hex(golden_path, out_dir, layers=None, vectors=None, headers=True):
     layout = expected_layout(golden)
     parent = os.path.dirname(out_dir) or "."
     os.makedirs(parent, exist_ok=True)
-    import tempfile
+    from .. import atomic
 
-    tmp_dir = tempfile.mkdtemp(prefix="." + os.path.basename(out_dir) + ".", dir=parent)
+    atomic.clean_stale(out_dir)  # temporaries of killed exports (their writer pid is gone)
+    tmp_dir = atomic.temp_name(out_dir)
+    os.mkdir(tmp_dir)
     try:
         entries = []
         for name, a, width, signed in hex_tensors(golden):

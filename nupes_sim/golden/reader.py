@@ -8,6 +8,8 @@ import os
 
 import numpy as np
 
+from ..h5check import DEFAULT_LIMITS, INT_DTYPES, H5StructureError, check_links, dataset_meta
+from ..h5check import attr as h5attr
 from ..serialize import ModelFormatError, canonical_json, model_hash, read_graph_h5, sha256_array
 from .schema import (ROOT_ATTRS, SCHEMA, SCHEMA_VERSION, GoldenFormatError, input_range, layer_key, layer_params,
                      stage_names, stage_range, stage_shapes, vector_key)
@@ -45,7 +47,18 @@ def _expect_members(path, where, group, want):
               f"unexpected {extra}" if extra and not missing else f"missing {missing}, unexpected {extra}")
 
 
-def _read_ds(path, where, group, name, strict, want_attrs=("sha256",)):
+# root attributes and their stored types (h5check.attr kinds)
+ROOT_KINDS = {"schema": "str", "schema_version": "int", "package_version": "str", "created": "str",
+              "model_hash": "str", "seeds": "str", "n_vectors": "int", "layer_order": "str",
+              "input_shape": "int_vector", "backend": "str"}
+BACKENDS = ("numpy", "cpu", "cuda")
+MAX_VECTORS = 10**7
+_HEX = set("0123456789abcdef")
+
+
+def _read_ds(path, where, group, name, strict, shape, dtype="<i8", want_attrs=("sha256",)):
+    """One dataset: its declared dtype (exactly `dtype` when strict; any integer type in a
+    dump) and shape (exactly `shape`) are checked before it is read."""
     import h5py
 
     w = f"{where}/{name}"
@@ -55,13 +68,33 @@ def _read_ds(path, where, group, name, strict, want_attrs=("sha256",)):
         _fail(path, w, "expected a dataset, found a group")
     if set(obj.attrs.keys()) != set(want_attrs):
         _fail(path, w, f"attributes {sorted(obj.attrs.keys())}; expected {sorted(want_attrs)}")
-    if obj.dtype.kind not in "iu":
-        _fail(path, w, f"dtype {obj.dtype} is not an integer type")
-    a = obj[()]
-    a = np.asarray(a)
-    if strict and sha256_array(a) != obj.attrs["sha256"]:
+    try:
+        dataset_meta(obj, w, {dtype} if strict else INT_DTYPES, shape=shape)
+        sha = h5attr(obj, "sha256", "str", w)
+    except H5StructureError as e:
+        _fail(path, w, str(e).split(": ", 1)[-1])
+    if strict and (len(sha) != 64 or set(sha) - _HEX):
+        _fail(path, w, "sha256 attribute is not a SHA-256 hex digest")
+    a = np.asarray(obj[()])
+    if a.dtype == np.uint64 and a.size and int(a.max()) > 2**63 - 1:
+        _fail(path, w, f"value {int(a.max())} does not fit int64")
+    if strict and sha256_array(a) != sha:
         _fail(path, w, "SHA-256 checksum mismatch (data corrupted or edited)")
     return a
+
+
+def _json_attr(path, f, name, kind):
+    try:
+        v = json.loads(h5attr(f, name, "str", "/"), parse_constant=_no_constant)
+    except (json.JSONDecodeError, RecursionError, ValueError) as e:
+        _fail(path, f"/ ({name})", f"not valid JSON ({type(e).__name__})")
+    if not isinstance(v, kind):
+        _fail(path, f"/ ({name})", f"must be a JSON {kind.__name__}")
+    return v
+
+
+def _no_constant(name):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def read_golden(path, strict=True):
@@ -102,15 +135,28 @@ def _read(path, strict):
     except OSError as e:
         _fail(path, where, f"not a readable HDF5 file ({e})")
     with f:
-        attrs = {k: _py(f.attrs[k]) for k in f.attrs.keys()}
-        if attrs.get("schema") != SCHEMA:
-            _fail(path, where, f"schema attribute is {attrs.get('schema')!r}; expected {SCHEMA!r}")
-        if "schema_version" not in attrs or int(attrs["schema_version"]) != SCHEMA_VERSION:
-            _fail(path, where, f"schema_version {attrs.get('schema_version')!r} is not supported "
-                               f"(this reader reads version {SCHEMA_VERSION})")
-        if set(attrs) != set(ROOT_ATTRS):
-            missing, extra = sorted(set(ROOT_ATTRS) - set(attrs)), sorted(set(attrs) - set(ROOT_ATTRS))
-            _fail(path, where, f"root attributes: missing {missing}, unexpected {extra}")
+        try:
+            check_links(f, "/", DEFAULT_LIMITS)  # no soft/external/extra hard links anywhere
+            if "schema" not in f.attrs or h5attr(f, "schema", "str", "/") != SCHEMA:
+                _fail(path, where, f"schema attribute is {_py(f.attrs.get('schema'))!r}; expected {SCHEMA!r}")
+            if "schema_version" not in f.attrs or h5attr(f, "schema_version", "int", "/") != SCHEMA_VERSION:
+                _fail(path, where, f"schema_version {_py(f.attrs.get('schema_version'))!r} is not supported "
+                                   f"(this reader reads version {SCHEMA_VERSION}, an int64)")
+            names = set(f.attrs.keys())
+            if names != set(ROOT_ATTRS):
+                missing, extra = sorted(set(ROOT_ATTRS) - names), sorted(names - set(ROOT_ATTRS))
+                _fail(path, where, f"root attributes: missing {missing}, unexpected {extra}")
+            attrs = {k: h5attr(f, k, ROOT_KINDS.get(k, "str"), "/") for k in ROOT_ATTRS}
+        except H5StructureError as e:
+            _fail(path, where, str(e))
+        if attrs["backend"] not in BACKENDS:
+            _fail(path, "/ (backend)", f"{attrs['backend'][:40]!r} is not one of {BACKENDS}")
+        if len(attrs["model_hash"]) != 64 or set(attrs["model_hash"]) - _HEX:
+            _fail(path, "/ (model_hash)", "is not a SHA-256 hex digest")
+        if not 1 <= attrs["n_vectors"] <= MAX_VECTORS:
+            _fail(path, "/ (n_vectors)", f"{attrs['n_vectors']} is outside [1, {MAX_VECTORS}]")
+        if not attrs["input_shape"] or any(d < 1 for d in attrs["input_shape"]):
+            _fail(path, "/ (input_shape)", f"{attrs['input_shape']} must hold positive dimensions")
         _expect_members(path, where, f, ("model", "layers", "vectors"))
         where = _LOC["where"] = "/model"
         try:
@@ -120,12 +166,12 @@ def _read(path, strict):
         mh = model_hash(graph)
         if str(attrs["model_hash"]) != mh:
             _fail(path, "/ (model_hash)", f"attribute {attrs['model_hash']!r} does not match the stored model ({mh})")
-        order = json.loads(str(attrs["layer_order"]))
+        order = _json_attr(path, f, "layer_order", list)
         if order != [n.name for n in graph.nodes]:
             _fail(path, "/ (layer_order)", "does not match the stored model's layer order")
-        seeds = json.loads(str(attrs["seeds"]))
-        n_vec = int(attrs["n_vectors"])
-        in_shape = tuple(int(v) for v in np.asarray(attrs["input_shape"]).reshape(-1))
+        seeds = _json_attr(path, f, "seeds", dict)
+        n_vec = attrs["n_vectors"]
+        in_shape = tuple(attrs["input_shape"])
         try:
             created = datetime.datetime.fromisoformat(str(attrs["created"]))
         except ValueError:
@@ -145,8 +191,12 @@ def _read(path, strict):
             want_ds, want_info = layer_params(n.layer)
             want_info["inputs"] = list(n.inputs)
             _expect_members(path, w, g, want_ds)
-            info = json.loads(str(g.attrs["info"]))
-            dss = {k: _read_ds(path, w, g, k, strict) for k in sorted(want_ds)}
+            try:
+                info = json.loads(h5attr(g, "info", "str", w), parse_constant=_no_constant)
+            except (H5StructureError, json.JSONDecodeError, RecursionError, ValueError) as e:
+                _fail(path, w + " (info)", f"not a JSON string ({type(e).__name__})")
+            dss = {k: _read_ds(path, w, g, k, strict, want_ds[k].shape, want_ds[k].dtype.newbyteorder("<").str)
+                   for k in sorted(want_ds)}
             if strict:
                 if info != json.loads(canonical_json(want_info)):
                     _fail(path, w + " (info)", "layer description does not match the stored model")
@@ -170,7 +220,7 @@ def _read(path, strict):
             if len(g.attrs.keys()):
                 _fail(path, w, f"unexpected attributes {sorted(g.attrs.keys())}")
             _expect_members(path, w, g, ["input"] + lkeys)
-            x = _read_ds(path, w, g, "input", strict)
+            x = _read_ds(path, w, g, "input", strict, in_shape)
             if x.shape != in_shape:
                 _fail(path, f"{w}/input", f"shape {x.shape}; input_shape attribute says {in_shape}")
             if strict and irange and x.size and (x.min() < irange[0] or x.max() > irange[1]):
@@ -186,7 +236,7 @@ def _read(path, strict):
                 _expect_members(path, lw, sg, names)
                 st = {}
                 for s in names:
-                    a = _read_ds(path, lw, sg, s, strict)
+                    a = _read_ds(path, lw, sg, s, strict, shapes[n.name])
                     if a.shape != shapes[n.name]:
                         _fail(path, f"{lw}/{s}", f"shape {a.shape}; the model gives {shapes[n.name]} for "
                                                  f"input shape {in_shape}")

@@ -187,15 +187,26 @@ class MacLayer(AccLayer):
         else:
             b = self.bias.astype(np.float64) * self.channel_units()
 
+        cu_all = self.channel_units()
+
         def prods_sum(cols, valid, sub, row0):
-            # cols (..., K) codes, valid (..., K) mask; sub: the layer or a group view
+            # cols/valid (R, K) codes and mask; sub: the layer or a group view -> (R, Og) real
+            # sums, in blocks of rows x channels within the memory budget (oracle.blocks)
             Og = sub.w_codes.shape[0]
-            if real:
-                xv = np.where(valid, xf.decode_real(cols), 0.0)
-                return np.einsum("...k,ok->...o", xv, w[row0:row0 + Og])
-            cu = self.channel_units()[row0:row0 + Og]
-            p = oracle._mac_products(sub, cols, valid).astype(np.float64) * cu[:, None]  # (..., O, K)
-            return p.sum(axis=-1)
+            R, K = cols.shape
+            y = np.empty((R, Og))
+            rb, cb = oracle.blocks(R, Og, K)
+            for r0 in range(0, R, rb):
+                c, v = cols[r0:r0 + rb], valid[r0:r0 + rb]
+                if real:
+                    y[r0:r0 + rb] = np.where(v, xf.decode_real(c), 0.0) @ w[row0:row0 + Og].T
+                    continue
+                for o0 in range(0, Og, cb):
+                    ch = oracle._ChannelView(sub, slice(o0, min(o0 + cb, Og)))
+                    cu = cu_all[row0 + o0:row0 + o0 + ch.out_channels]
+                    p = oracle._mac_products(ch, c, v).astype(np.float64) * cu[:, None]  # (rb, cb, K)
+                    y[r0:r0 + rb, o0:o0 + ch.out_channels] = p.sum(axis=-1)
+            return y
 
         y = self._reference_sum(inputs[0], prods_sum, b, oracle)
         cu = self.channel_units()
@@ -324,15 +335,20 @@ class Conv2d(MacLayer):
     def _reference_sum(self, x, prods_sum, b, oracle):
         O, Cg, kh, kw = self.w_codes.shape
         pad = 0 if self.x_range.qmin <= 0 <= self.x_range.qmax else self.x_range.qmin
-        cols, valid = oracle.im2col(x.astype(np.int64), (kh, kw), self.stride, self.padding, self.dilation, pad)
-        B, ho, wo = cols.shape[:3]
+        ho, wo = self.out_hw(*x.shape[2:])
+        B = x.shape[0]
         Og = O // self.groups
         y = np.empty((B, ho, wo, O))
-        for g in range(self.groups):
-            sub = oracle._group_view(self, g, Og)
-            c = cols[:, :, :, g * Cg:(g + 1) * Cg].reshape(B, ho, wo, -1)
-            v = valid[:, :, :, g * Cg:(g + 1) * Cg].reshape(B, ho, wo, -1)
-            y[..., g * Og:(g + 1) * Og] = prods_sum(c, v, sub, g * Og) + b[g * Og:(g + 1) * Og]
+        for r0, r1 in oracle.conv_row_blocks(self, B, ho, wo):  # output rows are independent
+            cols, valid = oracle.im2col(x.astype(np.int64), (kh, kw), self.stride, self.padding, self.dilation, pad,
+                                        (r0, r1))
+            n = B * (r1 - r0) * wo
+            for g in range(self.groups):
+                sub = oracle._group_view(self, g, Og)
+                c = cols[:, :, :, g * Cg:(g + 1) * Cg].reshape(n, -1)
+                v = valid[:, :, :, g * Cg:(g + 1) * Cg].reshape(n, -1)
+                yg = prods_sum(c, v, sub, g * Og) + b[g * Og:(g + 1) * Og]
+                y[:, r0:r1, :, g * Og:(g + 1) * Og] = yg.reshape(B, r1 - r0, wo, Og)
         return y.transpose(0, 3, 1, 2)
 
 

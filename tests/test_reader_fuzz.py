@@ -1,0 +1,86 @@
+"""The golden reader and the model loader on mutated files (issue #18), a derandomized slice
+of the campaign in tests/fuzz_campaign.py: every mutation kind of h5_mutations on every
+source file. Allowed outcomes only: a clean GoldenFormatError / ModelFormatError, or (for a
+mutation the schema allows, such as forged values with recomputed checksums) acceptance with
+every value read equal to the value stored."""
+import os
+
+import numpy as np
+import pytest
+
+from nupes_sim.golden import GoldenFormatError, read_golden
+from nupes_sim.serialize import ModelFormatError, load_model
+
+import fuzz_campaign
+from h5_mutations import KINDS
+
+PER_KIND = 4
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    return fuzz_campaign.make_sources(str(tmp_path_factory.mktemp("src")))
+
+
+@pytest.mark.parametrize("what", ["golden", "model"])
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_mutated_files_give_clean_errors_or_identical_values(sources, tmp_path, what, kind):
+    rng = np.random.default_rng(sum(map(ord, what + kind)))
+    outcomes = []
+    for i in range(PER_KIND):
+        src = sources[what][i % len(sources[what])]
+        dst = str(tmp_path / f"m{i}.h5")
+        try:
+            forbidden = KINDS[kind](src, dst, rng)
+        except Exception:  # the mutation does not apply to this file
+            continue
+        res, detail = (fuzz_campaign.check_golden if what == "golden" else fuzz_campaign.check_model)(dst)
+        if res == "accepted" and forbidden:
+            res = "forbidden"
+        outcomes.append((res, detail))
+        assert res in ("clean", "accepted"), (what, kind, i, res, detail)
+    assert outcomes
+
+
+def test_huge_declared_dataset_is_refused_without_reading(sources, tmp_path):
+    import h5py
+
+    dst = tmp_path / "huge.h5"
+    import shutil
+
+    shutil.copy(sources["golden"][0], dst)
+    with h5py.File(dst, "r+") as f:
+        name = "vectors/000000/input"
+        attrs = dict(f[name].attrs)
+        del f[name]
+        f.create_dataset(name, shape=(2**40, 3, 8, 8), dtype="<i8", chunks=(1, 3, 8, 8))
+        for k, v in attrs.items():
+            f[name].attrs[k] = v
+    assert os.path.getsize(dst) < 1 << 20
+    with pytest.raises(GoldenFormatError, match="declared shape"):
+        read_golden(dst)
+
+
+def test_schema_version_as_string_and_links_are_refused(sources, tmp_path):
+    import h5py
+    import shutil
+
+    for src, reader, err in ((sources["golden"][0], read_golden, GoldenFormatError),
+                             (sources["model"][0], load_model, ModelFormatError)):
+        dst = tmp_path / "v.h5"
+        shutil.copy(src, dst)
+        with h5py.File(dst, "r+") as f:
+            f.attrs["schema_version" if "schema_version" in f.attrs else "version"] = "1"
+        with pytest.raises(err, match="version"):
+            reader(dst)
+        shutil.copy(src, dst)
+        with h5py.File(dst, "r+") as f:
+            key = next(k for k in f["model/arrays"].keys())
+            data, sha = f["model/arrays"][key][()], f["model/arrays"][key].attrs["sha256"]
+            del f["model/arrays"][key]
+            with h5py.File(tmp_path / "other.h5", "w") as o:
+                o["d"] = data
+                o["d"].attrs["sha256"] = sha
+            f["model/arrays"][key] = h5py.ExternalLink(str(tmp_path / "other.h5"), "/d")
+        with pytest.raises(err, match="link"):
+            reader(dst)
