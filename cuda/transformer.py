@@ -13,8 +13,17 @@ from nupes_sim import primitives as P
 from nupes_sim.tables import Rescale, Thresholds
 from nupes_sim.transformer import oracle as _oracle
 from nupes_sim.transformer import prims
-from nupes_sim.transformer.layers import (ElementwiseTable, Embedding, LayerNorm, MatMul, PadMask, Reshape, Slice,
-                                          Softmax, Transpose)
+from nupes_sim.transformer.layers import (
+    ElementwiseTable,
+    Embedding,
+    LayerNorm,
+    MatMul,
+    PadMask,
+    Reshape,
+    Slice,
+    Softmax,
+    Transpose,
+)
 
 from ._compat import import_cuda
 
@@ -280,8 +289,9 @@ def compile_all_ptx(cc=(9, 0)):
 
     As kernels.compile_all_ptx: device functions are compiled for the *current* device's
     compute capability, so where no GPU is present that query answers `cc` during the call."""
-    from numba.cuda import dispatcher as _disp
     import types as _types
+
+    from numba.cuda import dispatcher as _disp
 
     real = _disp.get_current_device
     if not cuda.is_available():

@@ -192,7 +192,7 @@ def _safe(name):
 
 
 def _markdown(rep):
-    lines = [f"# nupes-sim audit", "", f"model_hash `{rep['model_hash']}`, {rep['n_vectors']} vectors, "
+    lines = ["# nupes-sim audit", "", f"model_hash `{rep['model_hash']}`, {rep['n_vectors']} vectors, "
              f"backend {rep['backend']}", "", "Float64 reference: " + rep["reference_note"], "",
              "| layer | type | width | mode | observed bits | bound bits (min safe width) | headroom | overflow | "
              "changed (configured/wrap/saturate) | zero % | clipped % | err LSB max / rms | reference |",

@@ -11,8 +11,18 @@ import sys
 
 import numpy as np
 
-from .cli_checks import (CliError, OneLineParser, existing_file, float_in, int_in, load_array, memory_arg,
-                         output_folder_exists, refuse_overwrite, shape_arg)
+from .cli_checks import (
+    CliError,
+    OneLineParser,
+    existing_file,
+    float_in,
+    int_in,
+    load_array,
+    memory_arg,
+    output_folder_exists,
+    refuse_overwrite,
+    shape_arg,
+)
 
 BACKENDS = ("numpy", "cpu", "cuda")
 SEED = int_in(0, 2**63 - 1, "seed")

@@ -14,8 +14,8 @@ from fractions import Fraction
 import numpy as np
 
 from . import primitives as P
-from .memory import chunk_budget
 from .layers import Add, AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d
+from .memory import chunk_budget
 from .rounding import hash_words
 from .tables import Rescale, Thresholds
 

@@ -24,11 +24,11 @@ import numpy as np
 
 from . import __version__
 from .atomic import atomic_path
+from .formats import CodeRange, UniformRange
+from .graph import Graph, Node
 from .h5check import DEFAULT_LIMITS, INT_DTYPES, H5StructureError, check_links, dataset_meta
 from .h5check import attr as h5attr
 from .h5check import elements as h5elements
-from .formats import CodeRange, UniformRange
-from .graph import Graph, Node
 from .layers import LAYER_TYPES, Accumulator
 from .tables import DecodeTable, ProductTable, Rescale, Thresholds
 from .versions import MODEL_FORMAT_VERSION
@@ -202,7 +202,6 @@ def sha256_array(a):
 
 def write_graph_h5(group, graph, compression=None):
     """Store graph under an h5py group: attribute-free JSON dataset 'graph_json' + 'arrays/<key>'."""
-    import h5py
 
     arrays, attrs = graph_to_dict(graph)
     js = canonical_json(attrs)

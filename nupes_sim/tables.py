@@ -11,7 +11,7 @@ from fractions import Fraction
 import numpy as np
 
 from . import primitives as P
-from .exactreal import cr_float, decide_exact, rounded_table, round_fraction
+from .exactreal import cr_float, decide_exact, round_fraction, rounded_table
 from .formats import PowerFormat, UniformFormat
 from .rounding import DEFAULT, HOST_MODES, mode_id, random_words
 from .validate import check_int, check_real

@@ -22,9 +22,16 @@ import warnings
 import torch
 from torch import nn
 
-from .calibrate import (PowerActQuant, as_batches, attach_act_quant, batches_key, capture_all_inputs, capture_inputs,
-                        execution_order)
 from .baselines import FAKE_METHODS, fake_layer
+from .calibrate import (
+    PowerActQuant,
+    as_batches,
+    attach_act_quant,
+    batches_key,
+    capture_all_inputs,
+    capture_inputs,
+    execution_order,
+)
 from .gptq import gptq_layer
 from .nupes import EXPONENT_BOUNDS, NupesConfig, nupes_layer
 from .objective import TARGETS, LayerObjective

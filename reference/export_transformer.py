@@ -22,8 +22,17 @@ import torch.nn.functional as F
 from nupes_sim.formats import UniformFormat
 from nupes_sim.graph import Graph, Node
 from nupes_sim.layers import Accumulator, Add, Linear
-from nupes_sim.transformer.layers import (ElementwiseTable, Embedding, LayerNorm, MatMul, PadMask, Reshape, Slice,
-                                          Softmax, Transpose)
+from nupes_sim.transformer.layers import (
+    ElementwiseTable,
+    Embedding,
+    LayerNorm,
+    MatMul,
+    PadMask,
+    Reshape,
+    Slice,
+    Softmax,
+    Transpose,
+)
 from nupes_sim.transformer.tables import gelu_erf
 
 from .export import _frac_bits, _product_max, _table_max, _weight_codes, calibrate_format

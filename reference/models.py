@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 # ============================================================================ FashionResNet
 
 class BasicBlock(nn.Module):

@@ -167,10 +167,8 @@ def quantize_to_graph(model, arch=None, calib=None, method="nupes", wbits=4, abi
     from nupes_sim.layers import Accumulator
 
     from .api import quantize_model
-    from .export import ExportConfig, export_model
+    from .export import ExportConfig, _trace_ops, export_model
     from .fold import fold_batchnorm
-
-    from .export import _trace_ops
 
     user = load_user_model(model, arch)
     _trace_ops(user, before_folding=True)  # every unsupported op listed in one error, before any work

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
 
-from .quantizer import PowerQuantizer, check_finite_tensor, EXPONENT_MIN, EXPONENT_MAX
+from .quantizer import EXPONENT_MAX, EXPONENT_MIN, PowerQuantizer, check_finite_tensor
 
 #: default search bounds of the exponent (inside the quantizer's validation range).
 SEARCH_BOUNDS = (0.1, 2.0)

@@ -16,15 +16,14 @@ on a rounding boundary, so the torch path evaluates the one transcendental it ne
 IEEE float64 and therefore agrees bit for bit with the NumPy path. These functions are not
 differentiable; NUPES (``nupes.py``) has its own guarded differentiable decode.
 """
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from nupes_sim.validate import check_choice, check_int, check_real
 from nupes_sim.formats import CodeRange
+from nupes_sim.validate import check_choice, check_int, check_real
 
 #: exponents accepted by the quantizer (validation range).
 EXPONENT_MIN, EXPONENT_MAX = 0.05, 4.0

@@ -39,7 +39,7 @@ def stored_values(path):
 
 
 def check_golden(path):
-    from nupes_sim.golden import GoldenFormatError, read_golden, layer_key, vector_key
+    from nupes_sim.golden import GoldenFormatError, layer_key, read_golden, vector_key
 
     try:
         g = read_golden(path)
@@ -64,7 +64,7 @@ def check_golden(path):
 
 
 def check_model(path):
-    from nupes_sim.golden import GoldenFormatError, read_golden, write_golden, random_inputs
+    from nupes_sim.golden import GoldenFormatError, random_inputs, read_golden, write_golden
     from nupes_sim.serialize import ModelFormatError, load_model
 
     try:
@@ -126,10 +126,10 @@ class Pool:
 
 
 def make_sources(d):
+    from tiny_models import add_inputs, add_net, conv_inputs, conv_net
+
     from nupes_sim.golden import write_golden
     from nupes_sim.serialize import save_model
-
-    from tiny_models import add_inputs, add_net, conv_inputs, conv_net
 
     srcs = {"golden": [], "model": []}
     for name, g, x, shape in (("conv", conv_net(), conv_inputs(2), (3, 8, 8)), ("add", add_net(), add_inputs(2), None)):
@@ -170,7 +170,7 @@ def main(argv=None):
                 dst = os.path.join(d, f"m{i}.h5")
                 try:
                     forbidden = KINDS[kind](src, dst, rng)
-                except Exception as e:  # the mutation itself was impossible on this file
+                except Exception:  # the mutation itself was impossible on this file
                     c["skipped"] += 1
                     continue
                 out, detail = pool.run((what, dst), a.timeout)

@@ -17,12 +17,12 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 
 def writer(kind, final, work):
+    from tiny_models import conv_inputs, conv_net
+
     from nupes_sim import cli
     from nupes_sim.audit import audit
     from nupes_sim.golden import export_hex, write_golden
     from nupes_sim.serialize import save_model
-
-    from tiny_models import conv_inputs, conv_net
 
     g = conv_net()
     x = conv_inputs(3)
@@ -50,10 +50,10 @@ def writer(kind, final, work):
 
 
 def prepare(work):
+    from tiny_models import conv_inputs, conv_net
+
     from nupes_sim.golden import write_golden
     from nupes_sim.serialize import save_model
-
-    from tiny_models import conv_inputs, conv_net
 
     save_model(conv_net(), os.path.join(work, "model.h5"), input_shape=(3, 8, 8))
     for i in range(2):

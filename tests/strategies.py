@@ -11,7 +11,8 @@ Use: ``layer, inputs = data.draw(mac_case())`` etc.; inputs is a tuple for run_l
 import dataclasses
 
 import numpy as np
-from hypothesis import assume, strategies as st
+from hypothesis import assume
+from hypothesis import strategies as st
 
 from nupes_sim.formats import PowerFormat, UniformFormat
 from nupes_sim.layers import Accumulator, Add, AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d

@@ -130,9 +130,9 @@ def test_atomic_dir_refuses_foreign_folder_and_replaces_own(tmp_path):
 
 
 def test_hex_export_refuses_a_non_empty_folder(tmp_path):
-    from nupes_sim.golden import export_hex, write_golden
-
     from tiny_models import conv_inputs, conv_net
+
+    from nupes_sim.golden import export_hex, write_golden
 
     write_golden(conv_net(), conv_inputs(1), tmp_path / "g1.h5", compression=None)
     (tmp_path / "user").mkdir()

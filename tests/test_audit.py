@@ -4,11 +4,10 @@ import os
 
 import numpy as np
 import pytest
+from tiny_models import add_inputs, add_net, conv_inputs, conv_net
 
 from nupes_sim.audit import audit, bits_needed
 from nupes_sim.serialize import save_model
-
-from tiny_models import add_inputs, add_net, conv_inputs, conv_net
 
 
 def test_audit_overflowing_model(tmp_path):

@@ -5,12 +5,11 @@ import dataclasses
 
 import numpy as np
 import pytest
+from tiny_models import conv_inputs, conv_net
 
 from nupes_sim import audit, memory, oracle
 from nupes_sim.formats import PowerFormat
 from nupes_sim.layers import Accumulator, Conv2d, Linear
-
-from tiny_models import conv_inputs, conv_net
 
 
 def _layers():

@@ -1,6 +1,5 @@
 """The nupes-sim CLI run as a user would: a fresh interpreter per command (never fork)."""
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -8,10 +7,9 @@ import sys
 import h5py
 import numpy as np
 import pytest
+from tiny_models import add_inputs, add_net, conv_net
 
 from nupes_sim.serialize import save_model
-
-from tiny_models import add_inputs, add_net, conv_net
 
 CLI = [sys.executable, "-m", "nupes_sim.cli"]
 

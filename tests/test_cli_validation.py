@@ -5,11 +5,10 @@ import os
 
 import numpy as np
 import pytest
+from tiny_models import add_inputs, add_net, conv_net
 
 from nupes_sim import cli
 from nupes_sim.serialize import save_model
-
-from tiny_models import add_inputs, add_net, conv_net
 
 
 @pytest.fixture(scope="module")
@@ -195,10 +194,10 @@ def test_quantize_refuses_out_equal_to_an_input(capsys, qfiles):
 
 def test_api_accepts_numpy_and_float64_calibration():
     torch = pytest.importorskip("torch")
+    from user_models import trained
+
     from nupes_sim.reference.api import quantize_model
     from nupes_sim.reference.pipeline import quantize_to_graph
-
-    from user_models import trained
 
     x64 = np.random.default_rng(1).normal(size=(6, 1, 8, 8))
     ex, _ = quantize_to_graph(trained(), calib=x64, method="rtn", progress=False)  # NumPy float64

@@ -5,10 +5,9 @@ import subprocess
 import sys
 
 import pytest
+from tiny_models import conv_net
 
 from nupes_sim.serialize import save_model
-
-from tiny_models import conv_net
 
 CLI = [sys.executable, "-m", "nupes_sim.cli"]
 

@@ -3,17 +3,17 @@ import dataclasses
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import add_case, avgpool_case, conv_case, flatten_case, linear_case, maxpool_case
 
 from nupes_sim import cpu, oracle
-from nupes_sim.cpu import CpuOptions
 from nupes_sim import primitives as P
+from nupes_sim.cpu import CpuOptions
 from nupes_sim.formats import PowerFormat, UniformFormat
 from nupes_sim.graph import Graph
 from nupes_sim.layers import Accumulator, Add, AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d
 from nupes_sim.tables import Rescale, Thresholds
-
-from strategies import (add_case, avgpool_case, conv_case, flatten_case, linear_case, maxpool_case)
 
 
 def assert_same(want, got, what=""):

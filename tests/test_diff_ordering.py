@@ -6,16 +6,13 @@ import copy
 import shutil
 
 import h5py
-
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiny_models import conv_inputs, conv_net
 
 from nupes_sim.golden import layer_key, read_golden, vector_key, write_golden
 from nupes_sim.verify import STAGE_ORDER, compare, diff
-
-from tiny_models import conv_inputs, conv_net
 
 
 @pytest.fixture(scope="module")

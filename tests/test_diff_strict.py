@@ -10,12 +10,11 @@ import shutil
 import h5py
 import numpy as np
 import pytest
+from tiny_models import conv_inputs, conv_net
 
 from nupes_sim.dumps import expected_layout, file_tensor, tensor_file, write_dump
 from nupes_sim.golden import export_hex, read_golden, write_golden
 from nupes_sim.verify import diff, verify
-
-from tiny_models import conv_inputs, conv_net
 
 N_VEC = 16
 

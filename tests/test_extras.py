@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_models import conv_net
 
 from nupes_sim.serialize import save_model
-
-from tiny_models import conv_net
 
 ROOT = Path(__file__).resolve().parents[1]
 

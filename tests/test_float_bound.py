@@ -6,7 +6,6 @@ within a few ulps (pow is faithfully rounded, 2 ulp budgeted per factor), and th
 sum within γ_K = K·u/(1-K·u), u = 2^-53, of Σ|W X|; we add (γ_K + 6u)·Σ|W X|.
 """
 import numpy as np
-import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 

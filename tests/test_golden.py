@@ -5,13 +5,22 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
-
-from nupes_sim.golden import (GoldenFormatError, export_hex, file_digest, pack_codes, read_golden, read_hex_dir,
-                              hex_tensors, unpack_codes, write_golden)
-from nupes_sim.serialize import graph_from_dict, graph_to_dict, load_model, model_hash, save_model
-
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tiny_models import add_inputs, add_net, conv_inputs, conv_net
+
+from nupes_sim.golden import (
+    GoldenFormatError,
+    export_hex,
+    file_digest,
+    hex_tensors,
+    pack_codes,
+    read_golden,
+    read_hex_dir,
+    unpack_codes,
+    write_golden,
+)
+from nupes_sim.serialize import graph_from_dict, graph_to_dict, load_model, model_hash, save_model
 
 
 def _same_runs(g1, g2, x):

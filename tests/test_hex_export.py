@@ -6,10 +6,9 @@ import sys
 
 import numpy as np
 import pytest
+from tiny_models import conv_inputs, conv_net
 
 from nupes_sim.golden import GoldenFormatError, export_hex, read_golden, read_hex_dir, write_golden
-
-from tiny_models import conv_inputs, conv_net
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "hdl"))
 from configs import graph  # noqa: E402

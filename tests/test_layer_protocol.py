@@ -7,14 +7,13 @@ import importlib
 import numpy as np
 import pytest
 from hypothesis import given
-
-from nupes_sim import oracle
-from nupes_sim.graph import BACKENDS, Graph, Node
-from nupes_sim.layers import LAYER_TYPES, Layer, is_layer, register
-from nupes_sim.serialize import LAYER_CLASSES
-
 from strategies import any_case
 from tiny_models import add_inputs, add_net, conv_inputs, conv_net
+
+from nupes_sim import oracle
+from nupes_sim.graph import BACKENDS, Graph
+from nupes_sim.layers import LAYER_TYPES, Layer, is_layer, register
+from nupes_sim.serialize import LAYER_CLASSES
 
 
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
@@ -143,7 +142,6 @@ def test_int64_min_table_entry_is_refused(where):
     """#12 item 11: np.abs(-2^63) is -2^63, so such an entry passed every bound check."""
     from nupes_sim.formats import PowerFormat
     from nupes_sim.layers import Accumulator, Add, AvgPool2d, Linear
-    from nupes_sim.tables import DecodeTable, ProductTable
 
     lo = np.iinfo(np.int64).min
     xf, wf = PowerFormat(4, True, 0.8, 0.1), PowerFormat(4, True, 0.8, 0.1)

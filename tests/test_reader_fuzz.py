@@ -5,14 +5,13 @@ mutation the schema allows, such as forged values with recomputed checksums) acc
 every value read equal to the value stored."""
 import os
 
+import fuzz_campaign
 import numpy as np
 import pytest
+from h5_mutations import KINDS
 
 from nupes_sim.golden import GoldenFormatError, read_golden
 from nupes_sim.serialize import ModelFormatError, load_model
-
-import fuzz_campaign
-from h5_mutations import KINDS
 
 PER_KIND = 4
 
@@ -62,8 +61,9 @@ def test_huge_declared_dataset_is_refused_without_reading(sources, tmp_path):
 
 
 def test_schema_version_as_string_and_links_are_refused(sources, tmp_path):
-    import h5py
     import shutil
+
+    import h5py
 
     for src, reader, err in ((sources["golden"][0], read_golden, GoldenFormatError),
                              (sources["model"][0], load_model, ModelFormatError)):

@@ -2,10 +2,10 @@
 pinned by a test that failed before its fix."""
 from fractions import Fraction
 
+import exact_ref
 import numpy as np
 import pytest
 
-import exact_ref
 from nupes_sim import oracle
 from nupes_sim.formats import PowerFormat, UniformFormat
 from nupes_sim.layers import Accumulator, Linear

@@ -12,14 +12,13 @@ import dataclasses
 import os
 from fractions import Fraction
 
+import exact_ref
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import exact_ref
 from nupes_sim import cpu, oracle
-from nupes_sim import primitives as P
 from nupes_sim.formats import PowerFormat, UniformFormat
 from nupes_sim.layers import Accumulator, Linear
 from nupes_sim.rounding import MODES, hash_words

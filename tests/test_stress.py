@@ -4,12 +4,11 @@ import subprocess
 import sys
 
 import numpy as np
+from tiny_models import add_net
 
 from nupes_sim.golden import read_golden, write_golden
 from nupes_sim.serialize import save_model
 from nupes_sim.stress import coverage, coverage_lines, stress_inputs
-
-from tiny_models import add_net
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0] + "/hdl")
 from configs import graph  # noqa: E402

@@ -1,11 +1,10 @@
 """Host tables: every LUT entry, every threshold and multiplier checked exhaustively."""
-import math
 from fractions import Fraction
 
+import exact_ref
 import numpy as np
 import pytest
 
-import exact_ref
 from nupes_sim.formats import PowerFormat, UniformFormat
 from nupes_sim.rounding import MODES, round_float
 from nupes_sim.tables import bias_table, decode_table, product_table, rescale_table, threshold_table

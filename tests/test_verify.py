@@ -6,12 +6,12 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tiny_models import add_inputs, add_net, conv_inputs, conv_net
 
 from nupes_sim.golden import export_hex, layer_key, read_golden, vector_key, write_golden
 from nupes_sim.verify import compare, diff, verify
-
-from tiny_models import add_inputs, add_net, conv_inputs, conv_net
 
 
 @pytest.fixture(scope="module")

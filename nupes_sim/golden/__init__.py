@@ -10,8 +10,22 @@ naming the problem and where, never returning partial results; hex.py: `export_h
 from .hex import export_hex, hex_tensors, read_hex_dir
 from .packing import PACKING, pack_codes, unpack_codes
 from .reader import Golden, file_digest, read_golden
-from .schema import (ROOT_ATTRS, SCHEMA, SCHEMA_VERSION, STAGES, GoldenFormatError, input_range, layer_key,
-                     layer_params, out_code_range, random_inputs, stage_names, stage_range, stage_shapes, vector_key)
+from .schema import (
+                     ROOT_ATTRS,
+                     SCHEMA,
+                     SCHEMA_VERSION,
+                     STAGES,
+                     GoldenFormatError,
+                     input_range,
+                     layer_key,
+                     layer_params,
+                     out_code_range,
+                     random_inputs,
+                     stage_names,
+                     stage_range,
+                     stage_shapes,
+                     vector_key,
+)
 from .writer import write_golden
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "GoldenFormatError", "Golden", "write_golden", "read_golden", "export_hex",

@@ -6,7 +6,15 @@ import numpy as np
 
 from ..serialize import sha256_array
 from .reader import read_golden
-from .schema import SCHEMA, SCHEMA_VERSION, GoldenFormatError, input_range, layer_key, out_code_range, vector_key
+from .schema import (
+    SCHEMA,
+    SCHEMA_VERSION,
+    GoldenFormatError,
+    input_range,
+    layer_key,
+    out_code_range,
+    vector_key,
+)
 
 
 def _min_width(a):

@@ -11,8 +11,19 @@ import numpy as np
 from ..h5check import DEFAULT_LIMITS, INT_DTYPES, H5StructureError, check_links, dataset_meta
 from ..h5check import attr as h5attr
 from ..serialize import ModelFormatError, canonical_json, model_hash, read_graph_h5, sha256_array
-from .schema import (ROOT_ATTRS, SCHEMA, SCHEMA_VERSION, GoldenFormatError, input_range, layer_key, layer_params,
-                     stage_names, stage_range, stage_shapes, vector_key)
+from .schema import (
+    ROOT_ATTRS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    GoldenFormatError,
+    input_range,
+    layer_key,
+    layer_params,
+    stage_names,
+    stage_range,
+    stage_shapes,
+    vector_key,
+)
 
 
 class Golden:

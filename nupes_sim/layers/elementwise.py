@@ -6,8 +6,19 @@ import numpy as np
 from ..formats import CodeRange, UniformFormat
 from ..rounding import DEFAULT
 from ..tables import DecodeTable, decode_table
-from .base import (AccLayer, Accumulator, build_requant, check_requant, check_requant_input, format_meta,
-                   maxabs, meta_format, range_info, register, table_info)
+from .base import (
+    AccLayer,
+    Accumulator,
+    build_requant,
+    check_requant,
+    check_requant_input,
+    format_meta,
+    maxabs,
+    meta_format,
+    range_info,
+    register,
+    table_info,
+)
 
 
 @register

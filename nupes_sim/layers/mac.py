@@ -12,9 +12,24 @@ from ..formats import CodeRange, UniformRange
 from ..rounding import DEFAULT
 from ..tables import DecodeTable, ProductTable, Rescale, Thresholds, bias_table, decode_table, product_table
 from ..validate import check_choice, check_int
-from .base import (INT64_LIMIT, AccLayer, Accumulator, build_requant, check_requant, check_requant_input,
-                   format_meta, maxabs, meta_format, pair, range_info, register, table_info, unit_info, window,
-                   window_codes)
+from .base import (
+    INT64_LIMIT,
+    AccLayer,
+    Accumulator,
+    build_requant,
+    check_requant,
+    check_requant_input,
+    format_meta,
+    maxabs,
+    meta_format,
+    pair,
+    range_info,
+    register,
+    table_info,
+    unit_info,
+    window,
+    window_codes,
+)
 
 DATAPATHS = ("operand", "product")
 

@@ -7,8 +7,24 @@ from ..formats import CodeRange
 from ..rounding import DEFAULT
 from ..tables import DecodeTable, decode_table
 from ..validate import check_int
-from .base import (INT64_LIMIT, AccLayer, Accumulator, Layer, build_requant, check_rank, check_requant,
-                   check_requant_input, format_meta, maxabs, pair, range_info, register, table_info, window, window_codes)
+from .base import (
+    INT64_LIMIT,
+    AccLayer,
+    Accumulator,
+    Layer,
+    build_requant,
+    check_rank,
+    check_requant,
+    check_requant_input,
+    format_meta,
+    maxabs,
+    pair,
+    range_info,
+    register,
+    table_info,
+    window,
+    window_codes,
+)
 from .elementwise import _decode
 
 

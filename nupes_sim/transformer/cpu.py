@@ -11,7 +11,17 @@ from .. import primitives as P
 from ..tables import Rescale, Thresholds
 from . import oracle as _oracle
 from . import prims
-from .layers import ElementwiseTable, Embedding, LayerNorm, MatMul, PadMask, Reshape, Slice, Softmax, Transpose
+from .layers import (
+    ElementwiseTable,
+    Embedding,
+    LayerNorm,
+    MatMul,
+    PadMask,
+    Reshape,
+    Slice,
+    Softmax,
+    Transpose,
+)
 
 _p = P.compile_all(njit)
 _q = prims.compile_all(njit)

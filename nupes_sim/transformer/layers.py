@@ -10,7 +10,15 @@ import numpy as np
 from ..formats import CodeRange, PowerFormat, UniformFormat, UniformRange
 from ..layers import Accumulator, build_requant, format_meta
 from ..rounding import DEFAULT, HOST_MODES, mode_id
-from ..tables import DecodeTable, ProductTable, Rescale, Thresholds, decode_table, product_table, rescale_table
+from ..tables import (
+    DecodeTable,
+    ProductTable,
+    Rescale,
+    Thresholds,
+    decode_table,
+    product_table,
+    rescale_table,
+)
 from ..validate import check_int
 from . import tables as T
 

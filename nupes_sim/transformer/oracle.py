@@ -10,7 +10,17 @@ import numpy as np
 
 from .. import primitives as P
 from ..rounding import hash_words
-from .layers import ElementwiseTable, Embedding, LayerNorm, MatMul, PadMask, Reshape, Slice, Softmax, Transpose
+from .layers import (
+    ElementwiseTable,
+    Embedding,
+    LayerNorm,
+    MatMul,
+    PadMask,
+    Reshape,
+    Slice,
+    Softmax,
+    Transpose,
+)
 
 HALF = Fraction(1, 2)
 

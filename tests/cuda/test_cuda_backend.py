@@ -12,14 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cuda_gate import cuda_unavailable_reason, require_or_skip
 
 from nupes_sim import oracle
 from nupes_sim.formats import PowerFormat, UniformFormat
 from nupes_sim.graph import Graph
 from nupes_sim.layers import Accumulator, Add, AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d
 from nupes_sim.rounding import HOST_MODES, RESCALE_MODES
-
-from cuda_gate import cuda_unavailable_reason, require_or_skip
 
 ROOT = Path(__file__).resolve().parents[2]
 _REASON = cuda_unavailable_reason()

@@ -5,16 +5,15 @@ import dataclasses
 
 import numpy as np
 import pytest
+from cuda_gate import cuda_unavailable_reason, require_or_skip
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import add_case, avgpool_case, conv_case, linear_case
 
 from nupes_sim import oracle
 from nupes_sim.formats import PowerFormat, UniformFormat
 from nupes_sim.layers import Accumulator, Conv2d
 from nupes_sim.tables import rescale_table, threshold_table
-
-from cuda_gate import cuda_unavailable_reason, require_or_skip
-from strategies import add_case, avgpool_case, conv_case, linear_case
 
 _REASON = cuda_unavailable_reason()
 BUDGET = settings(max_examples=6)

@@ -5,7 +5,6 @@ the CUDA simulator has no compiler. Skips with the reason only if numba-cuda or 
 import re
 
 import pytest
-
 from cuda_gate import SIMULATOR, require_or_skip
 
 

@@ -5,15 +5,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cuda_gate import cuda_unavailable_reason, require_or_skip
 from hypothesis import given, settings
 
 from nupes_sim import oracle
 
-from cuda_gate import cuda_unavailable_reason, require_or_skip
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "transformer"))
-from tx_strategies import ALL_CASES  # noqa: E402
 from test_tx_oracle import attention_graph  # noqa: E402
+from tx_strategies import ALL_CASES  # noqa: E402
 
 _REASON = cuda_unavailable_reason()
 

@@ -3,7 +3,6 @@
 import re
 
 import pytest
-
 from cuda_gate import SIMULATOR, require_or_skip
 
 

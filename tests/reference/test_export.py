@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
+from nupes_sim.layers import Accumulator
 from nupes_sim.reference.export import ExportConfig, export_model
 from nupes_sim.reference.fold import fold_batchnorm
-from nupes_sim.layers import Accumulator
 
 from .toy import power_rtn, toy_model
 

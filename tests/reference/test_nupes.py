@@ -1,5 +1,4 @@
 """The shared layer objective, GPTQ's float target, the code searches and the NUPES guarantees."""
-import itertools
 import math
 
 import pytest

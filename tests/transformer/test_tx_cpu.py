@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 from hypothesis import given
+from test_tx_oracle import attention_graph
+from tx_strategies import ALL_CASES
 
 from nupes_sim import cpu, oracle
-from tx_strategies import ALL_CASES
-from test_tx_oracle import attention_graph
 
 
 def same(layer, inputs):

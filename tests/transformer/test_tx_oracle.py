@@ -6,7 +6,9 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
+from tx_strategies import layernorm_case, matmul_case, power, softmax_case
 
 from nupes_sim import oracle
 from nupes_sim import primitives as P
@@ -17,10 +19,18 @@ from nupes_sim.rounding import HOST_MODES, MODES, hash_words
 from nupes_sim.tables import DecodeTable
 from nupes_sim.transformer import prims
 from nupes_sim.transformer import tables as TT
-from nupes_sim.transformer.layers import (ElementwiseTable, Embedding, LayerNorm, MatMul, PadMask, Reshape, Slice,
-                                          Softmax, Transpose)
+from nupes_sim.transformer.layers import (
+    ElementwiseTable,
+    Embedding,
+    LayerNorm,
+    MatMul,
+    PadMask,
+    Reshape,
+    Slice,
+    Softmax,
+    Transpose,
+)
 from nupes_sim.transformer.oracle import round_div
-from tx_strategies import layernorm_case, matmul_case, power, softmax_case
 
 IDS = sorted(MODES[n] for n in HOST_MODES)  # double_round is a rescale rule only
 

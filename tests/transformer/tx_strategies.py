@@ -5,12 +5,12 @@ fails) are rejected. Shapes stay tiny: the same cases run under the CUDA simulat
 """
 import numpy as np
 from hypothesis import strategies as st
+from strategies import DETERMINISTIC, ROUNDINGS, _try, codes, power_format, uniform_format
 
 from nupes_sim.formats import PowerFormat, UniformFormat
 from nupes_sim.layers import Accumulator
 from nupes_sim.transformer.layers import ElementwiseTable, Embedding, LayerNorm, MatMul, Softmax
 from nupes_sim.transformer.tables import FUNCTIONS
-from strategies import DETERMINISTIC, ROUNDINGS, _try, codes, power_format, uniform_format
 
 
 def act_format(draw, signed=None, bits=None):
