@@ -44,9 +44,11 @@ test: $(STAMP) data hdl
 	$(VPY) -m pytest -q tests --ignore=tests/cuda/test_cuda_backend.py --ignore=tests/cuda/test_tx_cuda.py --ignore=tests/cuda/test_cuda_strategies.py
 	NUMBA_ENABLE_CUDASIM=1 $(VPY) -m pytest -q tests/cuda/test_cuda_backend.py tests/cuda/test_tx_cuda.py tests/cuda/test_cuda_strategies.py
 
-# Lint (pyflakes, pycodestyle, import order, bugbear; configuration in pyproject.toml).
+# Lint (pyflakes, pycodestyle, import order, bugbear) and formatting; configuration in
+# pyproject.toml. `ruff format .` fixes what `--check` reports.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: $(STAMP)
 	$(VENV)/bin/nupes-sim bench --backend cpu

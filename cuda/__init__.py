@@ -6,6 +6,7 @@ This folder is installed as ``nupes_sim.cuda``. When the repository root is on s
 cuda.core) that numba-cuda imports. extend_path keeps both importable: never add
 ``bindings``, ``core`` or ``pathfinder`` inside this folder.
 """
+
 from pkgutil import extend_path
 
 __path__ = extend_path(__path__, __name__)

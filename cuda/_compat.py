@@ -8,6 +8,7 @@ of that name that calls ``np.vstack``: numba-cuda then registers its vstack impl
 for it, and nothing else in NumPy changes. The shim is applied before any import of
 numba.cuda in this package (see cuda/README.md).
 """
+
 import importlib.util
 import os
 
@@ -17,6 +18,7 @@ from nupes_sim.extras import MissingExtra, Unavailable
 
 ROW_STACK_SHIM = False
 if not hasattr(np, "row_stack"):
+
     def row_stack(tup, *, dtype=None, casting="same_kind"):
         """Alias of np.vstack, re-added for numba-cuda 0.30.4 on NumPy >= 2.5."""
         return np.vstack(tup, dtype=dtype, casting=casting)
@@ -40,6 +42,7 @@ def import_cuda():
     try:
         from numba import cuda
     except Exception as e:  # an import failure of numba-cuda itself (version mismatch, ...)
-        raise Unavailable(f"the cuda backend could not import numba.cuda (numba-cuda): "
-                          f"{type(e).__name__}: {e}") from e
+        raise Unavailable(
+            f"the cuda backend could not import numba.cuda (numba-cuda): {type(e).__name__}: {e}"
+        ) from e
     return cuda

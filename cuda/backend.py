@@ -14,6 +14,7 @@ Launch configuration (results never depend on it; the tests run several):
   fast:    False forces the sequential per-output MAC kernel on every mode (default FAST)
 ``STATS`` counts which MAC path ran ("gemm_int32", "gemm_int64", "seq").
 """
+
 import numpy as np
 
 from nupes_sim import primitives as P
@@ -39,13 +40,16 @@ def ensure_available():
             cuda.current_context()
         except Exception as e:  # CudaSupportError & co. carry the driver's reason
             reason = f"{type(e).__name__}: {e}"
-        raise Unavailable(f"the cuda backend cannot run: numba.cuda.is_available() is False ({reason}). "
-                          "Use backend='cpu' or 'numpy', or NUMBA_ENABLE_CUDASIM=1 for the (slow) "
-                          "CUDA simulator")
+        raise Unavailable(
+            f"the cuda backend cannot run: numba.cuda.is_available() is False ({reason}). "
+            "Use backend='cpu' or 'numpy', or NUMBA_ENABLE_CUDASIM=1 for the (slow) "
+            "CUDA simulator"
+        )
 
 
 def _k():
     from . import kernels
+
     return kernels
 
 
@@ -85,8 +89,10 @@ def _check_product_range(layer):
     else:
         top = _maxabs(layer.p_table.lut)
     if top >= 2**62 or int(layer.bound.min(initial=0)) < 0:
-        raise ValueError(f"{layer.name}: a single product can reach {top} >= 2^62 (or the layer bound "
-                         "is corrupt); lower the fractional bits")
+        raise ValueError(
+            f"{layer.name}: a single product can reach {top} >= 2^62 (or the layer bound "
+            "is corrupt); lower the fractional bits"
+        )
 
 
 def _check_product_index(layer, x):
@@ -96,8 +102,9 @@ def _check_product_index(layer, x):
     mw = int(np.abs(layer.w_codes.astype(np.int64)).max(initial=0))
     top = mw * xm if pt.by_product else mw * (pt.mx + 1) + xm
     if top >= pt.lut.shape[1]:
-        raise IndexError(f"{layer.name}: product index {top} is out of bounds for a table of "
-                         f"{pt.lut.shape[1]} entries")
+        raise IndexError(
+            f"{layer.name}: product index {top} is out of bounds for a table of {pt.lut.shape[1]} entries"
+        )
 
 
 def _weights_t(layer, sl):
@@ -147,11 +154,21 @@ def _mac_weights(layer, sl, plan):
     dummy = cuda.to_device(np.zeros((1, 1), np.int64))
     if layer.datapath == "operand":
         wdt = np.int32 if acc_type == "int32" else np.int64
-        return dict(WV=cuda.to_device(w["WV"].astype(wdt)), Bb=dummy, Bm=dummy,
-                    lut=cuda.to_device(np.zeros(1, np.int64)), bias=bias)
+        return dict(
+            WV=cuda.to_device(w["WV"].astype(wdt)),
+            Bb=dummy,
+            Bm=dummy,
+            lut=cuda.to_device(np.zeros(1, np.int64)),
+            bias=bias,
+        )
     wdt = np.int32 if path == "gemm" else np.int64
-    return dict(WV=dummy, Bb=cuda.to_device(w["Bbase"].astype(wdt)), Bm=cuda.to_device(w["Bm"].astype(wdt)),
-                lut=cuda.to_device(np.ascontiguousarray(layer.p_table.lut, np.int64).reshape(-1)), bias=bias)
+    return dict(
+        WV=dummy,
+        Bb=cuda.to_device(w["Bbase"].astype(wdt)),
+        Bm=cuda.to_device(w["Bm"].astype(wdt)),
+        lut=cuda.to_device(np.ascontiguousarray(layer.p_table.lut, np.int64).reshape(-1)),
+        bias=bias,
+    )
 
 
 def _mac_launch(layer, wd, AT, N, HW, O_total, o_off, exact_d, acc_d, plan, opt):
@@ -179,8 +196,31 @@ def _mac_launch(layer, wd, AT, N, HW, O_total, o_off, exact_d, acc_d, plan, opt)
         kern[grid, nt](AT, B1, Bm, lut, bias, N, O, Kd, emode, acc.width, HW, O_total, o_off, exact_d, acc_d)
         _note(f"gemm_{acc_type}")
     else:
-        _launch(K.mac_seq, N * O, opt["threads"], dp, AT, WV, Bb, Bm, lut, bias, N, O, Kd, mode,
-                acc.width, acc.tile, acc.lo, acc.hi, HW, O_total, o_off, exact_d, acc_d)
+        _launch(
+            K.mac_seq,
+            N * O,
+            opt["threads"],
+            dp,
+            AT,
+            WV,
+            Bb,
+            Bm,
+            lut,
+            bias,
+            N,
+            O,
+            Kd,
+            mode,
+            acc.width,
+            acc.tile,
+            acc.lo,
+            acc.hi,
+            HW,
+            O_total,
+            o_off,
+            exact_d,
+            acc_d,
+        )
         _note("seq")
 
 
@@ -203,8 +243,11 @@ def _x_lut(layer):
 
 
 def _opts(threads=None, gemm=None, fast=None):
-    return dict(threads=THREADS if threads is None else int(threads), gemm=gemm,
-                fast=FAST if fast is None else bool(fast))
+    return dict(
+        threads=THREADS if threads is None else int(threads),
+        gemm=gemm,
+        fast=FAST if fast is None else bool(fast),
+    )
 
 
 def linear(layer, x, **kw):
@@ -221,8 +264,15 @@ def linear(layer, x, **kw):
     plan = _plan(layer, opt["fast"])
     AT = cuda.device_array((Kd, B), _at_dtype(layer, plan))
     if B and Kd:
-        _launch(K.decode_t, B * Kd, opt["threads"], cuda.to_device(x), cuda.to_device(_x_lut(layer)),
-                layer.x_range.qmin, AT)
+        _launch(
+            K.decode_t,
+            B * Kd,
+            opt["threads"],
+            cuda.to_device(x),
+            cuda.to_device(_x_lut(layer)),
+            layer.x_range.qmin,
+            AT,
+        )
     exact_d = cuda.device_array(B * O, np.int64)
     acc_d = cuda.device_array(B * O, np.int64)
     _mac(layer, AT, B, slice(None), 1, O, 0, exact_d, acc_d, plan, opt)
@@ -252,16 +302,37 @@ def conv2d(layer, x, **kw):
     AT = cuda.device_array((Kd, N), _at_dtype(layer, plan))
     for g in range(layer.groups):
         if N and Kd:
-            _launch(K.im2col_t, N * Kd, opt["threads"], xd, lut, layer.x_range.qmin, dp, g * Cg, Cg,
-                    kh, kw_, sh, sw, ph, pw, dh, dw, ho, wo, AT)
+            _launch(
+                K.im2col_t,
+                N * Kd,
+                opt["threads"],
+                xd,
+                lut,
+                layer.x_range.qmin,
+                dp,
+                g * Cg,
+                Cg,
+                kh,
+                kw_,
+                sh,
+                sw,
+                ph,
+                pw,
+                dh,
+                dw,
+                ho,
+                wo,
+                AT,
+            )
         _mac(layer, AT, N, slice(g * Og, (g + 1) * Og), ho * wo, O, g * Og, exact_d, acc_d, plan, opt)
     return _finish_mac(layer, exact_d, acc_d, (B, O, ho, wo), opt)
 
 
 def _finish_mac(layer, exact_d, acc_d, shape, opt):
     out = _requantize(acc_d, shape, layer.requant, 1, layer.seed, layer.tensor_id, opt)
-    return dict(acc_exact=exact_d.copy_to_host().reshape(shape), acc=acc_d.copy_to_host().reshape(shape),
-                out=out)
+    return dict(
+        acc_exact=exact_d.copy_to_host().reshape(shape), acc=acc_d.copy_to_host().reshape(shape), out=out
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -275,7 +346,7 @@ def _requantize(acc_d, shape, requant, channel_axis, seed, tensor_id, opt):
         return acc_d.copy_to_host().reshape(shape)
     ndim = len(shape)
     nch = shape[channel_axis] if ndim else 1
-    inner = int(np.prod(shape[channel_axis + 1:], dtype=np.int64)) if ndim else 1
+    inner = int(np.prod(shape[channel_axis + 1 :], dtype=np.int64)) if ndim else 1
     size = int(np.prod(shape, dtype=np.int64))
     out_d = cuda.device_array(size, np.int64)
     if isinstance(requant, Thresholds):
@@ -285,8 +356,18 @@ def _requantize(acc_d, shape, requant, channel_axis, seed, tensor_id, opt):
         monotone = bool(thr.shape[1] < 2 or (np.diff(thr, axis=1) >= 0).all())
         if thr.shape[1] == 0:  # a single code: nothing to compare
             return np.full(shape, requant.qmin, np.int64)
-        _launch(K.requant_thr, size, opt["threads"], acc_d, cuda.to_device(thr), monotone,
-                max(inner, 1), max(nch, 1), requant.qmin, out_d)
+        _launch(
+            K.requant_thr,
+            size,
+            opt["threads"],
+            acc_d,
+            cuda.to_device(thr),
+            monotone,
+            max(inner, 1),
+            max(nch, 1),
+            requant.qmin,
+            out_d,
+        )
         return out_d.copy_to_host().reshape(shape)
     assert isinstance(requant, Rescale)
     mult = np.ascontiguousarray(requant.multiplier, dtype=np.int64).reshape(-1)
@@ -297,12 +378,33 @@ def _requantize(acc_d, shape, requant, channel_axis, seed, tensor_id, opt):
     # (round_shift's); -1 marks a row outside them. Layers built by the library never get
     # there (construction checks); hand-made tables are finished on the host below with the
     # same primitive run on Python integers, so the result stays the oracle's.
-    lim = np.array([-1 if not 0 <= int(s) <= 62 else ((2**62 - 1) // abs(int(m)) if m else 2**62 - 1)
-                    for m, s in zip(mult, shift)], np.int64)
+    lim = np.array(
+        [
+            -1 if not 0 <= int(s) <= 62 else ((2**62 - 1) // abs(int(m)) if m else 2**62 - 1)
+            for m, s in zip(mult, shift)
+        ],
+        np.int64,
+    )
     flag_d = cuda.device_array(size, np.uint8)
-    _launch(K.requant_rescale, size, opt["threads"], acc_d, cuda.to_device(mult), cuda.to_device(shift),
-            cuda.to_device(lim), requant.zero_point, requant.qmin, requant.qmax, requant.rounding, seed,
-            tensor_id, max(inner, 1), max(nch, 1), out_d, flag_d)
+    _launch(
+        K.requant_rescale,
+        size,
+        opt["threads"],
+        acc_d,
+        cuda.to_device(mult),
+        cuda.to_device(shift),
+        cuda.to_device(lim),
+        requant.zero_point,
+        requant.qmin,
+        requant.qmax,
+        requant.rounding,
+        seed,
+        tensor_id,
+        max(inner, 1),
+        max(nch, 1),
+        out_d,
+        flag_d,
+    )
     out = out_d.copy_to_host()
     if size:
         flag = flag_d.copy_to_host()
@@ -313,8 +415,16 @@ def _requantize(acc_d, shape, requant, channel_axis, seed, tensor_id, opt):
                 i = int(i)
                 row = 0 if R == 1 else (i // max(inner, 1)) % max(nch, 1)
                 r = P.hash32(seed, tensor_id, i) if requant.rounding == P.STOCHASTIC else 0
-                out[i] = P.rescale(int(v[i]), int(mult[row]), int(shift[row]), requant.zero_point,
-                                   requant.qmin, requant.qmax, requant.rounding, r)
+                out[i] = P.rescale(
+                    int(v[i]),
+                    int(mult[row]),
+                    int(shift[row]),
+                    requant.zero_point,
+                    requant.qmin,
+                    requant.qmax,
+                    requant.rounding,
+                    r,
+                )
     return out.reshape(shape)
 
 
@@ -334,14 +444,30 @@ def add(layer, a, b, **kw):
     acc = layer.acc
     exact_d = cuda.device_array(size, np.int64)
     acc_d = cuda.device_array(size, np.int64)
-    _launch(K.add_seq, size, opt["threads"], cuda.to_device(np.ascontiguousarray(a, np.int64).reshape(-1)),
-            cuda.to_device(np.ascontiguousarray(b, np.int64).reshape(-1)),
-            cuda.to_device(np.ascontiguousarray(layer.a_table.lut[0], np.int64)), layer.a_range.qmin,
-            cuda.to_device(np.ascontiguousarray(layer.b_table.lut[0], np.int64)), layer.b_range.qmin,
-            K.MODES[acc.overflow], acc.width, acc.tile, acc.lo, acc.hi, exact_d, acc_d)
-    out = _requantize(acc_d, shape, layer.requant, 1 if len(shape) > 1 else 0, layer.seed, layer.tensor_id, opt)
-    return dict(acc_exact=exact_d.copy_to_host().reshape(shape), acc=acc_d.copy_to_host().reshape(shape),
-                out=out)
+    _launch(
+        K.add_seq,
+        size,
+        opt["threads"],
+        cuda.to_device(np.ascontiguousarray(a, np.int64).reshape(-1)),
+        cuda.to_device(np.ascontiguousarray(b, np.int64).reshape(-1)),
+        cuda.to_device(np.ascontiguousarray(layer.a_table.lut[0], np.int64)),
+        layer.a_range.qmin,
+        cuda.to_device(np.ascontiguousarray(layer.b_table.lut[0], np.int64)),
+        layer.b_range.qmin,
+        K.MODES[acc.overflow],
+        acc.width,
+        acc.tile,
+        acc.lo,
+        acc.hi,
+        exact_d,
+        acc_d,
+    )
+    out = _requantize(
+        acc_d, shape, layer.requant, 1 if len(shape) > 1 else 0, layer.seed, layer.tensor_id, opt
+    )
+    return dict(
+        acc_exact=exact_d.copy_to_host().reshape(shape), acc=acc_d.copy_to_host().reshape(shape), out=out
+    )
 
 
 def _out_size(name, n, k, s, p=0):
@@ -366,8 +492,21 @@ def maxpool2d(layer, x, **kw):
     cuda = K.cuda
     n = B * C * ho * wo
     out_d = cuda.device_array(n, np.int64)
-    _launch(K.maxpool, n, opt["threads"], cuda.to_device(x), kh, kw_, layer.stride[0], layer.stride[1],
-            layer.padding[0], layer.padding[1], ho, wo, out_d)
+    _launch(
+        K.maxpool,
+        n,
+        opt["threads"],
+        cuda.to_device(x),
+        kh,
+        kw_,
+        layer.stride[0],
+        layer.stride[1],
+        layer.padding[0],
+        layer.padding[1],
+        ho,
+        wo,
+        out_d,
+    )
     return dict(out=out_d.copy_to_host().reshape(B, C, ho, wo))
 
 
@@ -384,13 +523,31 @@ def avgpool2d(layer, x, **kw):
     shape = (B, C, ho, wo)
     exact_d = cuda.device_array(n, np.int64)
     acc_d = cuda.device_array(n, np.int64)
-    _launch(K.avgpool_seq, n, opt["threads"], cuda.to_device(np.ascontiguousarray(x, np.int64)),
-            cuda.to_device(np.ascontiguousarray(layer.x_table.lut[0], np.int64)), layer.x_range.qmin,
-            kernel[0], kernel[1], stride[0], stride[1], ho, wo, K.MODES[acc.overflow], acc.width, acc.tile,
-            acc.lo, acc.hi, exact_d, acc_d)
+    _launch(
+        K.avgpool_seq,
+        n,
+        opt["threads"],
+        cuda.to_device(np.ascontiguousarray(x, np.int64)),
+        cuda.to_device(np.ascontiguousarray(layer.x_table.lut[0], np.int64)),
+        layer.x_range.qmin,
+        kernel[0],
+        kernel[1],
+        stride[0],
+        stride[1],
+        ho,
+        wo,
+        K.MODES[acc.overflow],
+        acc.width,
+        acc.tile,
+        acc.lo,
+        acc.hi,
+        exact_d,
+        acc_d,
+    )
     out = _requantize(acc_d, shape, layer.requant, 1, layer.seed, layer.tensor_id, opt)
-    return dict(acc_exact=exact_d.copy_to_host().reshape(shape), acc=acc_d.copy_to_host().reshape(shape),
-                out=out)
+    return dict(
+        acc_exact=exact_d.copy_to_host().reshape(shape), acc=acc_d.copy_to_host().reshape(shape), out=out
+    )
 
 
 def flatten(layer, x, **kw):
@@ -411,6 +568,7 @@ def _transformer_ops():
     """The transformer ops' kernels (ARITHMETIC.md §10-§16, cuda/transformer.py), imported late
     like the other kernels (importing them needs numba.cuda)."""
     from . import transformer
+
     return transformer.OPS
 
 

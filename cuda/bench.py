@@ -12,6 +12,7 @@ Prints each time, the integer MAC throughput, and the ratio to fp32 (ours / fp32
 Every timed result is checked against an int64 NumPy computation on sampled rows (bit-exact,
 else exit 1). Python: python -m nupes_sim.cuda.bench [--quick] [--reps N]
 """
+
 import argparse
 import sys
 import time
@@ -66,6 +67,7 @@ def _torch_time(M, K, N, reps, conv=None):
 def _layers(kind, dp, shape, rng):
     from nupes_sim.formats import PowerFormat
     from nupes_sim.layers import Accumulator, Conv2d, Linear
+
     wf = PowerFormat(4, True, 0.5, 1.0 / 7)  # decode (|q|/7)^2 <= 1
     xf = PowerFormat(4, False, 0.5, 1.0 / 15)
     if dp == "product":
@@ -107,8 +109,29 @@ def _prepare(backend, layer, x, conv):
         dp = K.DP_OPERAND if layer.datapath == "operand" else K.DP_PRODUCT
 
         def fill():
-            backend._launch(K.im2col_t, N * Kd, opt["threads"], xd, lut, layer.x_range.qmin, dp, 0, C, 3, 3,
-                            1, 1, 1, 1, 1, 1, ho, wo, AT)
+            backend._launch(
+                K.im2col_t,
+                N * Kd,
+                opt["threads"],
+                xd,
+                lut,
+                layer.x_range.qmin,
+                dp,
+                0,
+                C,
+                3,
+                3,
+                1,
+                1,
+                1,
+                1,
+                1,
+                1,
+                ho,
+                wo,
+                AT,
+            )
+
     size = int(np.prod(shape))
     exact_d = cuda.device_array(size, np.int64)
     acc_d = cuda.device_array(size, np.int64)
@@ -119,6 +142,7 @@ def _prepare(backend, layer, x, conv):
     def run():  # device work only: decode/im2col kernel + MAC kernel, nothing on the host
         fill()
         backend._mac_launch(layer, wd, AT, N, HW, layer.out_channels, 0, exact_d, acc_d, plan, opt)
+
     return run, exact_d, shape, plan
 
 
@@ -132,6 +156,7 @@ def _weights_rows(layer):
 def _check(layer, x, exact, conv, rows):
     """Sampled outputs against int64 NumPy (exact since bound < 2^63); returns mismatches."""
     from nupes_sim import oracle
+
     if conv:
         sub = x[:1]
         want = oracle.run_layer(layer, sub)["acc_exact"] if sub.shape[2] * sub.shape[3] <= 64 else None
@@ -142,7 +167,7 @@ def _check(layer, x, exact, conv, rows):
             prods_w = _weights_rows(layer)
             if prods_w is not None:
                 xv = np.where(valid, layer.x_table.lut[0, cols - layer.x_range.qmin], 0)
-                got = (xv @ prods_w.T + layer.bias[None, :])
+                got = xv @ prods_w.T + layer.bias[None, :]
             else:
                 got = _product_sum(layer, np.where(valid, cols, 0))
             ho, wo = exact.shape[2:]
@@ -179,15 +204,23 @@ def main(argv=None):
     ap.add_argument("--datapaths", default="operand,product")
     args = ap.parse_args(argv)
     from . import backend
+
     backend.ensure_available()
     K = backend._k()
     cuda = K.cuda
     name = getattr(cuda.get_current_device(), "name", b"CUDA simulator")
-    print(f"device: {name.decode() if isinstance(name, bytes) else name}  gemm tiles "
-          + "; ".join(f"{a}/{'operand' if d == K.DP_OPERAND else 'product'} {K.gemm_default(a, d)[0]}"
-                      for a in ("int32", "int64") for d in (K.DP_OPERAND, K.DP_PRODUCT)))
-    print("device time = decode/im2col + MAC kernel (CUDA events; weights already on the device); "
-          "end to end = one run_layer call")
+    print(
+        f"device: {name.decode() if isinstance(name, bytes) else name}  gemm tiles "
+        + "; ".join(
+            f"{a}/{'operand' if d == K.DP_OPERAND else 'product'} {K.gemm_default(a, d)[0]}"
+            for a in ("int32", "int64")
+            for d in (K.DP_OPERAND, K.DP_PRODUCT)
+        )
+    )
+    print(
+        "device time = decode/im2col + MAC kernel (CUDA events; weights already on the device); "
+        "end to end = one run_layer call"
+    )
     rng = np.random.default_rng(0)
     lin = (20, 24, 16) if args.quick else (4096, 4096, 4096)
     cnv = (1, 4, 6, 6, 4) if args.quick else (32, 128, 56, 56, 128)
@@ -204,9 +237,11 @@ def main(argv=None):
             macs = M * KK * NN
             tt, info = _torch_time(M, KK, NN, args.reps)
             tconv, _ = _torch_time(0, 0, 0, args.reps, conv=shape)
-        print(f"\n{kind} {shape}: {macs / 1e9:.2f} GMAC; fp32 (TF32 off) GEMM {M}x{KK}x{NN}: "
-              + (f"{tt * 1e3:.3f} ms = {2 * macs / tt / 1e12:.2f} TFLOP/s" if tt else info)
-              + (f"; cudnn conv2d fp32 {tconv * 1e3:.3f} ms" if kind == "conv" and tconv else ""))
+        print(
+            f"\n{kind} {shape}: {macs / 1e9:.2f} GMAC; fp32 (TF32 off) GEMM {M}x{KK}x{NN}: "
+            + (f"{tt * 1e3:.3f} ms = {2 * macs / tt / 1e12:.2f} TFLOP/s" if tt else info)
+            + (f"; cudnn conv2d fp32 {tconv * 1e3:.3f} ms" if kind == "conv" and tconv else "")
+        )
         for dp in args.datapaths.split(","):
             t0 = time.time()
             layer, x = _layers(kind, dp, shape, rng)
@@ -214,12 +249,16 @@ def main(argv=None):
             run, exact_d, oshape, plan = _prepare(backend, layer, x, kind == "conv")
             t = _events(cuda, run, args.reps)
             exact = exact_d.copy_to_host().reshape(oshape)
-            bad = _check(layer, x, exact, kind == "conv", rng.choice(oshape[0], min(8, oshape[0]), replace=False))
+            bad = _check(
+                layer, x, exact, kind == "conv", rng.choice(oshape[0], min(8, oshape[0]), replace=False)
+            )
             failures += bad != 0
             ratio = (tt / t) if tt else float("nan")
             results.append((kind, dp, t, ratio, bad))
-            print(f"  {dp:8s} path={plan[0]}/{plan[1]}  device {t * 1e3:9.3f} ms  {macs / t / 1e12:7.3f} TMAC/s  "
-                  f"ratio vs fp32 GEMM = {ratio:.3f}  sampled mismatches = {bad}  (layer build {tb:.1f} s)")
+            print(
+                f"  {dp:8s} path={plan[0]}/{plan[1]}  device {t * 1e3:9.3f} ms  {macs / t / 1e12:7.3f} TMAC/s  "
+                f"ratio vs fp32 GEMM = {ratio:.3f}  sampled mismatches = {bad}  (layer build {tb:.1f} s)"
+            )
             # end to end: one run_layer call (checks, weight prep + copies, input copy, kernels,
             # requant, all outputs back to the host), wall clock, after the warm-up above
             cuda.synchronize()
@@ -227,10 +266,13 @@ def main(argv=None):
             backend.run_layer(layer, x)
             cuda.synchronize()
             te = time.perf_counter() - t0
-            print(f"  {'':8s} end to end run_layer {te * 1e3:9.1f} ms  ({macs / te / 1e12:.3f} TMAC/s incl. host "
-                  f"work and transfers)")
+            print(
+                f"  {'':8s} end to end run_layer {te * 1e3:9.1f} ms  ({macs / te / 1e12:.3f} TMAC/s incl. host "
+                f"work and transfers)"
+            )
     # the sequential (saturate) path, on a smaller batch: informative only
     from nupes_sim.layers import Accumulator
+
     layer, x = _layers("linear", "operand", (1024, 1024, 256) if not args.quick else (6, 10, 4), rng)
     layer.acc = Accumulator(16, "saturate")
     t0 = time.time()
@@ -238,9 +280,12 @@ def main(argv=None):
     cuda.synchronize()
     t1 = time.time()
     r = backend.run_layer(layer, x)
-    print(f"\nsaturate (sequential per-output kernel) linear {layer.w_codes.shape} batch {x.shape[0]}: "
-          f"{(time.time() - t1) * 1e3:.1f} ms end to end incl. transfers (first call {t1 - t0:.1f} s)")
+    print(
+        f"\nsaturate (sequential per-output kernel) linear {layer.w_codes.shape} batch {x.shape[0]}: "
+        f"{(time.time() - t1) * 1e3:.1f} ms end to end incl. transfers (first call {t1 - t0:.1f} s)"
+    )
     from nupes_sim import oracle
+
     if args.quick:
         want = oracle.run_layer(layer, x)
         ok = all((r[k] == want[k]).all() for k in want)

@@ -5,6 +5,7 @@ the overflow-mode and datapath ids, and the product and output-index helpers.
 Integer arithmetic only: no float is ever formed in a kernel (numba.cuda cannot turn off FMA
 contraction, so exactness arguments about floats would not carry over).
 """
+
 from nupes_sim import primitives as P
 
 from ._compat import (
@@ -47,4 +48,3 @@ def product_of(dp, a, k, n, o, WV, Bbase, Bm, lut):
     if v < 0:
         return -lut[Bbase[k, o] - v]
     return int64(0)
-

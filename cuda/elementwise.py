@@ -5,6 +5,7 @@ Layout used by the MAC kernels: activations transposed, ``AT[k, n]`` (K, N), wei
 ``BT[k, o]`` (K, O); output element (n, o) goes to flat index
 ``(n // HW) * O_total * HW + (o_off + o) * HW + n % HW`` (device.out_index).
 """
+
 from numba import int64
 
 from nupes_sim import primitives as P
@@ -26,8 +27,28 @@ from .device import (
 
 
 @cuda.jit
-def mac_seq(dp, AT, WV, Bbase, Bm, lut, bias, N, O, K, mode, width, tile, lo, hi,
-            HW, O_total, o_off, exact_out, acc_out):
+def mac_seq(
+    dp,
+    AT,
+    WV,
+    Bbase,
+    Bm,
+    lut,
+    bias,
+    N,
+    O,
+    K,
+    mode,
+    width,
+    tile,
+    lo,
+    hi,
+    HW,
+    O_total,
+    o_off,
+    exact_out,
+    acc_out,
+):
     """One thread per output (n, o); threads along n so AT[k, n] reads coalesce."""
     t = cuda.grid(1)
     if t >= N * O:
@@ -50,7 +71,6 @@ def mac_seq(dp, AT, WV, Bbase, Bm, lut, bias, N, O, K, mode, width, tile, lo, hi
     i = out_index(n, o, HW, O_total, o_off)
     exact_out[i] = ex
     acc_out[i] = acc
-
 
 
 # ------------------------------------------------------------------------------------------

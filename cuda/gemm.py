@@ -4,6 +4,7 @@ and the epilogue are written once; the datapath only changes what is staged for 
 (operand: decoded weights; product: table offsets and signed magnitudes) and the product
 formed from a staged pair.
 """
+
 from numba import int32, int64, uint64
 
 from .device import DP_OPERAND, MODE_WRAP, SIMULATOR, cuda, wrap
@@ -29,7 +30,6 @@ def gemm_default(acc_name, dp):
     static shared memory stays under 48 KiB."""
     bk = 16 if (acc_name == "int32" and dp == DP_OPERAND) else 8
     return dict(BM=128, BN=128, BK=bk, TM=8, TN=8), (4096 if acc_name == "int32" else 2048)
-
 
 
 def make_gemm(acc_type, dp, BM=128, BN=128, BK=16, TM=8, TN=8, lut_shared=0, GROUP=8):
@@ -214,10 +214,23 @@ def make_gemm(acc_type, dp, BM=128, BN=128, BK=16, TM=8, TN=8, lut_shared=0, GRO
                             acc_out[q] = ex
 
     ebytes = 8 if acc_type == int64 else 4
-    smem = (SA2 * (4 if PRODUCT else ebytes) + SB2 * (8 if PRODUCT else ebytes)
-            + (LUTN * ebytes if lut_shared else ebytes))
+    smem = (
+        SA2 * (4 if PRODUCT else ebytes)
+        + SB2 * (8 if PRODUCT else ebytes)
+        + (LUTN * ebytes if lut_shared else ebytes)
+    )
     if smem > SMEM_STATIC_MAX:
         raise ValueError(f"GEMM tile needs {smem} bytes of shared memory (> {SMEM_STATIC_MAX})")
-    gemm.config = dict(acc_type=str(acc_type), dp=dp, BM=BM, BN=BN, BK=BK, TM=TM, TN=TN,
-                       lut_shared=lut_shared, threads=NT, GROUP=GROUP)
+    gemm.config = dict(
+        acc_type=str(acc_type),
+        dp=dp,
+        BM=BM,
+        BN=BN,
+        BK=BK,
+        TM=TM,
+        TN=TN,
+        lut_shared=lut_shared,
+        threads=NT,
+        GROUP=GROUP,
+    )
     return gemm

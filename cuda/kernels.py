@@ -17,36 +17,37 @@ Integer arithmetic only: no float is ever formed in a kernel (numba.cuda cannot 
 FMA contraction, so exactness arguments about floats would not carry over). This module
 re-exports the names backend.py, bench.py and the tests use.
 """
+
 from numba import int32, int64  # noqa: F401
 
 from .device import (  # noqa: F401
-                     DP_OPERAND,
-                     DP_PRODUCT,
-                     MODE_EXACT,
-                     MODE_SAT,
-                     MODE_WRAP,
-                     MODES,
-                     PRIMITIVE_NAMES,
-                     count_ge,
-                     cuda,
-                     hash32,
-                     out_index,
-                     prim,
-                     product_of,
-                     rescale,
-                     sat_add,
-                     sat_step,
-                     wrap,
+    DP_OPERAND,
+    DP_PRODUCT,
+    MODE_EXACT,
+    MODE_SAT,
+    MODE_WRAP,
+    MODES,
+    PRIMITIVE_NAMES,
+    count_ge,
+    cuda,
+    hash32,
+    out_index,
+    prim,
+    product_of,
+    rescale,
+    sat_add,
+    sat_step,
+    wrap,
 )
 from .elementwise import (  # noqa: F401
-                     add_seq,
-                     avgpool_seq,
-                     decode_t,
-                     im2col_t,
-                     mac_seq,
-                     maxpool,
-                     requant_rescale,
-                     requant_thr,
+    add_seq,
+    avgpool_seq,
+    decode_t,
+    im2col_t,
+    mac_seq,
+    maxpool,
+    requant_rescale,
+    requant_thr,
 )
 from .gemm import SMEM_STATIC_MAX, gemm_default, gemm_grid, make_gemm  # noqa: F401
 from .ptx import compile_all_ptx, ptx_cases  # noqa: F401

@@ -7,6 +7,7 @@ element (matmul) or per row (softmax, layernorm): the sequence of every sum is t
 so results do not depend on the launch shape (`threads` is a test parameter). Lookups and
 layout ops are host NumPy indexing, as on the CPU backend (no arithmetic).
 """
+
 import numpy as np
 
 from nupes_sim import primitives as P
@@ -58,8 +59,38 @@ def requant_one(v, i, kind, thr, mono, qmin, m, sh, zp, lo, hi, mode, seed, tid)
 
 
 @cuda.jit
-def matmul_kernel(a, b, dp, alut, aq0, blut, bq0, plut, by_product, mx1, mode, width, tile, lo, hi,
-                  kind, thr, mono, qmin, m, sh, zp, rlo, rhi, rmode, seed, tid, exact, acc, out):
+def matmul_kernel(
+    a,
+    b,
+    dp,
+    alut,
+    aq0,
+    blut,
+    bq0,
+    plut,
+    by_product,
+    mx1,
+    mode,
+    width,
+    tile,
+    lo,
+    hi,
+    kind,
+    thr,
+    mono,
+    qmin,
+    m,
+    sh,
+    zp,
+    rlo,
+    rhi,
+    rmode,
+    seed,
+    tid,
+    exact,
+    acc,
+    out,
+):
     """a (G, M, K), b (G, K, N) codes; one thread per output (g, m, n), k ascending (§4)."""
     r = cuda.grid(1)
     G, M, K = a.shape
@@ -104,8 +135,33 @@ def matmul_kernel(a, b, dp, alut, aq0, blut, bq0, plut, by_product, mx1, mode, w
 
 
 @cuda.jit
-def softmax_kernel(x, keep, lut, pbits, prmode, mode, width, lo, hi, kind, thr, mono, qmin, m, sh, zp, rlo, rhi,
-                   rmode, seed, tid, exact, acc, prob, out):
+def softmax_kernel(
+    x,
+    keep,
+    lut,
+    pbits,
+    prmode,
+    mode,
+    width,
+    lo,
+    hi,
+    kind,
+    thr,
+    mono,
+    qmin,
+    m,
+    sh,
+    zp,
+    rlo,
+    rhi,
+    rmode,
+    seed,
+    tid,
+    exact,
+    acc,
+    prob,
+    out,
+):
     """One thread per row of x (R, T); keep (R, T) uint8; §12-§13."""
     r = cuda.grid(1)
     R, T = x.shape
@@ -142,8 +198,32 @@ def softmax_kernel(x, keep, lut, pbits, prmode, mode, width, lo, hi, kind, thr, 
 
 
 @cuda.jit
-def layernorm_kernel(x, lut, q0, eps, R, G, Bt, mrmode, kind, thr, mono, qmin, m, sh, zp, rlo, rhi, rmode, seed,
-                     tid, mean, inv, y, out):
+def layernorm_kernel(
+    x,
+    lut,
+    q0,
+    eps,
+    R,
+    G,
+    Bt,
+    mrmode,
+    kind,
+    thr,
+    mono,
+    qmin,
+    m,
+    sh,
+    zp,
+    rlo,
+    rhi,
+    rmode,
+    seed,
+    tid,
+    mean,
+    inv,
+    y,
+    out,
+):
     """One thread per row of x (rows, C); §14."""
     r = cuda.grid(1)
     rows, C = x.shape
@@ -179,8 +259,18 @@ def _rq_args(requant):
         mono = bool(thr.shape[1] < 2 or (np.diff(thr, axis=1) >= 0).all())
         return (RQ_THR, d(thr), mono, requant.qmin, 0, 0, 0, 0, 0, 0)
     assert isinstance(requant, Rescale)
-    return (RQ_RESCALE, empty, True, 0, int(requant.multiplier[0]), int(requant.shift[0]), requant.zero_point,
-            requant.qmin, requant.qmax, requant.rounding)
+    return (
+        RQ_RESCALE,
+        empty,
+        True,
+        0,
+        int(requant.multiplier[0]),
+        int(requant.shift[0]),
+        requant.zero_point,
+        requant.qmin,
+        requant.qmax,
+        requant.rounding,
+    )
 
 
 def _launch(kernel, n, threads, *args):
@@ -201,16 +291,41 @@ def matmul(layer, a, b, **kw):
     B = d(np.ascontiguousarray(bk, np.int64).reshape(G, K, N))
     z1 = d(np.zeros(1, np.int64))
     if layer.datapath == "operand":
-        args = (0, d(np.ascontiguousarray(layer.a_table.lut[0], np.int64)), layer.a_range.qmin,
-                d(np.ascontiguousarray(layer.b_table.lut[0], np.int64)), layer.b_range.qmin, z1, False, 0)
+        args = (
+            0,
+            d(np.ascontiguousarray(layer.a_table.lut[0], np.int64)),
+            layer.a_range.qmin,
+            d(np.ascontiguousarray(layer.b_table.lut[0], np.int64)),
+            layer.b_range.qmin,
+            z1,
+            False,
+            0,
+        )
     else:
         pt = layer.p_table
         args = (1, z1, 0, z1, 0, d(np.ascontiguousarray(pt.lut[0], np.int64)), bool(pt.by_product), pt.mx + 1)
     size = G * M * N
     exact, acc, out = (cuda.device_array(size, np.int64) for _ in range(3))
     ac = layer.acc
-    _launch(matmul_kernel, size, _threads(kw), A, B, *args, _MODES[ac.overflow], ac.width, ac.tile, ac.lo, ac.hi,
-            *_rq_args(layer.requant), layer.seed, layer.tensor_id, exact, acc, out)
+    _launch(
+        matmul_kernel,
+        size,
+        _threads(kw),
+        A,
+        B,
+        *args,
+        _MODES[ac.overflow],
+        ac.width,
+        ac.tile,
+        ac.lo,
+        ac.hi,
+        *_rq_args(layer.requant),
+        layer.seed,
+        layer.tensor_id,
+        exact,
+        acc,
+        out,
+    )
     shape = lead + (M, N)
     h = (lambda t: t.copy_to_host().reshape(shape)) if size else (lambda t: np.empty(shape, np.int64))
     return dict(acc_exact=h(exact), acc=h(acc), out=h(out))
@@ -223,16 +338,39 @@ def softmax(layer, x, mask=None, **kw):
     rows = x.shape[:-1]
     if x.size == 0:
         z = np.zeros(rows, np.int64)
-        return dict(acc_exact=z, acc=z.copy(), prob=np.zeros(x.shape, np.int64), out=np.zeros(x.shape, np.int64))
+        return dict(
+            acc_exact=z, acc=z.copy(), prob=np.zeros(x.shape, np.int64), out=np.zeros(x.shape, np.int64)
+        )
     exact, acc = cuda.device_array(R, np.int64), cuda.device_array(R, np.int64)
     prob, out = cuda.device_array(x.size, np.int64), cuda.device_array(x.size, np.int64)
     ac = layer.acc
-    _launch(softmax_kernel, R, _threads(kw), cuda.to_device(np.ascontiguousarray(x, np.int64).reshape(R, T)),
-            cuda.to_device(np.ascontiguousarray(keep, np.uint8).reshape(R, T)), cuda.to_device(layer.exp_lut),
-            layer.prob_bits, layer.prob_rounding, _MODES[ac.overflow], ac.width, ac.lo, ac.hi,
-            *_rq_args(layer.requant), layer.seed, layer.tensor_id, exact, acc, prob, out)
-    return dict(acc_exact=exact.copy_to_host().reshape(rows), acc=acc.copy_to_host().reshape(rows),
-                prob=prob.copy_to_host().reshape(x.shape), out=out.copy_to_host().reshape(x.shape))
+    _launch(
+        softmax_kernel,
+        R,
+        _threads(kw),
+        cuda.to_device(np.ascontiguousarray(x, np.int64).reshape(R, T)),
+        cuda.to_device(np.ascontiguousarray(keep, np.uint8).reshape(R, T)),
+        cuda.to_device(layer.exp_lut),
+        layer.prob_bits,
+        layer.prob_rounding,
+        _MODES[ac.overflow],
+        ac.width,
+        ac.lo,
+        ac.hi,
+        *_rq_args(layer.requant),
+        layer.seed,
+        layer.tensor_id,
+        exact,
+        acc,
+        prob,
+        out,
+    )
+    return dict(
+        acc_exact=exact.copy_to_host().reshape(rows),
+        acc=acc.copy_to_host().reshape(rows),
+        prob=prob.copy_to_host().reshape(x.shape),
+        out=out.copy_to_host().reshape(x.shape),
+    )
 
 
 def layernorm(layer, x, **kw):
@@ -241,28 +379,61 @@ def layernorm(layer, x, **kw):
     rows = x.size // C
     lead = x.shape[:-1]
     if rows == 0:
-        return dict(mean=np.empty(lead, np.int64), inv=np.empty(lead, np.int64), y=np.empty(x.shape, np.int64),
-                    out=np.empty(x.shape, np.int64))
+        return dict(
+            mean=np.empty(lead, np.int64),
+            inv=np.empty(lead, np.int64),
+            y=np.empty(x.shape, np.int64),
+            out=np.empty(x.shape, np.int64),
+        )
     mean, inv = cuda.device_array(rows, np.int64), cuda.device_array(rows, np.int64)
     y, out = cuda.device_array(x.size, np.int64), cuda.device_array(x.size, np.int64)
     d = cuda.to_device
-    _launch(layernorm_kernel, rows, _threads(kw), d(np.ascontiguousarray(x, np.int64).reshape(rows, C)),
-            d(np.ascontiguousarray(layer.x_table.lut[0], np.int64)), layer.x_range.qmin, layer.eps_int,
-            layer.inv_frac_bits, d(layer.gamma), d(layer.beta), layer.mean_rounding, *_rq_args(layer.requant),
-            layer.seed, layer.tensor_id, mean, inv, y, out)
-    return dict(mean=mean.copy_to_host().reshape(lead), inv=inv.copy_to_host().reshape(lead),
-                y=y.copy_to_host().reshape(x.shape), out=out.copy_to_host().reshape(x.shape))
+    _launch(
+        layernorm_kernel,
+        rows,
+        _threads(kw),
+        d(np.ascontiguousarray(x, np.int64).reshape(rows, C)),
+        d(np.ascontiguousarray(layer.x_table.lut[0], np.int64)),
+        layer.x_range.qmin,
+        layer.eps_int,
+        layer.inv_frac_bits,
+        d(layer.gamma),
+        d(layer.beta),
+        layer.mean_rounding,
+        *_rq_args(layer.requant),
+        layer.seed,
+        layer.tensor_id,
+        mean,
+        inv,
+        y,
+        out,
+    )
+    return dict(
+        mean=mean.copy_to_host().reshape(lead),
+        inv=inv.copy_to_host().reshape(lead),
+        y=y.copy_to_host().reshape(x.shape),
+        out=out.copy_to_host().reshape(x.shape),
+    )
 
 
 def _host(f):
     def run(layer, *inputs, **kw):
         return f(layer, *inputs)
+
     return run
 
 
-OPS = {MatMul: matmul, Softmax: softmax, LayerNorm: layernorm, Embedding: _host(_oracle.embedding),
-       ElementwiseTable: _host(_oracle.elementwise), Reshape: _host(_oracle.reshape),
-       Transpose: _host(_oracle.transpose), Slice: _host(_oracle.slice_), PadMask: _host(_oracle.padmask)}
+OPS = {
+    MatMul: matmul,
+    Softmax: softmax,
+    LayerNorm: layernorm,
+    Embedding: _host(_oracle.embedding),
+    ElementwiseTable: _host(_oracle.elementwise),
+    Reshape: _host(_oracle.reshape),
+    Transpose: _host(_oracle.transpose),
+    Slice: _host(_oracle.slice_),
+    PadMask: _host(_oracle.padmask),
+}
 
 
 def ptx_cases():
@@ -275,12 +446,26 @@ def ptx_cases():
     i64, b1, u8 = T.int64, T.boolean, T.uint8
     rq = (i64, arr(i64, 2), b1) + (i64,) * 7 + (i64, i64)
     return [
-        ("tx_matmul", matmul_kernel.py_func, (arr(i64, 3), arr(i64, 3), i64, arr(i64, 1), i64, arr(i64, 1), i64,
-                                              arr(i64, 1), b1, i64) + (i64,) * 5 + rq + (arr(i64, 1),) * 3),
-        ("tx_softmax", softmax_kernel.py_func, (arr(i64, 2), arr(u8, 2), arr(i64, 1)) + (i64,) * 6 + rq
-         + (arr(i64, 1),) * 4),
-        ("tx_layernorm", layernorm_kernel.py_func, (arr(i64, 2), arr(i64, 1), i64, i64, i64, arr(i64, 1),
-                                                    arr(i64, 1), i64) + rq + (arr(i64, 1),) * 4),
+        (
+            "tx_matmul",
+            matmul_kernel.py_func,
+            (arr(i64, 3), arr(i64, 3), i64, arr(i64, 1), i64, arr(i64, 1), i64, arr(i64, 1), b1, i64)
+            + (i64,) * 5
+            + rq
+            + (arr(i64, 1),) * 3,
+        ),
+        (
+            "tx_softmax",
+            softmax_kernel.py_func,
+            (arr(i64, 2), arr(u8, 2), arr(i64, 1)) + (i64,) * 6 + rq + (arr(i64, 1),) * 4,
+        ),
+        (
+            "tx_layernorm",
+            layernorm_kernel.py_func,
+            (arr(i64, 2), arr(i64, 1), i64, i64, i64, arr(i64, 1), arr(i64, 1), i64)
+            + rq
+            + (arr(i64, 1),) * 4,
+        ),
     ]
 
 

@@ -17,6 +17,7 @@ API:
     write_bytes(path, data) / write_text(path, text) / save_npy(path, array)
     with atomic_dir(path, may_replace=fn) as tmpdir: ...   # fill a fresh folder; swapped in whole
 """
+
 import contextlib
 import ctypes
 import errno
@@ -61,7 +62,7 @@ def stale_temps(path):
     for n in names:
         if not n.startswith(prefix):
             continue
-        pid = n[len(prefix):].split(".")[0]
+        pid = n[len(prefix) :].split(".")[0]
         if pid.isdigit() and not _pid_alive(int(pid)):
             out.append(os.path.join(d, n))
     return out
@@ -199,8 +200,10 @@ def atomic_dir(path, may_replace=None):
         if os.path.islink(path) or not os.path.isdir(path):
             raise FileExistsError(f"output folder {path} exists and is not a folder")
         if os.listdir(path) and not (may_replace and may_replace(path)):
-            raise FileExistsError(f"output folder {path} exists, is not empty and is not a previous "
-                                  f"output of this command; remove it or choose another")
+            raise FileExistsError(
+                f"output folder {path} exists, is not empty and is not a previous "
+                f"output of this command; remove it or choose another"
+            )
     clean_stale(path)
     tmp = _tmp_name(path)
     os.mkdir(tmp)
@@ -227,5 +230,15 @@ def atomic_dir(path, may_replace=None):
             _remove(tmp)
 
 
-__all__ = ["atomic_path", "atomic_open", "atomic_dir", "write_bytes", "write_text", "save_npy", "clean_stale",
-           "stale_temps", "temp_name", "TAG"]
+__all__ = [
+    "atomic_path",
+    "atomic_open",
+    "atomic_dir",
+    "write_bytes",
+    "write_text",
+    "save_npy",
+    "clean_stale",
+    "stale_temps",
+    "temp_name",
+    "TAG",
+]

@@ -12,6 +12,7 @@ Float64 reference: operands are decoded with the formats' real values
 (built by the builders); otherwise with the integer LUT values times their unit (then the
 error only shows accumulator overflow/saturation effects, not table rounding).
 """
+
 import dataclasses
 import json
 import os
@@ -89,31 +90,49 @@ def audit(model, input_codes, out_dir, fail_on=(), backend="numpy", clip_toleran
             exact, acc = np.asarray(st["acc_exact"]), np.asarray(st["acc"])
             omax = int(np.abs(exact).max(initial=0))
             bound = int(np.asarray(L.bound).max(initial=0))
-            rec.update(acc_width=L.acc.width, overflow_mode=L.acc.overflow, tile=L.acc.tile,
-                       observed_min=int(exact.min(initial=0)), observed_max=int(exact.max(initial=0)),
-                       observed_bits=bits_needed(omax), bound=bound, min_safe_width=bits_needed(bound),
-                       headroom_bits=L.acc.width - bits_needed(omax),
-                       bound_headroom_bits=L.acc.width - bits_needed(bound),
-                       overflow_count=int(res.overflow[n.name]),
-                       changed_configured=int((acc != exact).sum()),
-                       changed_if_wrap=_changed_under(L, "wrap", inputs, be, exact),
-                       changed_if_saturate=_changed_under(L, "saturate", inputs, be, exact))
+            rec.update(
+                acc_width=L.acc.width,
+                overflow_mode=L.acc.overflow,
+                tile=L.acc.tile,
+                observed_min=int(exact.min(initial=0)),
+                observed_max=int(exact.max(initial=0)),
+                observed_bits=bits_needed(omax),
+                bound=bound,
+                min_safe_width=bits_needed(bound),
+                headroom_bits=L.acc.width - bits_needed(omax),
+                bound_headroom_bits=L.acc.width - bits_needed(bound),
+                overflow_count=int(res.overflow[n.name]),
+                changed_configured=int((acc != exact).sum()),
+                changed_if_wrap=_changed_under(L, "wrap", inputs, be, exact),
+                changed_if_saturate=_changed_under(L, "saturate", inputs, be, exact),
+            )
             ref, kind = reference_sum(L, inputs)
             if ref is not None:
                 err = acc.astype(np.float64) - ref
                 errors[n.name] = err.reshape(-1)
-                rec.update(reference=kind, err_lsb_mean=float(err.mean()), err_lsb_max_abs=float(np.abs(err).max()),
-                           err_lsb_rms=float(np.sqrt((err**2).mean())), unit=np.asarray(L.unit, dtype=np.float64).tolist())
+                rec.update(
+                    reference=kind,
+                    err_lsb_mean=float(err.mean()),
+                    err_lsb_max_abs=float(np.abs(err).max()),
+                    err_lsb_rms=float(np.sqrt((err**2).mean())),
+                    unit=np.asarray(L.unit, dtype=np.float64).tolist(),
+                )
             rq = L.requant
             rec["requant"] = None if rq is None else type(rq).__name__
             if rq is not None:
                 rec.update(out_qmin=int(rq.qmin), out_qmax=int(rq.qmax))
-        rec.update(elements=int(out.size), zero_fraction=float((out == 0).mean()) if out.size else 0.0,
-                   clipped_fraction=_clipped(L, out) / out.size if out.size else 0.0)
+        rec.update(
+            elements=int(out.size),
+            zero_fraction=float((out == 0).mean()) if out.size else 0.0,
+            clipped_fraction=_clipped(L, out) / out.size if out.size else 0.0,
+        )
         meta = getattr(L, "meta", None)
         if meta:
-            rec["formats"] = {k: {kk: v[kk] for kk in ("kind", "bits", "exponent", "scale", "zero_point") if kk in v}
-                              for k, v in meta.items() if k.endswith("_format") and v}
+            rec["formats"] = {
+                k: {kk: v[kk] for kk in ("kind", "bits", "exponent", "scale", "zero_point") if kk in v}
+                for k, v in meta.items()
+                if k.endswith("_format") and v
+            }
         if n.name in history:
             rec["loss_history"] = [float(v) for v in history[n.name]]
         layers.append(rec)
@@ -124,15 +143,23 @@ def audit(model, input_codes, out_dir, fail_on=(), backend="numpy", clip_toleran
         failed.append("saturation")
     if "clipping" in fail_on and any(r["clipped_fraction"] > clip_tolerance for r in layers):
         failed.append("clipping")
-    report = {"model_hash": model_hash(graph), "n_vectors": int(x.shape[0]), "backend": backend,
-              "reference_note": __doc__.split("Float64 reference: ")[1].strip().replace("\n", " "),
-              "definitions": {
-                  "headroom_bits": "acc_width - bits needed for the largest observed |exact sum|",
-                  "min_safe_width": "bits needed for the analytic worst case bound (no overflow possible)",
-                  "changed_*": "elements whose accumulator result differs from the exact sum under that mode",
-                  "clipped_fraction": "out codes at qmax, or at qmin when qmin is below the zero code (not ReLU)",
-                  "err_lsb": "integer accumulator minus float64 reference, in accumulator LSBs"},
-              "layers": layers, "fail_on": list(fail_on), "failed": failed, "plots": []}
+    report = {
+        "model_hash": model_hash(graph),
+        "n_vectors": int(x.shape[0]),
+        "backend": backend,
+        "reference_note": __doc__.split("Float64 reference: ")[1].strip().replace("\n", " "),
+        "definitions": {
+            "headroom_bits": "acc_width - bits needed for the largest observed |exact sum|",
+            "min_safe_width": "bits needed for the analytic worst case bound (no overflow possible)",
+            "changed_*": "elements whose accumulator result differs from the exact sum under that mode",
+            "clipped_fraction": "out codes at qmax, or at qmin when qmin is below the zero code (not ReLU)",
+            "err_lsb": "integer accumulator minus float64 reference, in accumulator LSBs",
+        },
+        "layers": layers,
+        "fail_on": list(fail_on),
+        "failed": failed,
+        "plots": [],
+    }
     # the whole report folder appears at once (nupes_sim.atomic); an existing folder is
     # replaced only if it is empty or holds a previous audit report
     with atomic_dir(out_dir, may_replace=lambda p: os.path.isfile(os.path.join(p, "report.json"))) as tmp:
@@ -181,6 +208,7 @@ def _plots(layers, errors, history, out_dir):
 
 def _save(fig, out_dir, name, files):
     import matplotlib.pyplot as plt
+
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, name), dpi=80)
     plt.close(fig)
@@ -192,29 +220,41 @@ def _safe(name):
 
 
 def _markdown(rep):
-    lines = ["# nupes-sim audit", "", f"model_hash `{rep['model_hash']}`, {rep['n_vectors']} vectors, "
-             f"backend {rep['backend']}", "", "Float64 reference: " + rep["reference_note"], "",
-             "| layer | type | width | mode | observed bits | bound bits (min safe width) | headroom | overflow | "
-             "changed (configured/wrap/saturate) | zero % | clipped % | err LSB max / rms | reference |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# nupes-sim audit",
+        "",
+        f"model_hash `{rep['model_hash']}`, {rep['n_vectors']} vectors, backend {rep['backend']}",
+        "",
+        "Float64 reference: " + rep["reference_note"],
+        "",
+        "| layer | type | width | mode | observed bits | bound bits (min safe width) | headroom | overflow | "
+        "changed (configured/wrap/saturate) | zero % | clipped % | err LSB max / rms | reference |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rep["layers"]:
         if "acc_width" in r:
             err = f"{r['err_lsb_max_abs']:.3g} / {r['err_lsb_rms']:.3g}" if "err_lsb_rms" in r else "-"
-            lines.append(f"| {r['name']} | {r['type']} | {r['acc_width']} | {r['overflow_mode']} | {r['observed_bits']} | "
-                         f"{r['min_safe_width']} | {r['headroom_bits']} | {r['overflow_count']} | "
-                         f"{r['changed_configured']}/{r['changed_if_wrap']}/{r['changed_if_saturate']} | "
-                         f"{100 * r['zero_fraction']:.1f} | {100 * r['clipped_fraction']:.1f} | {err} | "
-                         f"{r.get('reference', '-')} |")
+            lines.append(
+                f"| {r['name']} | {r['type']} | {r['acc_width']} | {r['overflow_mode']} | {r['observed_bits']} | "
+                f"{r['min_safe_width']} | {r['headroom_bits']} | {r['overflow_count']} | "
+                f"{r['changed_configured']}/{r['changed_if_wrap']}/{r['changed_if_saturate']} | "
+                f"{100 * r['zero_fraction']:.1f} | {100 * r['clipped_fraction']:.1f} | {err} | "
+                f"{r.get('reference', '-')} |"
+            )
         else:
-            lines.append(f"| {r['name']} | {r['type']} | - | - | - | - | - | - | - | {100 * r['zero_fraction']:.1f} | "
-                         f"{100 * r['clipped_fraction']:.1f} | - | - |")
+            lines.append(
+                f"| {r['name']} | {r['type']} | - | - | - | - | - | - | - | {100 * r['zero_fraction']:.1f} | "
+                f"{100 * r['clipped_fraction']:.1f} | - | - |"
+            )
     lines += ["", "## Formats (exponent, scale)", ""]
     for r in rep["layers"]:
         for k, f in r.get("formats", {}).items():
             sc = f.get("scale")
             sc = sc if not isinstance(sc, list) or len(sc) <= 8 else f"{sc[:8]}... ({len(sc)} entries)"
-            lines.append(f"- {r['name']}.{k}: {f.get('kind')} {f.get('bits')} bits, exponent {f.get('exponent', '-')}, "
-                         f"scale {sc}")
+            lines.append(
+                f"- {r['name']}.{k}: {f.get('kind')} {f.get('bits')} bits, exponent {f.get('exponent', '-')}, "
+                f"scale {sc}"
+            )
     hist = [r for r in rep["layers"] if "loss_history" in r]
     if hist:
         lines += ["", "## Loss history", ""]

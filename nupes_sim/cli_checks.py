@@ -1,6 +1,7 @@
 """Validation for the command line: option types (ranges, finite numbers), input files
 (exists, kind, dtype, declared size before reading), and outputs that must not overwrite
 an input. Every failure is one line (CliError, exit 2)."""
+
 import argparse
 import math
 import os
@@ -28,8 +29,9 @@ def int_in(lo, hi=None, name="value"):
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
         if v < lo or (hi is not None and v > hi):
-            raise argparse.ArgumentTypeError(f"{v} is outside the allowed range "
-                                             f"[{lo}, {'inf' if hi is None else hi}]")
+            raise argparse.ArgumentTypeError(
+                f"{v} is outside the allowed range [{lo}, {'inf' if hi is None else hi}]"
+            )
         return v
 
     parse.__name__ = name
@@ -60,7 +62,9 @@ def shape_arg(text):
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
     if not dims or len(dims) > 8 or any(d < 1 for d in dims):
-        raise argparse.ArgumentTypeError(f"{text!r}: every dimension must be a positive integer (1 to 8 of them)")
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: every dimension must be a positive integer (1 to 8 of them)"
+        )
     return dims
 
 
@@ -74,6 +78,7 @@ def memory_arg(text):
 
 
 # ---- paths ---------------------------------------------------------------------------------
+
 
 def _same(a, b):
     try:
@@ -115,6 +120,7 @@ def output_folder_exists(path, what="--out"):
 
 # ---- array files ---------------------------------------------------------------------------
 
+
 def npy_header(path):
     """(shape, dtype) declared by a .npy file, read from its header only."""
     with open(path, "rb") as fh:
@@ -127,7 +133,9 @@ def npy_header(path):
             else:
                 raise ValueError(f"unsupported .npy version {version}")
         except Exception as e:
-            raise CliError(f"{path}: not a readable .npy file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+            raise CliError(
+                f"{path}: not a readable .npy file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+            ) from None
     return tuple(shape), dtype
 
 
@@ -191,7 +199,9 @@ def load_array(path, dataset, what, kinds, limit):
     except CliError:
         raise
     except Exception as e:
-        raise CliError(f"cannot read {what} {p}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        raise CliError(
+            f"cannot read {what} {p}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
     x = np.asarray(x)
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         raise CliError(f"{what} {p}: holds NaN or infinite values")

@@ -5,6 +5,7 @@ On the shipped Fashion-MNIST ResNet (data/fashion_resnet.pt): quantize with NUPE
 Numba CPU simulator on the test set, write golden vectors for a few test images, verify them
 with the NumPy oracle, write the numerical-stability audit, and print a summary table.
 """
+
 import argparse
 import json
 import sys
@@ -19,9 +20,12 @@ def _batches(n, size):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="nupes-sim demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="examples:\n  nupes-sim demo\n  nupes-sim demo --n-test 1000 --method powerquant --out out/pq")
+    p = argparse.ArgumentParser(
+        prog="nupes-sim demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  nupes-sim demo\n  nupes-sim demo --n-test 1000 --method powerquant --out out/pq",
+    )
     p.add_argument("--out", default="out/demo", help="folder for the files written (default out/demo)")
     p.add_argument("--method", default="nupes", choices=("rtn", "powerquant", "gptq", "gptq_power", "nupes"))
     p.add_argument("--wbits", type=int, default=4)
@@ -60,16 +64,25 @@ def main(argv=None):
     torch.manual_seed(0)
     xtr, _ = fashion_tensors("train")
     xte, yte = fashion_tensors("test")
-    xte, yte = xte[:args.n_test], yte[:args.n_test].numpy()
+    xte, yte = xte[: args.n_test], yte[: args.n_test].numpy()
     calib = xtr[torch.randperm(len(xtr), generator=torch.Generator().manual_seed(0))[:256]]
 
     say("[1/6] float model")
     float_acc = 100.0 * fashion_top1(load_fashion_model(), xte, torch.from_numpy(yte))
 
-    say(f"[2/6] quantizing with {args.method} (W{args.wbits} per-channel, A{args.abits}, 256 calibration images)")
+    say(
+        f"[2/6] quantizing with {args.method} (W{args.wbits} per-channel, A{args.abits}, 256 calibration images)"
+    )
     t = time.perf_counter()
-    ex, report = quantize_to_graph("fashion-resnet", calib=calib, method=args.method, wbits=args.wbits,
-                                   abits=args.abits, steps=args.steps, progress=not args.quiet)
+    ex, report = quantize_to_graph(
+        "fashion-resnet",
+        calib=calib,
+        method=args.method,
+        wbits=args.wbits,
+        abits=args.abits,
+        steps=args.steps,
+        progress=not args.quiet,
+    )
     t_quant = time.perf_counter() - t
 
     say("[3/6] float64 fake-quantized twin and integer simulator (Numba CPU) on the test set")
@@ -85,27 +98,35 @@ def main(argv=None):
 
     say("[4/6] saving the integer model")
     model_path = out / "model.h5"
-    hist = {r["name"]: np.array([r["loss_before"], r["loss_after"]], np.float64)
-            for r in report["layers"] if r.get("loss_before") is not None}
+    hist = {
+        r["name"]: np.array([r["loss_before"], r["loss_after"]], np.float64)
+        for r in report["layers"]
+        if r.get("loss_before") is not None
+    }
     save_model(ex.graph, str(model_path), input_shape=tuple(xte.shape[1:]), loss_history=hist)
 
     say(f"[5/6] golden vectors for {args.golden} test images, verified with the NumPy oracle")
     golden_path = out / "golden.h5"
-    codes = ex.encode_input(xte[:args.golden].numpy())
-    write_golden(ex.graph, codes, str(golden_path), backend="cpu", seeds={"demo_images": list(range(args.golden))})
+    codes = ex.encode_input(xte[: args.golden].numpy())
+    write_golden(
+        ex.graph, codes, str(golden_path), backend="cpu", seeds={"demo_images": list(range(args.golden))}
+    )
     t = time.perf_counter()
     ver = verify(str(golden_path), backend="numpy")
     t_verify = time.perf_counter() - t
 
     say(f"[6/6] numerical-stability audit on {args.audit} test images")
     audit_dir = out / "audit"
-    audit(str(model_path), ex.encode_input(xte[:args.audit].numpy()), str(audit_dir), backend="cpu")
+    audit(str(model_path), ex.encode_input(xte[: args.audit].numpy()), str(audit_dir), backend="cpu")
 
     rows = [
         ("float accuracy (PyTorch fp32)", f"{float_acc:.2f} %"),
         ("fake-quantized accuracy (float64 twin)", f"{100 * (fq_pred == yte).mean():.2f} %"),
         ("integer-simulator accuracy (Numba CPU)", f"{100 * (int_pred == yte).mean():.2f} %"),
-        ("top-1 agreement integer vs fake-quant", f"{100 * (int_pred == fq_pred).mean():.2f} % of {len(yte)}"),
+        (
+            "top-1 agreement integer vs fake-quant",
+            f"{100 * (int_pred == fq_pred).mean():.2f} % of {len(yte)}",
+        ),
         ("accumulator overflows", str(overflow)),
         ("golden vectors verified bit for bit", "yes" if ver.ok else "NO"),
         ("quantize / simulate / verify seconds", f"{t_quant:.1f} / {t_sim:.1f} / {t_verify:.1f}"),

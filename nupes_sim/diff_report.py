@@ -4,6 +4,7 @@ A DiffReport is OK only when something was compared, nothing differed, and nothi
 comparison incomplete or untrustworthy (`failures`: missing or unknown tensors, malformed
 files, another model). Its text always says how much was compared and against which model.
 """
+
 from dataclasses import dataclass, field
 
 STAGES = ("input", "acc_exact", "acc", "out")  # in execution order; 'input' = the input codes
@@ -21,14 +22,26 @@ class Divergence:
     inputs: dict = field(default_factory=dict)  # what feeds this element (expected values)
 
     def to_dict(self):
-        return {"vector": self.vector, "layer": self.layer, "stage": self.stage, "index": self.index,
-                "multi_index": list(self.multi_index), "expected": self.expected, "observed": self.observed,
-                "inputs": self.inputs}
+        return {
+            "vector": self.vector,
+            "layer": self.layer,
+            "stage": self.stage,
+            "index": self.index,
+            "multi_index": list(self.multi_index),
+            "expected": self.expected,
+            "observed": self.observed,
+            "inputs": self.inputs,
+        }
 
     def describe(self):
-        where = (f"layer parameter {self.layer!r}/{self.stage}" if self.vector is None
-                 else f"vector {self.vector}, layer {self.layer!r}, stage {self.stage}")
-        obs = self.observed if isinstance(self.observed, int) else f"word {self.observed!r} (not a valid value)"
+        where = (
+            f"layer parameter {self.layer!r}/{self.stage}"
+            if self.vector is None
+            else f"vector {self.vector}, layer {self.layer!r}, stage {self.stage}"
+        )
+        obs = (
+            self.observed if isinstance(self.observed, int) else f"word {self.observed!r} (not a valid value)"
+        )
         return f"{where}, flat index {self.index} {tuple(self.multi_index)}: expected {self.expected}, observed {obs}"
 
 
@@ -75,20 +88,38 @@ class DiffReport:
 
     def summary(self):
         """How much was compared, in words."""
-        lay = (": " + ", ".join(self.layers[:8]) + (", ..." if len(self.layers) > 8 else "")) if self.layers else ""
+        lay = (
+            (": " + ", ".join(self.layers[:8]) + (", ..." if len(self.layers) > 8 else ""))
+            if self.layers
+            else ""
+        )
         st = ", ".join(s for s in STAGES if s in self.stages) or "none"
-        return (f"{self.compared} elements in {self.tensors} tensors ({len(self.vectors)} vectors, "
-                f"{len(self.layers)} layers{lay}; stages {st}) "
-                f"and {self.param_elements} entries in {self.params} layer parameter tensors")
+        return (
+            f"{self.compared} elements in {self.tensors} tensors ({len(self.vectors)} vectors, "
+            f"{len(self.layers)} layers{lay}; stages {st}) "
+            f"and {self.param_elements} entries in {self.params} layer parameter tensors"
+        )
 
     def to_dict(self):
-        return {"ok": self.ok, "first_divergence": None if self.first is None else self.first.to_dict(),
-                "mismatch_counts": self.counts, "mismatches": self.n_mismatches, "compared": self.compared,
-                "tensors": self.tensors, "vectors": len(self.vectors), "layers": self.layers,
-                "stages": [s for s in STAGES if s in self.stages], "param_tensors": self.params, "param_elements": self.param_elements,
-                "param_mismatches": [d.to_dict() for d in self.param_mismatches],
-                "not_compared": self.not_compared, "failures": self.failures, "notes": self.notes,
-                "model_hash": self.model_hash, "source": self.source}
+        return {
+            "ok": self.ok,
+            "first_divergence": None if self.first is None else self.first.to_dict(),
+            "mismatch_counts": self.counts,
+            "mismatches": self.n_mismatches,
+            "compared": self.compared,
+            "tensors": self.tensors,
+            "vectors": len(self.vectors),
+            "layers": self.layers,
+            "stages": [s for s in STAGES if s in self.stages],
+            "param_tensors": self.params,
+            "param_elements": self.param_elements,
+            "param_mismatches": [d.to_dict() for d in self.param_mismatches],
+            "not_compared": self.not_compared,
+            "failures": self.failures,
+            "notes": self.notes,
+            "model_hash": self.model_hash,
+            "source": self.source,
+        }
 
     def format_text(self):
         lines = []
@@ -113,8 +144,10 @@ class DiffReport:
                     if v:
                         lines.append(f"  {k}: {v}")
         if self.not_compared:
-            lines.append(f"not compared (absent from the dump, allowed by --partial): {len(self.not_compared)} "
-                         f"tensors, e.g. {self.not_compared[0]}")
+            lines.append(
+                f"not compared (absent from the dump, allowed by --partial): {len(self.not_compared)} "
+                f"tensors, e.g. {self.not_compared[0]}"
+            )
         lines.extend(f"note: {n}" for n in self.notes)
         if self.model_hash:
             lines.append(f"model: {self.model_hash}")

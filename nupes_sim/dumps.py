@@ -14,6 +14,7 @@ its declared width is kept as an invalid word and `diff` reports it as a mismatc
 with the wrong number of words, a tensor name the golden file does not hold, or a manifest
 that declares another width is a problem `diff` fails on.
 """
+
 import json
 import os
 from dataclasses import dataclass, field
@@ -133,8 +134,10 @@ def format_words(values, width, signed):
     lo, hi = (-(1 << (width - 1)), (1 << (width - 1)) - 1) if signed else (0, mask)
     a = np.asarray(values, np.int64).reshape(-1)
     if a.size and (int(a.min()) < lo or int(a.max()) > hi):
-        raise ValueError(f"value {int(a.min()) if int(a.min()) < lo else int(a.max())} does not fit "
-                         f"{width}-bit {'signed' if signed else 'unsigned'} words")
+        raise ValueError(
+            f"value {int(a.min()) if int(a.min()) < lo else int(a.max())} does not fit "
+            f"{width}-bit {'signed' if signed else 'unsigned'} words"
+        )
     return "".join(f"{(int(v) & mask):0{digits}x}\n" for v in a)
 
 
@@ -165,9 +168,11 @@ def load_hex_dump(golden, folder, layout=None):
                 continue
             ex = layout[t]
             if "width" in e and (int(e["width"]), bool(e.get("signed", ex.signed))) != (ex.width, ex.signed):
-                dump.problems.append(f"{t}: manifest declares {e['width']}-bit "
-                                     f"{'signed' if e.get('signed') else 'unsigned'} words; the golden file's are "
-                                     f"{ex.width}-bit {'signed' if ex.signed else 'unsigned'}")
+                dump.problems.append(
+                    f"{t}: manifest declares {e['width']}-bit "
+                    f"{'signed' if e.get('signed') else 'unsigned'} words; the golden file's are "
+                    f"{ex.width}-bit {'signed' if ex.signed else 'unsigned'}"
+                )
                 continue
             if "shape" in e and tuple(e["shape"]) != ex.values.shape:
                 dump.problems.append(f"{t}: manifest shape {tuple(e['shape'])}; expected {ex.values.shape}")
@@ -180,8 +185,10 @@ def load_hex_dump(golden, folder, layout=None):
         for f in files:
             t = file_tensor(f)
             if t not in layout:
-                dump.problems.append(f"{f}: names no tensor of the golden file (expected names like "
-                                     f"{tensor_file(next(iter(layout)))})")
+                dump.problems.append(
+                    f"{f}: names no tensor of the golden file (expected names like "
+                    f"{tensor_file(next(iter(layout)))})"
+                )
                 continue
             entries[t] = f
     for t, f in entries.items():
@@ -204,8 +211,12 @@ def load_h5_dump(golden, path, layout=None):
     """Dump of an HDF5 file in the golden schema (read without checksum or range checks)."""
     layout = expected_layout(golden) if layout is None else layout
     obs = read_golden(path, strict=False)
-    dump = Dump(os.fspath(path), "hdf5", model_hash=str(obs.attrs["model_hash"]),
-                n_vectors=int(obs.attrs["n_vectors"]))
+    dump = Dump(
+        os.fspath(path),
+        "hdf5",
+        model_hash=str(obs.attrs["model_hash"]),
+        n_vectors=int(obs.attrs["n_vectors"]),
+    )
     onames = [n.name for n in obs.graph.nodes]
     for i, n in enumerate(obs.graph.nodes):
         key = layer_key(i, n.name)
@@ -255,5 +266,18 @@ def stage_tensors(golden, v, i):
     return [vector_tensor(v, i, n.name, s) for s in stage_names(n.layer)]
 
 
-__all__ = ["tensor_file", "file_tensor", "vector_tensor", "expected_layout", "Expected", "Observed", "Dump",
-           "parse_words", "format_words", "load_hex_dump", "load_h5_dump", "load_dump", "write_dump"]
+__all__ = [
+    "tensor_file",
+    "file_tensor",
+    "vector_tensor",
+    "expected_layout",
+    "Expected",
+    "Observed",
+    "Dump",
+    "parse_words",
+    "format_words",
+    "load_hex_dump",
+    "load_h5_dump",
+    "load_dump",
+    "write_dump",
+]

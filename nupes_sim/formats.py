@@ -3,6 +3,7 @@
 Encoding of real values happens on the host in float64 (reference, tests); the
 simulator consumes integer codes only.
 """
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,8 +68,9 @@ class PowerFormat:
 
     def __post_init__(self):
         object.__setattr__(self, "range", CodeRange(self.bits, self.signed))
-        object.__setattr__(self, "exponent",
-                           check_real("exponent", self.exponent, EXPONENT_MIN, EXPONENT_MAX))
+        object.__setattr__(
+            self, "exponent", check_real("exponent", self.exponent, EXPONENT_MIN, EXPONENT_MAX)
+        )
         check_choice("granularity", self.granularity, GRANULARITIES)
         s = check_finite_positive("scale", self.scale)
         if self.granularity == "tensor":
@@ -80,7 +82,9 @@ class PowerFormat:
         else:
             check_int("group_size", self.group_size, 1, None)
             if s.ndim != 2:
-                raise ValueError(f"scale must be 2-D (channels, groups) for granularity='group', got shape {s.shape}")
+                raise ValueError(
+                    f"scale must be 2-D (channels, groups) for granularity='group', got shape {s.shape}"
+                )
         s = s.copy()
         s.setflags(write=False)
         object.__setattr__(self, "scale", s)
@@ -97,7 +101,9 @@ class PowerFormat:
             return np.repeat(np.arange(C, dtype=np.int64)[:, None], K, axis=1)
         g = self.group_size
         if K % g or self.scale.shape[1] != K // g:
-            raise ValueError(f"group_size={g} and scale shape {self.scale.shape} do not fit K={K} input elements")
+            raise ValueError(
+                f"group_size={g} and scale shape {self.scale.shape} do not fit K={K} input elements"
+            )
         return np.arange(C, dtype=np.int64)[:, None] * (K // g) + (np.arange(K, dtype=np.int64) // g)[None, :]
 
     def decode_real(self, codes, scale_index=None):

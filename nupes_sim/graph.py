@@ -1,4 +1,5 @@
 """A graph of integer layers run by one backend, with every intermediate on request."""
+
 import importlib
 from dataclasses import dataclass, field
 
@@ -53,17 +54,25 @@ class Graph:
         seen = {INPUT}
         for n in nodes:
             if not isinstance(n, Node):
-                n = Node(n[0], tuple(n[1])) if isinstance(n, tuple) else Node(n, (self.nodes[-1].name,) if self.nodes else (INPUT,))
+                n = (
+                    Node(n[0], tuple(n[1]))
+                    if isinstance(n, tuple)
+                    else Node(n, (self.nodes[-1].name,) if self.nodes else (INPUT,))
+                )
             # transformer types run on the oracle only until they implement the layer
             # protocol (nupes_sim/layers/base.py) and are registered
             if not (is_layer(n.layer) or type(n.layer) in _TRANSFORMER_TYPES):
-                raise TypeError(f"unsupported layer type {type(n.layer).__name__}; supported: "
-                                f"{', '.join(sorted(LAYER_TYPES) + [t.__name__ for t in _TRANSFORMER_TYPES])}")
+                raise TypeError(
+                    f"unsupported layer type {type(n.layer).__name__}; supported: "
+                    f"{', '.join(sorted(LAYER_TYPES) + [t.__name__ for t in _TRANSFORMER_TYPES])}"
+                )
             if n.name in seen:
                 raise ValueError(f"duplicate layer name {n.name!r}")
             for i in n.inputs:
                 if i not in seen:
-                    raise ValueError(f"layer {n.name!r} reads {i!r}, which is not 'input' or an earlier layer")
+                    raise ValueError(
+                        f"layer {n.name!r} reads {i!r}, which is not 'input' or an earlier layer"
+                    )
             want = n.layer.n_inputs
             if len(n.inputs) != want:
                 raise ValueError(f"layer {n.name!r} takes {want} input(s), got {len(n.inputs)}")

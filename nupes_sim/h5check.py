@@ -10,6 +10,7 @@ chunked dataset with nothing written is refused without reading it), and filters
 gzip, shuffle and fletcher32). `Limits` bounds the work: every check is linear in the
 number of objects, which is itself bounded.
 """
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,8 +51,11 @@ def check_links(root, where, limits=DEFAULT_LIMITS):
             p = f"{w.rstrip('/')}/{name}"
             link = g.get(name, getlink=True)
             if not isinstance(link, h5py.HardLink):
-                _fail(p, f"is a {type(link).__name__ if link is not None else 'user-defined link'}; "
-                         f"links are not allowed (a file must hold its own data)")
+                _fail(
+                    p,
+                    f"is a {type(link).__name__ if link is not None else 'user-defined link'}; "
+                    f"links are not allowed (a file must hold its own data)",
+                )
             obj = g.get(name)
             if isinstance(obj, h5py.Datatype) or not isinstance(obj, (h5py.Group, h5py.Dataset)):
                 _fail(p, f"is a {type(obj).__name__}; only groups and datasets are allowed")
@@ -102,8 +106,11 @@ def attr(obj, name, kind, where, limits=DEFAULT_LIMITS):
         return v
     if kind in ("int", "int_vector"):
         if dtype.str != "<i8":
-            _fail(w, f"must be a little-endian int64{' scalar' if kind == 'int' else ' vector'}, found dtype "
-                     f"{dtype.str}")
+            _fail(
+                w,
+                f"must be a little-endian int64{' scalar' if kind == 'int' else ' vector'}, found dtype "
+                f"{dtype.str}",
+            )
         want_nd = 0 if kind == "int" else 1
         if len(shape or ()) != want_nd or (want_nd and shape[0] > 64):
             _fail(w, f"shape {shape}; expected {'a scalar' if kind == 'int' else 'a short vector'}")

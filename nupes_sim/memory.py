@@ -5,6 +5,7 @@ The oracle, the golden writer and the audit stream over independent outputs in c
 working set is at most `chunk_budget()` bytes; what remains (a whole input array, one
 vector's intermediates) is estimated here and compared with the budget first.
 """
+
 import os
 
 import numpy as np
@@ -28,21 +29,37 @@ def default_budget():
     return int(physical_memory() * DEFAULT_FRACTION)
 
 
-_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20, "MIB": 1 << 20,
-          "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30, "T": 1 << 40, "TB": 1 << 40, "TIB": 1 << 40}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 1 << 10,
+    "KB": 1 << 10,
+    "KIB": 1 << 10,
+    "M": 1 << 20,
+    "MB": 1 << 20,
+    "MIB": 1 << 20,
+    "G": 1 << 30,
+    "GB": 1 << 30,
+    "GIB": 1 << 30,
+    "T": 1 << 40,
+    "TB": 1 << 40,
+    "TIB": 1 << 40,
+}
 
 
 def parse_bytes(text):
     """'4G', '512M', '1.5GiB', '1000000' -> bytes (binary units); ValueError otherwise."""
     s = str(text).strip().upper()
     num = s.rstrip("KMGTIB")
-    unit = s[len(num):]
+    unit = s[len(num) :]
     try:
         v = float(num)
     except ValueError:
         v = float("nan")
     if unit not in _UNITS or not np.isfinite(v) or v <= 0:
-        raise ValueError(f"{text!r} is not a memory size (a positive number with an optional unit K, M, G, T)")
+        raise ValueError(
+            f"{text!r} is not a memory size (a positive number with an optional unit K, M, G, T)"
+        )
     b = int(v * _UNITS[unit])
     if b < 64 << 20:
         raise ValueError(f"{text!r} is below the minimum memory budget of 64M")
@@ -76,8 +93,10 @@ def check_fits(what, nbytes, limit=None):
     """Raise MemoryBudgetError (one line) if `nbytes` exceeds the budget."""
     limit = budget() if limit is None else limit
     if nbytes > limit:
-        raise MemoryBudgetError(f"{what} needs about {human(nbytes)}, more than the memory budget of "
-                                f"{human(limit)} (--max-memory); use fewer or smaller vectors")
+        raise MemoryBudgetError(
+            f"{what} needs about {human(nbytes)}, more than the memory budget of "
+            f"{human(limit)} (--max-memory); use fewer or smaller vectors"
+        )
 
 
 def stage_shapes(graph, in_shape):
@@ -138,5 +157,16 @@ def elements(shape):
     return int(np.prod([int(s) for s in shape], dtype=object))
 
 
-__all__ = ["MemoryBudgetError", "parse_bytes", "set_budget", "budget", "chunk_budget", "check_fits", "stage_shapes",
-           "run_bytes", "default_budget", "human", "elements"]
+__all__ = [
+    "MemoryBudgetError",
+    "parse_bytes",
+    "set_budget",
+    "budget",
+    "chunk_budget",
+    "check_fits",
+    "stage_shapes",
+    "run_bytes",
+    "default_budget",
+    "human",
+    "elements",
+]

@@ -8,6 +8,7 @@ Memory: MAC layers are computed in blocks of (input positions x output channels)
 products fit `memory.chunk_budget()`; every output element depends only on its own
 products and bias, so blocking changes no value (it only bounds the working set).
 """
+
 import math
 from fractions import Fraction
 
@@ -94,6 +95,7 @@ def accumulate(products, bias, acc):
     elif acc.overflow == "wrap":
         result = np.vectorize(lambda v: wrap(v, acc.width), otypes=[object])(exact) if exact.size else exact
     else:
+
         def clamp(v):
             return np.where(v > hi, hi, np.where(v < lo, lo, v))
 
@@ -118,8 +120,8 @@ def requantize(values, requant, channel_axis, seed, tensor_id):
         return values.copy()
     n_ch = values.shape[channel_axis] if values.ndim else 1
     ch = np.broadcast_to(
-        np.arange(n_ch).reshape([-1 if a == channel_axis else 1 for a in range(values.ndim)]),
-        values.shape)
+        np.arange(n_ch).reshape([-1 if a == channel_axis else 1 for a in range(values.ndim)]), values.shape
+    )
     if isinstance(requant, Thresholds):
         rows = requant.thr[np.where(requant.thr.shape[0] == 1, 0, ch)]  # (..., n)
         return requant.qmin + (values[..., None] >= rows).sum(axis=-1).astype(np.int64)
@@ -178,10 +180,10 @@ def mac_rows(layer, cols, valid, acc_cfg):
     for o0 in range(0, O, cb):
         sub = _ChannelView(layer, slice(o0, min(o0 + cb, O)))
         for r0 in range(0, R, rb):
-            prods = _mac_products(sub, cols[r0:r0 + rb], valid[r0:r0 + rb])  # (rb, cb, K)
+            prods = _mac_products(sub, cols[r0 : r0 + rb], valid[r0 : r0 + rb])  # (rb, cb, K)
             e, a = accumulate(prods, sub.bias[None, :], acc_cfg)
-            exact[r0:r0 + rb, o0:o0 + cb] = e
-            acc[r0:r0 + rb, o0:o0 + cb] = a
+            exact[r0 : r0 + rb, o0 : o0 + cb] = e
+            acc[r0 : r0 + rb, o0 : o0 + cb] = a
     return exact, acc
 
 
@@ -237,11 +239,11 @@ def conv2d(layer, x):
         n = B * (r1 - r0) * wo
         for g in range(layer.groups):
             sub = _group_view(layer, g, Og)
-            c = cols[:, :, :, g * Cg:(g + 1) * Cg].reshape(n, -1)
-            v = valid[:, :, :, g * Cg:(g + 1) * Cg].reshape(n, -1)
+            c = cols[:, :, :, g * Cg : (g + 1) * Cg].reshape(n, -1)
+            v = valid[:, :, :, g * Cg : (g + 1) * Cg].reshape(n, -1)
             e, a = mac_rows(sub, c, v, layer.acc)  # (n, Og)
-            exact[:, r0:r1, :, g * Og:(g + 1) * Og] = e.reshape(B, r1 - r0, wo, Og)
-            acc[:, r0:r1, :, g * Og:(g + 1) * Og] = a.reshape(B, r1 - r0, wo, Og)
+            exact[:, r0:r1, :, g * Og : (g + 1) * Og] = e.reshape(B, r1 - r0, wo, Og)
+            acc[:, r0:r1, :, g * Og : (g + 1) * Og] = a.reshape(B, r1 - r0, wo, Og)
     exact = exact.transpose(0, 3, 1, 2).copy()
     acc = acc.transpose(0, 3, 1, 2).copy()
     out = requantize(acc, layer.requant, 1, layer.seed, layer.tensor_id)
@@ -300,7 +302,7 @@ def maxpool2d(layer, x):
     for oh in range(ho):
         for ow in range(wo):
             h0, w0 = oh * layer.stride[0] - layer.padding[0], ow * layer.stride[1] - layer.padding[1]
-            win = x[:, :, max(h0, 0):min(h0 + kh, H), max(w0, 0):min(w0 + kw, W)]
+            win = x[:, :, max(h0, 0) : min(h0 + kh, H), max(w0, 0) : min(w0 + kw, W)]
             out[:, :, oh, ow] = win.reshape(B, C, -1).max(axis=-1)
     return dict(out=out)
 

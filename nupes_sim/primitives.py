@@ -174,8 +174,18 @@ def clamp(x, lo, hi):
     return x
 
 
-NAMES = ("mul32", "fmix32", "hash32", "round_shift", "sat_add", "sat_step", "wrap", "count_ge", "rescale",
-         "clamp")
+NAMES = (
+    "mul32",
+    "fmix32",
+    "hash32",
+    "round_shift",
+    "sat_add",
+    "sat_step",
+    "wrap",
+    "count_ge",
+    "rescale",
+    "clamp",
+)
 
 
 def compile_all(decorator):

@@ -3,6 +3,7 @@
 Integer rounding inside kernels is primitives.round_shift; this module rounds float64
 values on the host (LUTs, bias tables, encoding) with the same named rules.
 """
+
 import numpy as np
 
 from . import primitives as P
@@ -34,8 +35,9 @@ def mode_id(name, allowed=None):
     if isinstance(name, str) and name in allowed:
         return MODES[name]
     if isinstance(name, str) and name in MODES:
-        raise ValueError(f"rounding={name!r} applies only to rescale requantization; choose one of "
-                         f"{sorted(allowed)}")
+        raise ValueError(
+            f"rounding={name!r} applies only to rescale requantization; choose one of {sorted(allowed)}"
+        )
     raise ValueError(f"rounding={name!r} is not a rounding mode; choose one of {sorted(allowed)}")
 
 
@@ -86,7 +88,8 @@ def round_float(x, rounding=DEFAULT, seed=0, tensor_id=0, words=None):
     if x.size and np.abs(x).max() >= HOST_LIMIT:
         raise ValueError(
             f"value {np.abs(x).max():.6g} is too large for an int64 table built in float64 "
-            f"(limit 2^52); lower the fractional bits or the scale")
+            f"(limit 2^52); lower the fractional bits or the scale"
+        )
     a = np.abs(x)
     f = np.floor(a)
     d = a - f  # exact: 0 <= d < 1

@@ -14,6 +14,7 @@ float64 exactly.
 `save_model(graph, path)` / `load_model(path)` store it in HDF5 (the "quantized model" file
 taken by `nupes-sim golden|audit|simulate`).
 """
+
 import dataclasses
 import hashlib
 import json
@@ -74,9 +75,14 @@ def _encode(value, key, arrays):
     if isinstance(value, CodeRange):
         return {"t": type(value).__name__, "bits": int(value.bits), "signed": bool(value.signed)}
     if type(value).__name__ in STRUCT_CLASSES:
-        return {"t": type(value).__name__,
-                "fields": {f.name: _encode(getattr(value, f.name), f"{key}/{f.name}", arrays)
-                           for f in dataclasses.fields(value) if f.init}}
+        return {
+            "t": type(value).__name__,
+            "fields": {
+                f.name: _encode(getattr(value, f.name), f"{key}/{f.name}", arrays)
+                for f in dataclasses.fields(value)
+                if f.init
+            },
+        }
     if isinstance(value, dict):  # meta: must already be JSON-able
         json.dumps(value)
         return {"t": "json", "v": value}
@@ -119,7 +125,9 @@ def graph_to_dict(graph):
             if not f.init:
                 continue  # derived (bound): recomputed by the constructor
             fields[f.name] = _encode(getattr(layer, f.name), f"n{i}/{f.name}", arrays)
-        nodes.append({"type": type(layer).__name__, "name": layer.name, "inputs": list(n.inputs), "fields": fields})
+        nodes.append(
+            {"type": type(layer).__name__, "name": layer.name, "inputs": list(n.inputs), "fields": fields}
+        )
     attrs = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "nodes": nodes}
     return arrays, attrs
 
@@ -128,8 +136,10 @@ def graph_from_dict(arrays, attrs):
     """Inverse of graph_to_dict; raises ModelFormatError naming what is wrong."""
     try:
         if attrs.get("format") != MODEL_FORMAT or attrs.get("version") != MODEL_VERSION:
-            raise ModelFormatError(f"not a {MODEL_FORMAT} v{MODEL_VERSION} description "
-                                   f"(format={attrs.get('format')!r}, version={attrs.get('version')!r})")
+            raise ModelFormatError(
+                f"not a {MODEL_FORMAT} v{MODEL_VERSION} description "
+                f"(format={attrs.get('format')!r}, version={attrs.get('version')!r})"
+            )
         used = set()
         nodes = []
         for i, nd in enumerate(attrs["nodes"]):
@@ -144,7 +154,9 @@ def graph_from_dict(arrays, attrs):
             _collect_keys(nd["fields"], used)
             layer = cls(**kw)
             if layer.name != nd["name"]:
-                raise ModelFormatError(f"node {i}: name {nd['name']!r} does not match its layer {layer.name!r}")
+                raise ModelFormatError(
+                    f"node {i}: name {nd['name']!r} does not match its layer {layer.name!r}"
+                )
             nodes.append(Node(layer, tuple(nd["inputs"])))
         extra = set(arrays) - used
         if extra:
@@ -200,6 +212,7 @@ def sha256_array(a):
 
 # ---- HDF5 model files ---------------------------------------------------------------
 
+
 def write_graph_h5(group, graph, compression=None):
     """Store graph under an h5py group: attribute-free JSON dataset 'graph_json' + 'arrays/<key>'."""
 
@@ -210,8 +223,9 @@ def write_graph_h5(group, graph, compression=None):
     ag = group.create_group("arrays", track_order=True)
     for k in sorted(arrays):
         a = arrays[k]
-        ds = ag.create_dataset(k.replace("/", "."), data=a, track_times=False,
-                               compression=compression if a.size > 1024 else None)
+        ds = ag.create_dataset(
+            k.replace("/", "."), data=a, track_times=False, compression=compression if a.size > 1024 else None
+        )
         ds.attrs["sha256"] = sha256_array(a)
     return arrays, attrs
 
@@ -236,8 +250,10 @@ def read_graph_h5(group, where="model", limits=DEFAULT_LIMITS):
     try:
         check_links(group, where, limits)
         if set(group.keys()) != {"graph_json", "arrays"} or len(group.attrs.keys()):
-            raise ModelFormatError(f"{where}: expected exactly 'graph_json' and 'arrays' and no attributes, "
-                                   f"found {sorted(group.keys())} with attributes {sorted(group.attrs.keys())}")
+            raise ModelFormatError(
+                f"{where}: expected exactly 'graph_json' and 'arrays' and no attributes, "
+                f"found {sorted(group.keys())} with attributes {sorted(group.attrs.keys())}"
+            )
         gj, ag = group["graph_json"], group["arrays"]
         if not isinstance(gj, h5py.Dataset) or not isinstance(ag, h5py.Group):
             raise ModelFormatError(f"{where}: graph_json must be a dataset and arrays a group")
@@ -258,7 +274,9 @@ def read_graph_h5(group, where="model", limits=DEFAULT_LIMITS):
                 _, shp = dataset_meta(ds, w, ARRAY_DTYPES, limits=limits)
             total += h5elements(shp)
             if total > limits.max_total_elements:
-                raise ModelFormatError(f"{where}: arrays declare more than {limits.max_total_elements} elements")
+                raise ModelFormatError(
+                    f"{where}: arrays declare more than {limits.max_total_elements} elements"
+                )
         raw = bytes(np.asarray(gj[()], np.uint8).tobytes())
         if hashlib.sha256(raw).hexdigest() != gj.attrs["sha256"]:
             raise ModelFormatError(f"{where}/graph_json: checksum mismatch")
@@ -283,8 +301,10 @@ def read_graph_h5(group, where="model", limits=DEFAULT_LIMITS):
     for k, a in arrays.items():
         b = arrays2.get(k)
         if b is None or a.dtype.str != b.dtype.str or a.shape != b.shape or not np.array_equal(a, b):
-            raise ModelFormatError(f"{where}/arrays/{k.replace('/', '.')}: dtype {a.dtype.str} shape {a.shape} is not "
-                                   f"what the layer stores ({None if b is None else b.dtype.str} {None if b is None else b.shape})")
+            raise ModelFormatError(
+                f"{where}/arrays/{k.replace('/', '.')}: dtype {a.dtype.str} shape {a.shape} is not "
+                f"what the layer stores ({None if b is None else b.dtype.str} {None if b is None else b.shape})"
+            )
     return graph, arrays, attrs
 
 
@@ -362,11 +382,21 @@ class LoadedModel:
     """A model file's content: graph, input_shape (or None), loss_history {layer: array}."""
 
     def __init__(self, graph, input_shape, loss_history, model_hash):
-        self.graph, self.input_shape, self.loss_history, self.model_hash = graph, input_shape, loss_history, model_hash
+        self.graph, self.input_shape, self.loss_history, self.model_hash = (
+            graph,
+            input_shape,
+            loss_history,
+            model_hash,
+        )
 
 
-ROOT_ATTRS = {"format": "str", "version": "int", "package_version": "str", "model_hash": "str",
-              "input_shape": "int_vector"}
+ROOT_ATTRS = {
+    "format": "str",
+    "version": "int",
+    "package_version": "str",
+    "model_hash": "str",
+    "input_shape": "int_vector",
+}
 OPTIONAL_ROOT_ATTRS = {"input_shape"}
 
 
@@ -382,20 +412,27 @@ def load_model(path, full=False, limits=DEFAULT_LIMITS):
             w = f"{path}:/"
             check_links(f, w, limits)
             if "format" not in f.attrs or h5attr(f, "format", "str", w) != MODEL_FORMAT:
-                raise ModelFormatError(f"{path}: not a nupes-sim model file (format attribute "
-                                       f"{f.attrs.get('format')!r})")
+                raise ModelFormatError(
+                    f"{path}: not a nupes-sim model file (format attribute {f.attrs.get('format')!r})"
+                )
             if h5attr(f, "version", "int", w) != MODEL_VERSION:
-                raise ModelFormatError(f"{path}: model file version {f.attrs.get('version')!r}; "
-                                       f"this reader supports {MODEL_VERSION}")
+                raise ModelFormatError(
+                    f"{path}: model file version {f.attrs.get('version')!r}; "
+                    f"this reader supports {MODEL_VERSION}"
+                )
             names = set(f.attrs.keys())
             missing = set(ROOT_ATTRS) - OPTIONAL_ROOT_ATTRS - names
             extra = names - set(ROOT_ATTRS)
             if missing or extra:
-                raise ModelFormatError(f"{path}: root attributes: missing {sorted(missing)}, unexpected {sorted(extra)}")
+                raise ModelFormatError(
+                    f"{path}: root attributes: missing {sorted(missing)}, unexpected {sorted(extra)}"
+                )
             vals = {k: h5attr(f, k, kind, w) for k, kind in ROOT_ATTRS.items() if k in names}
             if set(f.keys()) - {"model", "loss_history"} or "model" not in f:
-                raise ModelFormatError(f"{path}: expected groups 'model' (and optionally 'loss_history'), "
-                                       f"found {sorted(f.keys())}")
+                raise ModelFormatError(
+                    f"{path}: expected groups 'model' (and optionally 'loss_history'), "
+                    f"found {sorted(f.keys())}"
+                )
             graph, _, _ = read_graph_h5(f["model"], f"{path}:/model", limits)
             h = model_hash(graph)
             if h != vals["model_hash"]:
@@ -439,5 +476,15 @@ def _read_loss_history(f, path, graph, limits):
     return hist
 
 
-__all__ = ["graph_to_dict", "graph_from_dict", "model_hash", "save_model", "load_model", "LoadedModel",
-           "ModelFormatError", "canonical_bytes", "sha256_array", "atomic_h5"]
+__all__ = [
+    "graph_to_dict",
+    "graph_from_dict",
+    "model_hash",
+    "save_model",
+    "load_model",
+    "LoadedModel",
+    "ModelFormatError",
+    "canonical_bytes",
+    "sha256_array",
+    "atomic_h5",
+]

@@ -13,6 +13,7 @@ reads the graph input directly:
 Deeper layers are not targeted (their inputs are codes computed by earlier layers); the
 coverage report states what the vectors reached for every layer.
 """
+
 import numpy as np
 
 from .golden import input_range
@@ -25,9 +26,9 @@ class _Row:
     """One output channel of a MAC layer, in the shape oracle._mac_products expects."""
 
     def __init__(self, layer, o):
-        self.w_codes = layer.w_codes.reshape(layer.w_codes.shape[0], -1)[o:o + 1]
+        self.w_codes = layer.w_codes.reshape(layer.w_codes.shape[0], -1)[o : o + 1]
         self.out_channels = 1
-        self.w_table_index = layer.w_table_index[o:o + 1]
+        self.w_table_index = layer.w_table_index[o : o + 1]
         for name in ("datapath", "w_table", "x_table", "p_table", "w_range", "x_range"):
             setattr(self, name, getattr(layer, name, None))
 
@@ -136,8 +137,10 @@ def stress_inputs(graph, input_shape, seed=0, max_vectors=1024):
                             thr.append((L, o, pos, P, taps, "threshold", tv))
         plans.extend(sat + thr)
     if not plans:
-        raise ValueError("--stress: no Linear/Conv2d layer reads the graph input directly, so no corner "
-                         "case can be targeted; use --random")
+        raise ValueError(
+            "--stress: no Linear/Conv2d layer reads the graph input directly, so no corner "
+            "case can be targeted; use --random"
+        )
     if len(plans) > max_vectors:
         idx = np.linspace(0, len(plans) - 1, max_vectors).round().astype(int)
         plans = [plans[i] for i in np.unique(idx)]
@@ -153,8 +156,12 @@ def stress_inputs(graph, input_shape, seed=0, max_vectors=1024):
             x[taps[valid]] = xi[valid]
         else:
             half = np.arange(K) < K // 2
-            pick = {"max": amax, "min": amin, "max_then_min": np.where(half, amax, amin),
-                    "min_then_max": np.where(half, amin, amax)}[kind]
+            pick = {
+                "max": amax,
+                "min": amin,
+                "max_then_min": np.where(half, amax, amin),
+                "min_then_max": np.where(half, amin, amax),
+            }[kind]
             x[taps[valid]] = pick[valid]
         out[v] = codes[x]
     return out.reshape((len(plans),) + shape)
@@ -173,9 +180,16 @@ def coverage(golden):
         acc = np.stack([v["stages"][n.name]["acc"][0] for v in golden.vectors])
         exact = np.stack([v["stages"][n.name]["acc_exact"][0] for v in golden.vectors])
         out = np.stack([v["stages"][n.name]["out"][0] for v in golden.vectors])
-        r = {"layer": n.name, "elements": int(acc.size), "overflow": L.acc.overflow,
-             "changed_by_overflow": int(((exact < L.acc.lo) | (exact > L.acc.hi)).sum()
-                                        if L.acc.overflow == "exact" else (acc != exact).sum())}
+        r = {
+            "layer": n.name,
+            "elements": int(acc.size),
+            "overflow": L.acc.overflow,
+            "changed_by_overflow": int(
+                ((exact < L.acc.lo) | (exact > L.acc.hi)).sum()
+                if L.acc.overflow == "exact"
+                else (acc != exact).sum()
+            ),
+        }
         rq = getattr(L, "requant", None)
         if rq is not None:
             r["at_qmin"] = int((out == rq.qmin).sum())
@@ -184,7 +198,7 @@ def coverage(golden):
             ch = np.moveaxis(acc, 1, -1).reshape(-1, acc.shape[1]) if acc.ndim > 1 else acc[:, None]
             hit = hit1 = total = 0
             for row in range(rq.thr.shape[0]):
-                vals = ch if rq.thr.shape[0] == 1 else ch[:, row:row + 1]
+                vals = ch if rq.thr.shape[0] == 1 else ch[:, row : row + 1]
                 seen = set(np.unique(vals).tolist())
                 for t in rq.thr[row]:
                     t = int(t)
@@ -203,8 +217,10 @@ def coverage_lines(rows):
     for r in rows:
         parts = []
         if "thresholds" in r:
-            parts.append(f"thresholds hit exactly {r['thresholds_hit']}/{r['thresholds']}, "
-                         f"at t-1 {r['thresholds_minus_1_hit']}/{r['thresholds']}")
+            parts.append(
+                f"thresholds hit exactly {r['thresholds_hit']}/{r['thresholds']}, "
+                f"at t-1 {r['thresholds_minus_1_hit']}/{r['thresholds']}"
+            )
         verb = {"saturate": "saturated", "wrap": "wrapped", "exact": "out of range (exact)"}[r["overflow"]]
         parts.append(f"{verb} {r['changed_by_overflow']} of {r['elements']} accumulators")
         if "at_qmin" in r:

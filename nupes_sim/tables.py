@@ -4,6 +4,7 @@ Every float computation of the project that feeds the integer datapath happens h
 resulting int64 tables (LUTs, thresholds, multipliers, bias) are part of the layer and are
 what hardware must use. Each builder names its rounding mode.
 """
+
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -69,8 +70,17 @@ def decode_table(fmt, frac_bits, rounding=DEFAULT, seed=0, tensor_id=0):
         raise TypeError(f"format must be a PowerFormat or UniformFormat, got {type(fmt).__name__}")
     mode = mode_id(rounding, HOST_MODES)
     codes = fmt.range.all_codes()
-    lut = _pow_table(fmt.scale.reshape(-1), np.abs(codes), fmt.exponent, np.sign(codes), Fraction(2) ** F,
-                     mode, seed, tensor_id, "decode LUT")
+    lut = _pow_table(
+        fmt.scale.reshape(-1),
+        np.abs(codes),
+        fmt.exponent,
+        np.sign(codes),
+        Fraction(2) ** F,
+        mode,
+        seed,
+        tensor_id,
+        "decode LUT",
+    )
     return DecodeTable(lut, fmt.range.qmin, 2.0**-F, F)
 
 
@@ -126,15 +136,18 @@ def product_table(wfmt, xfmt, frac_bits, rounding=DEFAULT, seed=0, tensor_id=0):
         fsx = Fraction(sx)
         for t, w in enumerate(sw):
             fw = Fraction(float(w))
-            yw[t * L:(t + 1) * L] = (float(w) * m.astype(np.float64)) ** (1.0 / aw)
+            yw[t * L : (t + 1) * L] = (float(w) * m.astype(np.float64)) ** (1.0 / aw)
             for i in range(L):
                 factors[t * L + i] = ((fw * int(m[i]), aw), (fsx * int(n[i]), ax))
         v = yw * yx * 2.0**F
         words = random_words(seed, tensor_id, T * L)
         lut = rounded_table(c, factors, [(yw, aw), (yx, ax)], v, mode, words, "product LUT").reshape(T, L)
     # f_o = s_w[o]^(1/a_w), correctly rounded to float64 (it defines the channel's unit)
-    factor = np.array([cr_float(1, ((Fraction(float(w)), aw),)) for w in wfmt.scale.reshape(-1)]) \
-        if factored else None
+    factor = (
+        np.array([cr_float(1, ((Fraction(float(w)), aw),)) for w in wfmt.scale.reshape(-1)])
+        if factored
+        else None
+    )
     return ProductTable(lut, bool(by_product), mx, 2.0**-F, F, factor)
 
 
@@ -172,20 +185,25 @@ def _boundary(j, rounding):
 def _check_threshold_rounding(rounding):
     if rounding not in THRESHOLD_MODES:
         mode_id(rounding)  # an unknown name gets the generic message
-        raise ValueError(f"rounding={rounding!r} is not available for threshold requantization "
-                         "(a deterministic comparison); use half_even, half_away, half_up, floor, "
-                         "ceil or toward_zero, or a rescale requantizer for stochastic rounding")
+        raise ValueError(
+            f"rounding={rounding!r} is not available for threshold requantization "
+            "(a deterministic comparison); use half_even, half_away, half_up, floor, "
+            "ceil or toward_zero, or a rescale requantizer for stochastic rounding"
+        )
 
 
 def _first_acc(beta, inclusive, a, s, u):
     """Smallest integer acc with acc·u >= y (inclusive) or > y (exclusive), y = sign(β)(s|β|)^(1/a),
     exactly (exactreal): ceil(y/u) or floor(y/u) + 1. u is an exact Fraction > 0."""
     if inclusive:
+
         def decide(v):
             return math.ceil(v)
     else:
+
         def decide(v):
             return math.floor(v) + 1
+
     sgn = (beta > 0) - (beta < 0)
     if sgn == 0:
         return decide(Fraction(0))
@@ -225,8 +243,10 @@ def threshold_table(unit, out_fmt, acc_width, rounding=DEFAULT, relu=False, clip
         cm = Fraction(check_real("clip_max", clip_max, 0.0, lo_open=True))
         # c(clip_max) = qmin + #{c : clip_max >= y_β(c)} (> for an exclusive boundary):
         # clip_max·1 reaches y_β iff the first "acc" at unit clip_max is <= 1
-        qmax = min(qmax, qmin + sum(_first_acc(*_boundary(j, rounding), a, s, cm) <= 1
-                                    for j in range(qmin + 1, qmax + 1)))
+        qmax = min(
+            qmax,
+            qmin + sum(_first_acc(*_boundary(j, rounding), a, s, cm) <= 1 for j in range(qmin + 1, qmax + 1)),
+        )
     if relu:
         qmin = max(qmin, 0)
     # hi = acc_max + 1 (never reached); for 64 bits int64 cannot hold 2^63, so INT64_MAX
@@ -235,8 +255,12 @@ def threshold_table(unit, out_fmt, acc_width, rounding=DEFAULT, relu=False, clip
     rows = []
     for u in unit:
         fu = Fraction(float(u))
-        rows.append([min(max(_first_acc(*_boundary(j, rounding), a, s, fu), lo), hi)
-                     for j in range(qmin + 1, qmax + 1)])
+        rows.append(
+            [
+                min(max(_first_acc(*_boundary(j, rounding), a, s, fu), lo), hi)
+                for j in range(qmin + 1, qmax + 1)
+            ]
+        )
     thr = np.array(rows, dtype=np.int64).reshape(len(unit), qmax - qmin)
     return Thresholds(thr, qmin, qmax)
 
@@ -259,7 +283,9 @@ class Rescale:
         if m.shape != sh.shape or m.ndim != 1 or m.size == 0:
             raise ValueError(f"rescale: multiplier {m.shape} and shift {sh.shape} must be equal 1-D shapes")
         if m.size and (m.min() < 0 or m.max() >= 2**31):
-            raise ValueError(f"rescale: multipliers must lie in [0, 2^31); got {int(m.min())}..{int(m.max())}")
+            raise ValueError(
+                f"rescale: multipliers must lie in [0, 2^31); got {int(m.min())}..{int(m.max())}"
+            )
         if sh.size and (sh.min() < 0 or sh.max() > 62):
             raise ValueError(f"rescale: shifts must lie in [0, 62]; got {int(sh.min())}..{int(sh.max())}")
         if self.qmin > self.qmax:
@@ -281,8 +307,10 @@ def rescale_table(unit, out_fmt, acc_width, mult_bits=31, rounding=DEFAULT, relu
     check_int("acc_width", acc_width, 8, 64)
     check_int("mult_bits", mult_bits, 1, 31)
     if not exact and acc_width + mult_bits > 63:
-        raise ValueError(f"acc_width + mult_bits = {acc_width + mult_bits} exceeds 63; the product "
-                         "acc·multiplier must stay below 2^62 — lower mult_bits")
+        raise ValueError(
+            f"acc_width + mult_bits = {acc_width + mult_bits} exceeds 63; the product "
+            "acc·multiplier must stay below 2^62 — lower mult_bits"
+        )
     if not isinstance(out_fmt, UniformFormat):
         raise TypeError("rescale requantization needs a UniformFormat output")
     rid = mode_id(rounding)
@@ -299,17 +327,23 @@ def rescale_table(unit, out_fmt, acc_width, mult_bits=31, rounding=DEFAULT, relu
             e -= 1
         sh = mult_bits - 1 - e
         if sh < 0:
-            raise ValueError(f"rescale factor unit/scale = {float(fr):.6g} is too large for a {mult_bits}-bit "
-                             "multiplier with shift >= 0 (mult_bits); raise the output scale")
+            raise ValueError(
+                f"rescale factor unit/scale = {float(fr):.6g} is too large for a {mult_bits}-bit "
+                "multiplier with shift >= 0 (mult_bits); raise the output scale"
+            )
         if sh > 62:
-            raise ValueError(f"rescale factor unit/scale = {float(fr):.6g} needs shift {sh} > 62 for a "
-                             f"{mult_bits}-bit multiplier in [2^{mult_bits - 1}, 2^{mult_bits}); lower "
-                             f"mult_bits to <= {mult_bits - (sh - 62)} or the fractional bits")
+            raise ValueError(
+                f"rescale factor unit/scale = {float(fr):.6g} needs shift {sh} > 62 for a "
+                f"{mult_bits}-bit multiplier in [2^{mult_bits - 1}, 2^{mult_bits}); lower "
+                f"mult_bits to <= {mult_bits - (sh - 62)} or the fractional bits"
+            )
         m = round_fraction(fr * 2**sh, P.HALF_EVEN)
         if m >= 2**mult_bits:  # rounding carried into the next power of two
             if sh == 0:
-                raise ValueError(f"rescale factor unit/scale = {float(fr):.6g} rounds to 2^{mult_bits}, too "
-                                 f"large for a {mult_bits}-bit multiplier with shift >= 0 (mult_bits)")
+                raise ValueError(
+                    f"rescale factor unit/scale = {float(fr):.6g} rounds to 2^{mult_bits}, too "
+                    f"large for a {mult_bits}-bit multiplier with shift >= 0 (mult_bits)"
+                )
             m //= 2
             sh -= 1
         ms.append(m)
@@ -317,8 +351,9 @@ def rescale_table(unit, out_fmt, acc_width, mult_bits=31, rounding=DEFAULT, relu
     qmin, qmax = out_fmt.range.qmin, out_fmt.range.qmax
     if relu:
         qmin = max(qmin, out_fmt.zero_point)
-    return Rescale(np.array(ms, np.int64), np.array(shs, np.int64), out_fmt.zero_point,
-                   qmin, qmax, rid, mult_bits)
+    return Rescale(
+        np.array(ms, np.int64), np.array(shs, np.int64), out_fmt.zero_point, qmin, qmax, rid, mult_bits
+    )
 
 
 def bias_table(bias, unit, acc_width, rounding=DEFAULT, seed=0, tensor_id=0):
@@ -335,10 +370,22 @@ def bias_table(bias, unit, acc_width, rounding=DEFAULT, seed=0, tensor_id=0):
     for v, uu, r in zip(b, u, words):
         t = round_fraction(Fraction(float(v)) / Fraction(float(uu)), mode, int(r))
         if t < lo or t > hi:
-            raise ValueError(f"bias table entry {t} out of the {acc_width}-bit accumulator range [{lo}, {hi}]")
+            raise ValueError(
+                f"bias table entry {t} out of the {acc_width}-bit accumulator range [{lo}, {hi}]"
+            )
         out.append(t)
     return np.array(out, np.int64)
 
 
-__all__ = ["DecodeTable", "ProductTable", "Thresholds", "Rescale", "decode_table", "product_table",
-           "threshold_table", "rescale_table", "bias_table", "P"]
+__all__ = [
+    "DecodeTable",
+    "ProductTable",
+    "Thresholds",
+    "Rescale",
+    "decode_table",
+    "product_table",
+    "threshold_table",
+    "rescale_table",
+    "bias_table",
+    "P",
+]

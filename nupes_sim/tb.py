@@ -14,6 +14,7 @@
 No cocotb import here: the module only reads golden files and writes the dump layout of
 docs/GOLDEN.md ("Dumps"), which `nupes-sim diff` reads strictly.
 """
+
 import os
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Argument checks that name the field, the value and what is allowed."""
+
 import math
 import numbers
 

@@ -11,6 +11,7 @@ Intentionally partial dumps are compared with `layers=`, `vectors=`, `stages=` o
 order: vector ascending, then the input codes, then layers in graph order, stages
 acc_exact -> acc -> out, then flat (C-order) index.
 """
+
 import json
 
 import numpy as np
@@ -65,7 +66,9 @@ def _select(golden, layers, vectors, stages):
         vsel = set(int(v) for v in vectors)
         bad = sorted(v for v in vsel if not 0 <= v < n)
         if bad:
-            raise ValueError(f"--vectors: vector {bad[0]} is not in the golden file (it has vectors 0-{n - 1})")
+            raise ValueError(
+                f"--vectors: vector {bad[0]} is not in the golden file (it has vectors 0-{n - 1})"
+            )
     st = set(stages)
     bad = sorted(st - set(ALL_STAGES))
     if bad:
@@ -117,11 +120,13 @@ def divergence_context(golden, e, multi, observed):
         src = golden.graph.nodes[e.node].inputs[0]
         xin = golden.vectors[e.vector]["input"] if src == INPUT else x[src]["out"]
         b, o = multi
-        p = _mac_products(L, xin[b:b + 1], np.ones((1, xin.shape[1]), bool))[0, o]
+        p = _mac_products(L, xin[b : b + 1], np.ones((1, xin.shape[1]), bool))[0, o]
         out["products p_k (k ascending)"] = p.tolist()
         if L.datapath == "operand":
             qw = L.w_codes.reshape(L.out_channels, -1)[o]
-            out["decoded weights W_k (w_lut)"] = L.w_table.lut[L.w_table_index[o], qw - L.w_range.qmin].tolist()
+            out["decoded weights W_k (w_lut)"] = L.w_table.lut[
+                L.w_table_index[o], qw - L.w_range.qmin
+            ].tolist()
             out["decoded inputs X_k (x_lut)"] = L.x_table.lut[0, xin[b] - L.x_range.qmin].tolist()
         if L.acc.overflow == "saturate":
             acc, part, first, T = int(L.bias[o]), 0, None, L.acc.tile
@@ -145,8 +150,17 @@ def divergence_context(golden, e, multi, observed):
     return out
 
 
-def compare_dump(golden, dump, layers=None, vectors=None, stages=DUMP_STAGES, partial=False,
-                 allow_other_model=False, expect_model_hash=None, layout=None):
+def compare_dump(
+    golden,
+    dump,
+    layers=None,
+    vectors=None,
+    stages=DUMP_STAGES,
+    partial=False,
+    allow_other_model=False,
+    expect_model_hash=None,
+    layout=None,
+):
     """Strict DiffReport of a Golden against a Dump (see the module docstring)."""
     lsel, vsel, ssel = _select(golden, layers, vectors, stages)
     layout = expected_layout(golden) if layout is None else layout
@@ -159,11 +173,24 @@ def compare_dump(golden, dump, layers=None, vectors=None, stages=DUMP_STAGES, pa
     elif dump.model_hash != mh:
         msg = f"the dump was made from model {dump.model_hash}; the golden file from {mh}"
         (rep.notes if allow_other_model else rep.failures).append(
-            msg + (" (allowed by --allow-other-model)" if allow_other_model else " (--allow-other-model to compare anyway)"))
+            msg
+            + (
+                " (allowed by --allow-other-model)"
+                if allow_other_model
+                else " (--allow-other-model to compare anyway)"
+            )
+        )
     rep.failures.extend(dump.problems)
-    if dump.n_vectors is not None and dump.n_vectors != len(golden.vectors) and vectors is None and not partial:
-        rep.failures.append(f"the dump holds {dump.n_vectors} vectors; the golden file has {len(golden.vectors)} "
-                            f"(--vectors or --partial for an intentionally partial dump)")
+    if (
+        dump.n_vectors is not None
+        and dump.n_vectors != len(golden.vectors)
+        and vectors is None
+        and not partial
+    ):
+        rep.failures.append(
+            f"the dump holds {dump.n_vectors} vectors; the golden file has {len(golden.vectors)} "
+            f"(--vectors or --partial for an intentionally partial dump)"
+        )
     rep.counts["input/codes"] = 0
     for n in g.nodes:
         for s in STAGE_ORDER:
@@ -184,9 +211,18 @@ def compare_dump(golden, dump, layers=None, vectors=None, stages=DUMP_STAGES, pa
             if bad.size:
                 k = int(bad[0])
                 rep.counts[t] = int(bad.size)
-                rep.param_mismatches.append(Divergence(
-                    None, e.layer, e.stage, k, tuple(int(i) for i in np.unravel_index(k, e.values.shape)),
-                    int(e.values.reshape(-1)[k]), _observed_at(o, k), {"mismatching entries": int(bad.size)}))
+                rep.param_mismatches.append(
+                    Divergence(
+                        None,
+                        e.layer,
+                        e.stage,
+                        k,
+                        tuple(int(i) for i in np.unravel_index(k, e.values.shape)),
+                        int(e.values.reshape(-1)[k]),
+                        _observed_at(o, k),
+                        {"mismatching entries": int(bad.size)},
+                    )
+                )
             continue
         stage = "input" if e.layer is None else e.stage
         if e.vector not in vsel or (e.layer is not None and e.layer not in lsel):
@@ -208,17 +244,29 @@ def compare_dump(golden, dump, layers=None, vectors=None, stages=DUMP_STAGES, pa
         if bad.size and rep.first is None:
             k = int(bad[0])
             multi = tuple(int(i) for i in np.unravel_index(k, e.values.shape))
-            feed = {} if e.node is None else feeding_inputs(g, golden.vectors[e.vector], e.node, e.stage, multi)
+            feed = (
+                {} if e.node is None else feeding_inputs(g, golden.vectors[e.vector], e.node, e.stage, multi)
+            )
             try:
                 feed = dict(feed, **divergence_context(golden, e, multi, _observed_at(o, k)))
             except Exception as ex:  # noqa: BLE001 - context is a help; never hide the divergence
                 feed = dict(feed, context_error=f"{type(ex).__name__}: {ex}")
             if k in o.invalid:
-                feed = dict(feed, word=f"{o.invalid[k]!r} is not a {e.width}-bit {'signed' if e.signed else 'unsigned'} "
-                                        f"hex value (never masked)")
-            rep.first = Divergence(e.vector, "input" if e.layer is None else e.layer,
-                                   "codes" if e.layer is None else e.stage, k, multi,
-                                   int(e.values.reshape(-1)[k]), _observed_at(o, k), feed)
+                feed = dict(
+                    feed,
+                    word=f"{o.invalid[k]!r} is not a {e.width}-bit {'signed' if e.signed else 'unsigned'} "
+                    f"hex value (never masked)",
+                )
+            rep.first = Divergence(
+                e.vector,
+                "input" if e.layer is None else e.layer,
+                "codes" if e.layer is None else e.stage,
+                k,
+                multi,
+                int(e.values.reshape(-1)[k]),
+                _observed_at(o, k),
+                feed,
+            )
     rep.layers = [n.name for n in g.nodes if n.name in layers_seen]
     for key, info in dump.infos.items():
         name = key.split("_", 1)[1]
@@ -228,20 +276,36 @@ def compare_dump(golden, dump, layers=None, vectors=None, stages=DUMP_STAGES, pa
         if info != want:
             diff_keys = sorted(k for k in set(info) | set(want) if info.get(k) != want.get(k))
             rep.counts[f"layers/{key}/info"] = len(diff_keys)
-            rep.param_mismatches.append(Divergence(None, name, "info", 0, (), want.get(diff_keys[0]),
-                                                   str(info.get(diff_keys[0])), {"differing keys": diff_keys}))
+            rep.param_mismatches.append(
+                Divergence(
+                    None,
+                    name,
+                    "info",
+                    0,
+                    (),
+                    want.get(diff_keys[0]),
+                    str(info.get(diff_keys[0])),
+                    {"differing keys": diff_keys},
+                )
+            )
         rep.params += 1
         rep.param_elements += len(want)
     if missing:
         vecs = sorted({int(t.split("/")[1]) for t in missing})
-        msg = (f"{len(missing)} tensors the golden file holds are absent from the dump (vectors {_ranges(vecs)}), "
-               f"e.g. {', '.join(missing[:3])}")
+        msg = (
+            f"{len(missing)} tensors the golden file holds are absent from the dump (vectors {_ranges(vecs)}), "
+            f"e.g. {', '.join(missing[:3])}"
+        )
         if partial:
             rep.not_compared = missing
         else:
-            rep.failures.append(msg + " (--layers/--vectors/--stages/--partial for an intentionally partial dump)")
+            rep.failures.append(
+                msg + " (--layers/--vectors/--stages/--partial for an intentionally partial dump)"
+            )
     if ignored:
-        rep.notes.append(f"{ignored} dump tensors outside the selection (--layers/--vectors) were not compared")
+        rep.notes.append(
+            f"{ignored} dump tensors outside the selection (--layers/--vectors) were not compared"
+        )
     if rep.compared == 0:
         rep.failures.append("nothing was compared: no tensor of the dump matches a selected golden tensor")
     return rep
@@ -266,7 +330,9 @@ def nested_dump(golden, observed_vectors, source="observed"):
     """A Dump of observed vectors in Golden.vectors' structure (missing stages: absent)."""
     d = Dump(source, "vectors")
     if len(observed_vectors) != len(golden.vectors):
-        d.problems.append(f"{source}: {len(observed_vectors)} vectors; the golden file has {len(golden.vectors)}")
+        d.problems.append(
+            f"{source}: {len(observed_vectors)} vectors; the golden file has {len(golden.vectors)}"
+        )
     for v, ov in enumerate(observed_vectors[: len(golden.vectors)]):
         if ov.get("input") is not None:
             d.tensors[vector_tensor(v)] = Observed(np.asarray(ov["input"], np.int64))
@@ -303,8 +369,14 @@ def verify(golden_path, backend="numpy", progress=None, expect_model_hash=None):
     it = golden.vectors if progress is None else progress(golden.vectors, total=len(golden.vectors))
     for ev in it:
         r = golden.graph.run(ev["input"], backend=backend, intermediates=True)
-        observed.append({"input": ev["input"],
-                         "stages": {k: {s: np.asarray(a, np.int64) for s, a in st.items()} for k, st in r.stages.items()}})
+        observed.append(
+            {
+                "input": ev["input"],
+                "stages": {
+                    k: {s: np.asarray(a, np.int64) for s, a in st.items()} for k, st in r.stages.items()
+                },
+            }
+        )
     rep = compare(golden, observed, f"backend {backend}", expect_model_hash=expect_model_hash)
     rep.notes = [n for n in rep.notes if "names no model" not in n]
     return rep
@@ -321,5 +393,16 @@ def diff(expected, observed, **kw):
     return compare_dump(golden, d, layout=layout, **kw)
 
 
-__all__ = ["verify", "diff", "compare", "compare_dump", "nested_dump", "DiffReport", "Divergence", "feeding_inputs",
-           "STAGE_ORDER", "DUMP_STAGES", "ALL_STAGES"]
+__all__ = [
+    "verify",
+    "diff",
+    "compare",
+    "compare_dump",
+    "nested_dump",
+    "DiffReport",
+    "Divergence",
+    "feeding_inputs",
+    "STAGE_ORDER",
+    "DUMP_STAGES",
+    "ALL_STAGES",
+]

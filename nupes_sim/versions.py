@@ -6,6 +6,7 @@ file layout (docs/GOLDEN.md). MODEL_FORMAT_VERSION: the model file layout (seria
 The known-answer fixtures (tests/fixtures/) may change only with a bump of one of these and
 a CHANGELOG.md entry saying what changed.
 """
+
 CONTRACT_VERSION = 1
 GOLDEN_SCHEMA_VERSION = 1
 MODEL_FORMAT_VERSION = 1

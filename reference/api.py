@@ -15,6 +15,7 @@ target weight W*), NUPES starts from GPTQ-power and optimizes the same function.
 the method's starting point on the same grid: uniform RTN for 'rtn'/'gptq', power RTN at the
 layer's exponent for 'powerquant'/'gptq_power', the NUPES initialization for 'nupes'.
 """
+
 import copy
 import time
 import warnings
@@ -70,8 +71,10 @@ def _select(model, layers, skip, unsupported):
     left = []
     for n, m in list(chosen.items()):
         if not isinstance(m, SUPPORTED):
-            msg = (f"layer {n!r} ({type(m).__name__}) cannot be quantized: supported layer types are "
-                   f"{SUPPORTED_NAMES}")
+            msg = (
+                f"layer {n!r} ({type(m).__name__}) cannot be quantized: supported layer types are "
+                f"{SUPPORTED_NAMES}"
+            )
             if unsupported == "error":
                 raise ValueError(msg + "; pass unsupported='float' to leave it in float")
             warnings.warn(msg + "; left in float", stacklevel=3)
@@ -80,10 +83,32 @@ def _select(model, layers, skip, unsupported):
     return chosen, left
 
 
-def quantize_model(model, method="nupes", wbits=4, abits=None, calib=None, granularity="channel", group_size=None,
-                   mode="sequential", steps=None, seed=0, progress=True, skip=None, unsupported="error", layers=None,
-                   exponent=None, exponent_search="network", actorder=False, blocksize=128, percdamp=0.01,
-                   nupes_init="powerquant", nupes_config=None, batch_size=64, target=None, float_inputs=None):
+def quantize_model(
+    model,
+    method="nupes",
+    wbits=4,
+    abits=None,
+    calib=None,
+    granularity="channel",
+    group_size=None,
+    mode="sequential",
+    steps=None,
+    seed=0,
+    progress=True,
+    skip=None,
+    unsupported="error",
+    layers=None,
+    exponent=None,
+    exponent_search="network",
+    actorder=False,
+    blocksize=128,
+    percdamp=0.01,
+    nupes_init="powerquant",
+    nupes_config=None,
+    batch_size=64,
+    target=None,
+    float_inputs=None,
+):
     """Quantize the Linear/Conv2d weights of `model` (and optionally the inputs of those layers).
 
     method: 'rtn' (uniform RTN), 'powerquant' (power RTN, data-free exponent search),
@@ -135,8 +160,12 @@ def quantize_model(model, method="nupes", wbits=4, abits=None, calib=None, granu
     config.check()
     p0 = next((p for p in model.parameters() if p.is_floating_point()), None)
     batches = as_batches(calib, batch_size, dtype=p0.dtype if p0 is not None else None)
-    if batches is None and (method in ("gptq", "gptq_power") or abits is not None or FAKE_METHODS.get(method)
-                            or (method == "nupes" and nupes_init == "gptq_power")):
+    if batches is None and (
+        method in ("gptq", "gptq_power")
+        or abits is not None
+        or FAKE_METHODS.get(method)
+        or (method == "nupes" and nupes_init == "gptq_power")
+    ):
         what = f"method={method!r}" if abits is None else f"abits={abits}"
         raise ValueError(f"{what} needs calibration data: pass calib=")
     torch.manual_seed(seed)
@@ -174,14 +203,30 @@ def quantize_model(model, method="nupes", wbits=4, abits=None, calib=None, granu
         power = method in ("powerquant", "gptq_power", "nupes")
         net_exponent = None
         if power and exponent is None and exponent_search == "network" and targets:
-            net_exponent = search_exponent([targets[n].weight for n in order], wbits, granularity, group_size,
-                                           bounds=EXPONENT_BOUNDS, names=order).exponent
-        report = dict(method=method, wbits=wbits, abits=abits, granularity=granularity, group_size=group_size,
-                      mode=mode if batches is not None else "data-free", exponent=exponent or net_exponent,
-                      layers=[], float_layers=left_float, activations={})
+            net_exponent = search_exponent(
+                [targets[n].weight for n in order],
+                wbits,
+                granularity,
+                group_size,
+                bounds=EXPONENT_BOUNDS,
+                names=order,
+            ).exponent
+        report = dict(
+            method=method,
+            wbits=wbits,
+            abits=abits,
+            granularity=granularity,
+            group_size=group_size,
+            mode=mode if batches is not None else "data-free",
+            exponent=exponent or net_exponent,
+            layers=[],
+            float_layers=left_float,
+            activations={},
+        )
 
         try:
             from tqdm.auto import tqdm
+
             it = tqdm(order, desc=f"quantize ({method})", disable=not progress, unit="layer")
         except ImportError:  # pragma: no cover
             it = order
@@ -206,8 +251,9 @@ def quantize_model(model, method="nupes", wbits=4, abits=None, calib=None, granu
                 act = PowerActQuant.calibrate(x_q, abits, seed=seed, name=f"layer {n!r}: input")
                 x_q = act(x_q)
                 attach_act_quant(mod, act)
-                report["activations"][n] = dict(bits=act.bits, signed=act.signed, exponent=act.exponent,
-                                                scale=act.scale)
+                report["activations"][n] = dict(
+                    bits=act.bits, signed=act.signed, exponent=act.exponent, scale=act.scale
+                )
             if method in ("rtn", "gptq") or method in FAKE_METHODS:
                 a = 1.0
             elif exponent is not None:
@@ -226,33 +272,68 @@ def quantize_model(model, method="nupes", wbits=4, abits=None, calib=None, granu
                 obj = LayerObjective.weight_error(mod, n)
             info = {}
             if method in FAKE_METHODS:  # fake quantization only: no nupes_quant, not exportable
-                w_hat, start = fake_layer(method, mod, obj, wbits, granularity, group_size, x_fp is not None,
-                                          blocksize, percdamp, n)
+                w_hat, start = fake_layer(
+                    method, mod, obj, wbits, granularity, group_size, x_fp is not None, blocksize, percdamp, n
+                )
                 check_finite_tensor(f"layer {n!r}: quantized weight", w_hat)
                 with torch.no_grad():
                     mod.weight.copy_(w_hat.to(mod.weight.dtype))
-                report["layers"].append(dict(
-                    name=n, method=method, type=type(mod).__name__, shape=tuple(mod.weight.shape), exponent=None,
-                    scale=None, loss_before=obj.value(start), loss_after=obj.value(w_hat), loss_kind=obj.kind,
-                    calibrated=x_fp is not None, target=tgt if x_fp is not None else None, fake_quant_only=True,
-                    seconds=time.perf_counter() - t0))
+                report["layers"].append(
+                    dict(
+                        name=n,
+                        method=method,
+                        type=type(mod).__name__,
+                        shape=tuple(mod.weight.shape),
+                        exponent=None,
+                        scale=None,
+                        loss_before=obj.value(start),
+                        loss_after=obj.value(w_hat),
+                        loss_kind=obj.kind,
+                        calibrated=x_fp is not None,
+                        target=tgt if x_fp is not None else None,
+                        fake_quant_only=True,
+                        seconds=time.perf_counter() - t0,
+                    )
+                )
                 continue
             if method in ("rtn", "powerquant"):
                 qw = base
             elif method in ("gptq", "gptq_power") or (method == "nupes" and nupes_init == "gptq_power"):
                 if x_q is None:
-                    warnings.warn(f"layer {n!r} is not reached by the calibration data: RTN on its grid instead of GPTQ",
-                                  stacklevel=2)
+                    warnings.warn(
+                        f"layer {n!r} is not reached by the calibration data: RTN on its grid instead of GPTQ",
+                        stacklevel=2,
+                    )
                     qw = base
                 else:
-                    qw = gptq_layer(mod, obj.hessians, wbits, a, granularity, group_size, blocksize, percdamp,
-                                    actorder, name=n, method="gptq" if a == 1.0 else "gptq_power",
-                                    weight=obj.target_weight(percdamp))
+                    qw = gptq_layer(
+                        mod,
+                        obj.hessians,
+                        wbits,
+                        a,
+                        granularity,
+                        group_size,
+                        blocksize,
+                        percdamp,
+                        actorder,
+                        name=n,
+                        method="gptq" if a == 1.0 else "gptq_power",
+                        weight=obj.target_weight(percdamp),
+                    )
                 if method == "nupes":
                     base = qw
             if method == "nupes":
-                qw, info = nupes_layer(mod, wbits, granularity, group_size, init=base, objective=obj, config=config,
-                                       name=n, seed=seed)
+                qw, info = nupes_layer(
+                    mod,
+                    wbits,
+                    granularity,
+                    group_size,
+                    init=base,
+                    objective=obj,
+                    config=config,
+                    name=n,
+                    seed=seed,
+                )
             w_hat = qw.decode()
             check_finite_tensor(f"layer {n!r}: quantized weight", w_hat)
             before, after, kind = obj.value(base.decode()), obj.value(w_hat), obj.kind
@@ -260,12 +341,25 @@ def quantize_model(model, method="nupes", wbits=4, abits=None, calib=None, granu
                 mod.weight.copy_(w_hat.to(mod.weight.dtype))
             mod.nupes_quant = qw
             sc = qw.scales
-            report["layers"].append(dict(
-                name=n, method=method, type=type(mod).__name__, shape=tuple(mod.weight.shape), exponent=qw.exponent,
-                scale=dict(min=float(sc.min()), max=float(sc.max()), mean=float(sc.mean()), count=sc.numel()),
-                loss_before=before, loss_after=after, loss_kind=kind,
-                calibrated=x_fp is not None, target=tgt if x_fp is not None else None, seconds=time.perf_counter() - t0,
-                **({"nupes": info} if info else {})))
+            report["layers"].append(
+                dict(
+                    name=n,
+                    method=method,
+                    type=type(mod).__name__,
+                    shape=tuple(mod.weight.shape),
+                    exponent=qw.exponent,
+                    scale=dict(
+                        min=float(sc.min()), max=float(sc.max()), mean=float(sc.mean()), count=sc.numel()
+                    ),
+                    loss_before=before,
+                    loss_after=after,
+                    loss_kind=kind,
+                    calibrated=x_fp is not None,
+                    target=tgt if x_fp is not None else None,
+                    seconds=time.perf_counter() - t0,
+                    **({"nupes": info} if info else {}),
+                )
+            )
         report["seconds"] = time.perf_counter() - t_start
         return qmodel, report
     finally:

@@ -17,6 +17,7 @@ exported; they exist to put NUPES next to what users run.
 The elements follow `gptq.gptq`'s element protocol (scales(block) → per-row parameters,
 __call__(col, params) → (fake, code)), so GPTQ's error compensation runs on these grids too.
 """
+
 import numpy as np
 import torch
 from scipy.stats import norm
@@ -37,7 +38,7 @@ class AsymElement:
     nparams = 2
 
     def __init__(self, bits):
-        self.maxq = 2 ** bits - 1
+        self.maxq = 2**bits - 1
 
     def scales(self, block):
         lo = torch.clamp(block.min(1).values, max=0.0)
@@ -80,7 +81,7 @@ def rtn_element(W, element, granularity="channel", group_size=None):
     g = group_size if granularity == "group" else K
     out = torch.empty_like(W)
     for j0 in range(0, K, g):
-        blk = W[:, j0:j0 + g]
+        blk = W[:, j0 : j0 + g]
         p = element.scales(blk)
         for j in range(blk.shape[1]):
             out[:, j0 + j] = element(blk[:, j], p)[0]
@@ -92,7 +93,7 @@ def weighted_kmeans(W, weights, bits, iters=25):
     ≥ 0. Returns the fake-quantized weight (C, K) float64 (each weight → its centroid)."""
     W = W.to(torch.float64)
     C, K = W.shape
-    k = min(2 ** bits, K)
+    k = min(2**bits, K)
     wt = torch.as_tensor(weights, dtype=torch.float64).expand(C, K).clamp_min(0) + 1e-12
     qs = torch.linspace(0, 1, k + 2, dtype=torch.float64)[1:-1]
     cent = torch.quantile(W, qs, dim=1).T.contiguous()  # (C, k)
@@ -109,8 +110,17 @@ def weighted_kmeans(W, weights, bits, iters=25):
     return cent.gather(1, assign)
 
 
-def gptq_fake(module, hessians, element, granularity="channel", group_size=None, weight=None, blocksize=128,
-              percdamp=0.01, name="layer"):
+def gptq_fake(
+    module,
+    hessians,
+    element,
+    granularity="channel",
+    group_size=None,
+    weight=None,
+    blocksize=128,
+    percdamp=0.01,
+    name="layer",
+):
     """GPTQ on an element's grid (per conv group), returning only the fake-quantized weight
     in the module's weight shape (float64). `weight`: the weight to quantize (default the
     module's), e.g. the float-target W*."""
@@ -120,8 +130,21 @@ def gptq_fake(module, hessians, element, granularity="channel", group_size=None,
     W = w.reshape(module.weight.shape[0], -1)
     G = len(hessians)
     O = W.shape[0] // G
-    parts = [gptq(W[i * O:(i + 1) * O], H, element, granularity, group_size, None, blocksize, percdamp, False,
-                  name)[2] for i, H in enumerate(hessians)]
+    parts = [
+        gptq(
+            W[i * O : (i + 1) * O],
+            H,
+            element,
+            granularity,
+            group_size,
+            None,
+            blocksize,
+            percdamp,
+            False,
+            name,
+        )[2]
+        for i, H in enumerate(hessians)
+    ]
     return torch.cat(parts, 0).reshape(module.weight.shape)
 
 
@@ -129,8 +152,9 @@ def gptq_fake(module, hessians, element, granularity="channel", group_size=None,
 FAKE_METHODS = {"nf": False, "gptq_nf": True, "gptq_asym": True, "kmeans": True}
 
 
-def fake_layer(method, module, obj, bits, granularity, group_size, calibrated, blocksize=128, percdamp=0.01,
-               name="layer"):
+def fake_layer(
+    method, module, obj, bits, granularity, group_size, calibrated, blocksize=128, percdamp=0.01, name="layer"
+):
     """(ŵ in the weight's shape, its round-to-nearest start) for a FAKE_METHODS method on one
     layer; `obj` is the layer objective (Hessians, float target). Uncalibrated layers fall
     back to round-to-nearest on the method's grid (k-means: unweighted)."""
@@ -139,13 +163,25 @@ def fake_layer(method, module, obj, bits, granularity, group_size, calibrated, b
     W = module.weight.detach().to(torch.float64).reshape(module.weight.shape[0], -1)
     shape = module.weight.shape
     if method == "kmeans":
-        sens = torch.cat([torch.diagonal(H).expand(obj.O, -1) for H in obj.hessians], 0) if calibrated else \
-            torch.ones_like(W)
+        sens = (
+            torch.cat([torch.diagonal(H).expand(obj.O, -1) for H in obj.hessians], 0)
+            if calibrated
+            else torch.ones_like(W)
+        )
         fake = weighted_kmeans(W, sens, bits).reshape(shape)
         return fake, fake
     el = AsymElement(bits) if method == "gptq_asym" else CodebookElement(NF_CODEBOOK(bits))
     start = rtn_element(W, el, granularity, group_size).reshape(shape)
     if method == "nf" or not calibrated:
         return start, start
-    return gptq_fake(module, obj.hessians, el, granularity, group_size, obj.target_weight(percdamp), blocksize,
-                     percdamp, name), start
+    return gptq_fake(
+        module,
+        obj.hessians,
+        el,
+        granularity,
+        group_size,
+        obj.target_weight(percdamp),
+        blocksize,
+        percdamp,
+        name,
+    ), start

@@ -1,4 +1,5 @@
 """Calibration plumbing: capturing layer inputs with hooks, and the activation quantizer module."""
+
 import numpy as np
 import torch
 from torch import nn
@@ -23,7 +24,9 @@ def as_batches(calib, batch_size=64, dtype=None):
         calib = torch.from_numpy(np.ascontiguousarray(calib))
     if torch.is_tensor(calib):
         if calib.dim() == 0 or calib.shape[0] == 0:
-            raise ValueError(f"calib must have at least one sample along dim 0, got shape {tuple(calib.shape)}")
+            raise ValueError(
+                f"calib must have at least one sample along dim 0, got shape {tuple(calib.shape)}"
+            )
         return list(torch.split(calib, batch_size))
     out = []
     for b in calib:
@@ -32,7 +35,9 @@ def as_batches(calib, batch_size=64, dtype=None):
         if isinstance(b, np.ndarray):
             b = torch.from_numpy(np.ascontiguousarray(b))
         if not torch.is_tensor(b):
-            raise TypeError(f"calibration batches must be tensors (or tuples starting with one), got {type(b).__name__}")
+            raise TypeError(
+                f"calibration batches must be tensors (or tuples starting with one), got {type(b).__name__}"
+            )
         out.append(b)
     if not out:
         raise ValueError("calib is empty: give at least one batch")
@@ -69,7 +74,9 @@ def execution_order(model, modules, batch):
     """Names of `modules` ({name: module}) in the order a forward pass first calls them."""
     order, handles = [], []
     for n, m in modules.items():
-        handles.append(m.register_forward_pre_hook(lambda mod, args, n=n: order.append(n) if n not in order else None))
+        handles.append(
+            m.register_forward_pre_hook(lambda mod, args, n=n: order.append(n) if n not in order else None)
+        )
     try:
         with torch.no_grad():
             model(batch)
@@ -133,11 +140,18 @@ def capture_all_inputs(model, modules, batches):
     keys = {}
     handles = []
     for n, m in modules.items():
+
         def hook(mod, args, n=n):
             x = args[0]
             if n not in keys:
-                keys[n] = (x.untyped_storage().data_ptr(), x.storage_offset(), tuple(x.shape), tuple(x.stride()))
+                keys[n] = (
+                    x.untyped_storage().data_ptr(),
+                    x.storage_offset(),
+                    tuple(x.shape),
+                    tuple(x.stride()),
+                )
             got[n].append(x.detach())
+
         handles.append(m.register_forward_pre_hook(hook))
     try:
         with torch.no_grad():

@@ -13,6 +13,7 @@ order, moves every row's code to the best of *all* 2M+1 levels (not only ±1) wh
 lowers the loss by more than a relative 1e-12, and updates R by a rank-1 product. The loss
 never increases; it is recomputed exactly at the end.
 """
+
 import math
 
 import torch
@@ -38,7 +39,7 @@ def gather(lv, codes, shape_rgg):
     """Decoded weight (R, G, g) of integer codes (R, G, g) from the level table (R, G, L)."""
     R, G, g = shape_rgg
     M = (lv.shape[-1] - 1) // 2
-    idx = (codes.reshape(R, G, g).to(torch.int64) + M)
+    idx = codes.reshape(R, G, g).to(torch.int64) + M
     return torch.gather(lv.expand(R, G, -1) if lv.shape[0] != R else lv, 2, idx)
 
 
@@ -70,8 +71,8 @@ def coordinate_descent(obj, codes, lv, shape_rgg, sweeps=1):
                     continue
                 grp = j // g if G > 1 else 0
                 cand = lvr[r0:r1, grp, :]
-                delta = cand - what[r0:r1, j:j + 1]
-                dl = delta * (hjj * delta + 2.0 * Res[r0:r1, j:j + 1])
+                delta = cand - what[r0:r1, j : j + 1]
+                dl = delta * (hjj * delta + 2.0 * Res[r0:r1, j : j + 1])
                 gain, best = torch.min(dl, 1)
                 mask = gain < -tol
                 if not bool(mask.any()):
@@ -80,7 +81,9 @@ def coordinate_descent(obj, codes, lv, shape_rgg, sweeps=1):
                 newc = torch.where(mask, best - M, cflat[r0:r1, j])
                 changed += int(mask.sum())
                 cflat[r0:r1, j] = newc
-                what[r0:r1, j] = torch.where(mask, cand.gather(1, best.unsqueeze(1)).squeeze(1), what[r0:r1, j])
+                what[r0:r1, j] = torch.where(
+                    mask, cand.gather(1, best.unsqueeze(1)).squeeze(1), what[r0:r1, j]
+                )
                 Res[r0:r1] += d.unsqueeze(1) * H[j].unsqueeze(0)
         moved += changed
         if changed == 0:

@@ -11,6 +11,7 @@ Install both with ``make data`` (``apt-get install -y dataset-fashion-mnist bibl
 Tests call :func:`fashion_available` / :func:`kjv_available` and skip with
 :data:`FASHION_MISSING` / :data:`KJV_MISSING` as the reason when they are absent.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -27,17 +28,31 @@ FASHION_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 #: Input normalization of FashionResNet: x = (pixel/255 - mean) / std, with the mean and
 #: standard deviation of the 60000 training images (computed: 0.28604, 0.35302).
 FASHION_MEAN = 0.2860
 FASHION_STD = 0.3530
 
-FASHION_MISSING = (f"Fashion-MNIST not found under {FASHION_DIR}; "
-                   "install it with `apt-get install -y dataset-fashion-mnist` (or `make data`)")
-KJV_MISSING = ("the `bible` command (Debian package bible-kjv) is not installed; "
-               "install it with `apt-get install -y bible-kjv` (or `make data`)")
+FASHION_MISSING = (
+    f"Fashion-MNIST not found under {FASHION_DIR}; "
+    "install it with `apt-get install -y dataset-fashion-mnist` (or `make data`)"
+)
+KJV_MISSING = (
+    "the `bible` command (Debian package bible-kjv) is not installed; "
+    "install it with `apt-get install -y bible-kjv` (or `make data`)"
+)
 
 #: The whole KJV, Genesis 1:1 to Revelation 22:21, as the `bible` command names it.
 KJV_RANGE = "gen1:1-rev22:21"
@@ -67,6 +82,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 # ----------------------------------------------------------------------------- Fashion-MNIST
+
 
 def fashion_available() -> bool:
     return all((FASHION_DIR / f).is_file() for pair in FASHION_FILES.values() for f in pair)
@@ -103,6 +119,7 @@ def normalize_fashion(images: np.ndarray):
     """uint8 images (N, 28, 28) -> float32 torch tensor (N, 1, 28, 28), normalized with
     :data:`FASHION_MEAN` / :data:`FASHION_STD`."""
     import torch
+
     x = torch.from_numpy(np.ascontiguousarray(images)).to(torch.float32).div_(255.0)
     return x.sub_(FASHION_MEAN).div_(FASHION_STD).unsqueeze(1)
 
@@ -110,11 +127,13 @@ def normalize_fashion(images: np.ndarray):
 def fashion_tensors(split: str):
     """(images float32 (N, 1, 28, 28) normalized as FashionResNet expects, labels int64 (N,))."""
     import torch
+
     images, labels = load_fashion_mnist(split)
     return normalize_fashion(images), torch.from_numpy(labels)
 
 
 # ----------------------------------------------------------------------------- KJV
+
 
 def kjv_available() -> bool:
     return shutil.which("bible") is not None or (cache_dir() / "kjv.txt").is_file()
@@ -169,8 +188,9 @@ def load_kjv_verses(refresh: bool = False) -> list[str]:
     exe = shutil.which("bible")
     if exe is None:
         raise FileNotFoundError(KJV_MISSING)
-    raw = subprocess.run([exe, KJV_RANGE], check=True, capture_output=True, text=True,
-                         env={**os.environ, "PAGER": "cat"}).stdout
+    raw = subprocess.run(
+        [exe, KJV_RANGE], check=True, capture_output=True, text=True, env={**os.environ, "PAGER": "cat"}
+    ).stdout
     verses = parse_bible_output(raw)
     if len(verses) != KJV_VERSES:
         raise ValueError(f"`bible {KJV_RANGE}` gave {len(verses)} verses, expected {KJV_VERSES}")

@@ -5,6 +5,7 @@ Checkpoints live in the repository's ``data/`` folder (see data/README.md):
 ``kind``, ``config`` (constructor arguments), ``state_dict`` (float32), ``metrics`` and
 ``command`` (how it was produced).
 """
+
 from __future__ import annotations
 
 import math
@@ -28,21 +29,24 @@ def data_dir() -> Path:
     env = os.environ.get("NUPES_SIM_DATA")
     if env:
         return Path(env)
-    here = Path(__file__).resolve().parent          # <repo>/reference
+    here = Path(__file__).resolve().parent  # <repo>/reference
     cand = here.parent / "data"
     if (here.parent / "pyproject.toml").is_file() and cand.is_dir():
         return cand
     raise FileNotFoundError(
         f"cannot locate the repository's data/ folder from {here} (is nupes-sim installed without its "
         "source tree?); use an editable install (`make venv`) or set NUPES_SIM_DATA to the folder that "
-        f"holds {FASHION_CHECKPOINT} and {CHARLM_CHECKPOINT}")
+        f"holds {FASHION_CHECKPOINT} and {CHARLM_CHECKPOINT}"
+    )
 
 
 def _load_checkpoint(path, default_name, kind):
     path = Path(path) if path is not None else data_dir() / default_name
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found; it is produced by "
-                                f"`python -m nupes_sim.reference.train {kind}` (see data/README.md)")
+        raise FileNotFoundError(
+            f"checkpoint {path} not found; it is produced by "
+            f"`python -m nupes_sim.reference.train {kind}` (see data/README.md)"
+        )
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if ckpt.get("kind") != kind:
         raise ValueError(f"{path} holds a {ckpt.get('kind')!r} checkpoint, not {kind!r}")
@@ -73,7 +77,7 @@ def checkpoint_metrics(path) -> dict:
 @torch.no_grad()
 def fashion_logits(model, images, batch_size: int = 1000) -> torch.Tensor:
     model.eval()
-    return torch.cat([model(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+    return torch.cat([model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
 @torch.no_grad()
@@ -89,8 +93,9 @@ def fashion_top1(model, images, labels, batch_size: int = 1000) -> float:
 
 
 @torch.no_grad()
-def char_perplexity(model, text, context: int | None = None, stride: int | None = None,
-                    batch_size: int = 64) -> float:
+def char_perplexity(
+    model, text, context: int | None = None, stride: int | None = None, batch_size: int = 64
+) -> float:
     """Per-character perplexity exp(mean NLL) of ``text`` (str, or int64 tensor of token ids).
 
     The text is cut into consecutive non-overlapping windows of ``context`` + 1 characters
@@ -108,10 +113,15 @@ def char_perplexity(model, text, context: int | None = None, stride: int | None 
     nll, count = 0.0, 0
     full = [s for s in starts if s + context + 1 <= ids.numel()]
     for i in range(0, len(full), batch_size):
-        idx = torch.stack([ids[s:s + context + 1] for s in full[i:i + batch_size]])
+        idx = torch.stack([ids[s : s + context + 1] for s in full[i : i + batch_size]])
         logits = model(idx[:, :-1])
-        nll += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), idx[:, 1:].reshape(-1),
-                                     reduction="sum", ).double())
+        nll += float(
+            F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]),
+                idx[:, 1:].reshape(-1),
+                reduction="sum",
+            ).double()
+        )
         count += idx[:, 1:].numel()
     rest = [s for s in starts if s + context + 1 > ids.numel()]
     for s in rest:
@@ -131,7 +141,9 @@ def embedding_agreement(emb_ref, emb_q) -> dict:
     a = F.normalize(torch.as_tensor(emb_ref).double(), dim=1)
     b = F.normalize(torch.as_tensor(emb_q).double(), dim=1)
     if a.shape != b.shape or a.dim() != 2:
-        raise ValueError(f"embeddings must have the same 2-D shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"embeddings must have the same 2-D shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     n = a.shape[0]
     if n < 2:
         raise ValueError("need at least two sentences for nearest-neighbour agreement")

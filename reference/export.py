@@ -14,6 +14,7 @@ Supported ops: Conv2d, Linear (each must carry `nupes_quant` codes from
 ReLU6, residual add, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1), Flatten. Anything else is
 an error listing these.
 """
+
 import math
 import operator
 from dataclasses import dataclass, field
@@ -176,14 +177,24 @@ def _trace_ops(model, before_folding=False):
         if node.op == "output":
             continue
         mod = modules.get(node.target) if node.op == "call_module" else None
-        is_relu = (isinstance(mod, (nn.ReLU, nn.ReLU6)) or (node.op == "call_function" and node.target in _RELU_FUNCS)
-                   or (node.op == "call_method" and node.target == "relu"))
+        is_relu = (
+            isinstance(mod, (nn.ReLU, nn.ReLU6))
+            or (node.op == "call_function" and node.target in _RELU_FUNCS)
+            or (node.op == "call_method" and node.target == "relu")
+        )
         if is_relu:
             prev = node.args[0]
             last = ops[-1] if ops else None
-            if last is None or last.out != src(prev) or last.relu or len(prev.users) != 1 or \
-                    last.kind in ("maxpool", "flatten"):
-                bad.append((node, f"ReLU {node.name!r} must directly follow a conv/linear/add/pool used only by it"))
+            if (
+                last is None
+                or last.out != src(prev)
+                or last.relu
+                or len(prev.users) != 1
+                or last.kind in ("maxpool", "flatten")
+            ):
+                bad.append(
+                    (node, f"ReLU {node.name!r} must directly follow a conv/linear/add/pool used only by it")
+                )
                 continue
             last.relu = True
             last.clip_max = 6.0 if isinstance(mod, nn.ReLU6) else None
@@ -210,8 +221,11 @@ def _trace_ops(model, before_folding=False):
             ops.append(_Op("avgpool", node.target, (src(node.args[0]),), mod, out=node.name))
         elif isinstance(mod, nn.Flatten) or (node.op == "call_function" and node.target in _FLATTEN_FUNCS):
             ops.append(_Op("flatten", node.name, (src(node.args[0]),), out=node.name))
-        elif isinstance(mod, nn.Identity) or isinstance(mod, nn.Dropout) or \
-                (before_folding and isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d))):
+        elif (
+            isinstance(mod, nn.Identity)
+            or isinstance(mod, nn.Dropout)
+            or (before_folding and isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)))
+        ):
             alias[node.name] = src(node.args[0])
         else:
             bad.append((node, _unsupported_message(node, mod)))
@@ -222,10 +236,17 @@ def _trace_ops(model, before_folding=False):
 
 def _unsupported_message(node, mod):
     """What is refused and, where there is one, the supported way to write it."""
-    if node.op == "call_method" and node.target == "size" and all(
-            u.op == "call_method" and u.target in ("view", "reshape") for u in node.users):
+    if (
+        node.op == "call_method"
+        and node.target == "size"
+        and all(u.op == "call_method" and u.target in ("view", "reshape") for u in node.users)
+    ):
         return None  # part of x.view(x.size(0), -1): reported once, at the view
-    what = type(mod).__name__ if mod is not None else f"{node.op} {getattr(node.target, '__name__', node.target)}"
+    what = (
+        type(mod).__name__
+        if mod is not None
+        else f"{node.op} {getattr(node.target, '__name__', node.target)}"
+    )
     msg = f"{node.target if mod is not None else node.name} ({what})"
     if node.op == "call_method" and node.target in ("view", "reshape", "flatten"):
         msg += " - write torch.flatten(x, 1) instead"
@@ -257,7 +278,9 @@ def export_model(model, calib, config=None, input_signed=None):
     calib = torch.as_tensor(calib).double()
     # 1. activation formats, calibrated on the float64 run of the weight-quantized ops
     signed_in = bool((calib < 0).any()) if input_signed is None else input_signed
-    formats = {inp: calibrate_format(calib.numpy(), cfg.act_bits, signed_in, cfg.act_exponent, cfg.act_percentile)}
+    formats = {
+        inp: calibrate_format(calib.numpy(), cfg.act_bits, signed_in, cfg.act_exponent, cfg.act_percentile)
+    }
     shapes = {}
     vals = {inp: quantize_act(formats[inp], calib)}
     for i, op in enumerate(ops):
@@ -266,9 +289,15 @@ def export_model(model, calib, config=None, input_signed=None):
             formats[op.out] = formats[op.inputs[0]]  # codes pass through unchanged
         elif i < len(ops) - 1:
             signed = not op.relu and bool((y < 0).any())
-            formats[op.out] = calibrate_format(y.numpy(), cfg.act_bits, signed, cfg.act_exponent, cfg.act_percentile)
+            formats[op.out] = calibrate_format(
+                y.numpy(), cfg.act_bits, signed, cfg.act_exponent, cfg.act_percentile
+            )
         shapes[op.out] = tuple(y.shape)
-        vals[op.out] = quantize_act(formats[op.out], y) if (op.out in formats and op.kind not in ("maxpool", "flatten")) else y
+        vals[op.out] = (
+            quantize_act(formats[op.out], y)
+            if (op.out in formats and op.kind not in ("maxpool", "flatten"))
+            else y
+        )
     # 2. integer graph
     nodes = []
     for i, op in enumerate(ops):
@@ -279,37 +308,69 @@ def export_model(model, calib, config=None, input_signed=None):
             codes, wfmt = weights[op.name]
             xfmt = formats[op.inputs[0]]
             xmax = float(np.abs(xfmt.decode_real(xfmt.range.all_codes())).max())
-            kw = dict(datapath=cfg.datapath, w_frac_bits=_frac_bits(_table_max(wfmt), cfg.w_lut_bits),
-                      x_frac_bits=_frac_bits(xmax, cfg.x_lut_bits),
-                      product_frac_bits=_frac_bits(_product_max(wfmt, xmax), cfg.p_lut_bits),
-                      bias=None if op.module.bias is None else op.module.bias.detach().double().numpy(),
-                      acc=cfg.acc, out_fmt=out_fmt, relu=op.relu, clip_max=op.clip_max,
-                      rounding=cfg.rounding, tensor_id=(3 * i) % 2**32)
+            kw = dict(
+                datapath=cfg.datapath,
+                w_frac_bits=_frac_bits(_table_max(wfmt), cfg.w_lut_bits),
+                x_frac_bits=_frac_bits(xmax, cfg.x_lut_bits),
+                product_frac_bits=_frac_bits(_product_max(wfmt, xmax), cfg.p_lut_bits),
+                bias=None if op.module.bias is None else op.module.bias.detach().double().numpy(),
+                acc=cfg.acc,
+                out_fmt=out_fmt,
+                relu=op.relu,
+                clip_max=op.clip_max,
+                rounding=cfg.rounding,
+                tensor_id=(3 * i) % 2**32,
+            )
             if isinstance(op.module, nn.Conv2d):
                 m = op.module
                 if isinstance(m.padding, str) or m.padding_mode != "zeros":
                     raise ValueError(f"{op.name}: only numeric zero padding is supported")
-                layer = Conv2d.build(name, codes, wfmt, xfmt, stride=m.stride, padding=m.padding,
-                                     dilation=m.dilation, groups=m.groups, **kw)
+                layer = Conv2d.build(
+                    name,
+                    codes,
+                    wfmt,
+                    xfmt,
+                    stride=m.stride,
+                    padding=m.padding,
+                    dilation=m.dilation,
+                    groups=m.groups,
+                    **kw,
+                )
             else:
                 layer = Linear.build(name, codes, wfmt, xfmt, **kw)
         elif op.kind == "add":
             fa, fb = formats[op.inputs[0]], formats[op.inputs[1]]
             vmax = max(_table_max(fa), _table_max(fb))
-            layer = Add.build(name, fa, fb, frac_bits=_frac_bits(2 * vmax, cfg.add_lut_bits), acc=cfg.acc,
-                              out_fmt=out_fmt, relu=op.relu, clip_max=op.clip_max, rounding=cfg.rounding,
-                              tensor_id=(3 * i) % 2**32)
+            layer = Add.build(
+                name,
+                fa,
+                fb,
+                frac_bits=_frac_bits(2 * vmax, cfg.add_lut_bits),
+                acc=cfg.acc,
+                out_fmt=out_fmt,
+                relu=op.relu,
+                clip_max=op.clip_max,
+                rounding=cfg.rounding,
+                tensor_id=(3 * i) % 2**32,
+            )
         elif op.kind == "maxpool":
             m = op.module
             layer = MaxPool2d(name, m.kernel_size, m.stride, m.padding)
         elif op.kind in ("gap", "avgpool"):
             fx_ = formats[op.inputs[0]]
             h, w = shapes[op.inputs[0]][2:] if op.kind == "gap" else (None, None)
-            layer = AvgPool2d.build(name, fx_, frac_bits=_frac_bits(_table_max(fx_), cfg.x_lut_bits), acc=cfg.acc,
-                                    kernel=None if op.kind == "gap" else op.module.kernel_size,
-                                    stride=None if op.kind == "gap" else op.module.stride,
-                                    window=h * w if op.kind == "gap" else None, out_fmt=out_fmt,
-                                    rounding=cfg.rounding, tensor_id=(3 * i) % 2**32)
+            layer = AvgPool2d.build(
+                name,
+                fx_,
+                frac_bits=_frac_bits(_table_max(fx_), cfg.x_lut_bits),
+                acc=cfg.acc,
+                kernel=None if op.kind == "gap" else op.module.kernel_size,
+                stride=None if op.kind == "gap" else op.module.stride,
+                window=h * w if op.kind == "gap" else None,
+                out_fmt=out_fmt,
+                rounding=cfg.rounding,
+                tensor_id=(3 * i) % 2**32,
+            )
         else:
             layer = Flatten(name)
         nodes.append(Node(layer, tuple(_node_name(ops, n, inp) for n in op.inputs)))
@@ -318,8 +379,11 @@ def export_model(model, calib, config=None, input_signed=None):
 
 
 def _table_max(fmt):
-    return float(np.abs(fmt.decode_real(np.array([fmt.range.max_magnitude]), None)).max()) \
-        if fmt.granularity == "tensor" else float((fmt.scale.max() * fmt.range.max_magnitude) ** (1 / fmt.exponent))
+    return (
+        float(np.abs(fmt.decode_real(np.array([fmt.range.max_magnitude]), None)).max())
+        if fmt.granularity == "tensor"
+        else float((fmt.scale.max() * fmt.range.max_magnitude) ** (1 / fmt.exponent))
+    )
 
 
 def _product_max(wfmt, xmax):
@@ -347,8 +411,11 @@ def _apply(op, args, weights):
         wd = torch.from_numpy(fmt.decode_real(w.reshape(w.shape[0], -1), idx).reshape(w.shape))
         m = op.module
         b = m.bias.detach().double() if m.bias is not None else None
-        y = F.conv2d(args[0], wd, b, m.stride, m.padding, m.dilation, m.groups) if isinstance(m, nn.Conv2d) \
+        y = (
+            F.conv2d(args[0], wd, b, m.stride, m.padding, m.dilation, m.groups)
+            if isinstance(m, nn.Conv2d)
             else F.linear(args[0], wd, b)
+        )
     elif op.kind == "add":
         y = args[0] + args[1]
     elif op.kind == "maxpool":

@@ -12,6 +12,7 @@ attention reshapes to (B, H, T, D) with layout ops. Activation formats are calib
 the twin's own float64 run (power formats, exponent searched per tensor; attention scores
 uniform, as §13 requires).
 """
+
 import math
 from dataclasses import dataclass, field
 
@@ -87,7 +88,7 @@ class _Builder:
     def embedding(self, name, weight, src, positional=False):
         w = weight.detach().double().numpy()
         if positional:
-            w = w[:self.T]
+            w = w[: self.T]
         fmt = calibrate_format(w, self.cfg.act_bits, True, self.cfg.act_exponent)
         table = torch.from_numpy(fmt.decode_real(fmt.encode(w)))
         T = self.T
@@ -95,23 +96,48 @@ class _Builder:
         def f(ids):
             idx = torch.arange(ids.shape[-1]).expand_as(ids) if positional else ids
             return table[idx].reshape(-1, T, table.shape[1])
-        return self.op(name, [src], f, "fixed",
-                       lambda fm, c: Embedding.build(name, w, fmt, c.rounding, positional), fmt)
+
+        return self.op(
+            name, [src], f, "fixed", lambda fm, c: Embedding.build(name, w, fmt, c.rounding, positional), fmt
+        )
 
     def add(self, name, a, b):
         def make(fm, c):
             fa, fb = fm[a], fm[b]
-            return Add.build(name, fa, fb, frac_bits=_frac_bits(2 * max(_table_max(fa), _table_max(fb)), c.add_lut_bits),
-                             acc=c.acc, out_fmt=fm[name], rounding=c.rounding, tensor_id=self._next_tid())
+            return Add.build(
+                name,
+                fa,
+                fb,
+                frac_bits=_frac_bits(2 * max(_table_max(fa), _table_max(fb)), c.add_lut_bits),
+                acc=c.acc,
+                out_fmt=fm[name],
+                rounding=c.rounding,
+                tensor_id=self._next_tid(),
+            )
+
         return self.op(name, [a, b], lambda x, y: x + y, "power", make)
 
     def layernorm(self, name, mod, src):
         C = mod.normalized_shape[0]
         w, b = mod.weight.detach().double(), mod.bias.detach().double()
-        return self.op(name, [src], lambda x: F.layer_norm(x, (C,), w, b, mod.eps), "power",
-                       lambda fm, c: LayerNorm.build(name, fm[src], fm[name], channels=C, gamma=w.numpy(),
-                                                     beta=b.numpy(), eps=mod.eps, x_lut_bits=c.x_lut_bits,
-                                                     rounding=c.rounding, tensor_id=self._next_tid()))
+        return self.op(
+            name,
+            [src],
+            lambda x: F.layer_norm(x, (C,), w, b, mod.eps),
+            "power",
+            lambda fm, c: LayerNorm.build(
+                name,
+                fm[src],
+                fm[name],
+                channels=C,
+                gamma=w.numpy(),
+                beta=b.numpy(),
+                eps=mod.eps,
+                x_lut_bits=c.x_lut_bits,
+                rounding=c.rounding,
+                tensor_id=self._next_tid(),
+            ),
+        )
 
     def linear(self, name, mod, src, last=False):
         codes, wfmt = _weight_codes(mod, name)
@@ -121,17 +147,32 @@ class _Builder:
         def make(fm, c):
             xfmt = fm[src]
             xmax = float(np.abs(xfmt.decode_real(xfmt.range.all_codes())).max())
-            return Linear.build(name, codes, wfmt, xfmt, datapath=c.datapath,
-                                w_frac_bits=_frac_bits(_table_max(wfmt), c.w_lut_bits),
-                                x_frac_bits=_frac_bits(xmax, c.x_lut_bits),
-                                product_frac_bits=_frac_bits(_product_max(wfmt, xmax), c.p_lut_bits),
-                                bias=None if bias is None else bias.numpy(), acc=c.acc,
-                                out_fmt=None if last else fm[name], rounding=c.rounding, tensor_id=self._next_tid())
+            return Linear.build(
+                name,
+                codes,
+                wfmt,
+                xfmt,
+                datapath=c.datapath,
+                w_frac_bits=_frac_bits(_table_max(wfmt), c.w_lut_bits),
+                x_frac_bits=_frac_bits(xmax, c.x_lut_bits),
+                product_frac_bits=_frac_bits(_product_max(wfmt, xmax), c.p_lut_bits),
+                bias=None if bias is None else bias.numpy(),
+                acc=c.acc,
+                out_fmt=None if last else fm[name],
+                rounding=c.rounding,
+                tensor_id=self._next_tid(),
+            )
+
         return self.op(name, [src], lambda x: F.linear(x, wd, bias), "last" if last else "power", make)
 
     def gelu(self, name, src):
-        return self.op(name, [src], lambda x: torch.from_numpy(gelu_erf(x.numpy())), "power",
-                       lambda fm, c: ElementwiseTable.build(name, fm[src], fm[name], "gelu", c.rounding))
+        return self.op(
+            name,
+            [src],
+            lambda x: torch.from_numpy(gelu_erf(x.numpy())),
+            "power",
+            lambda fm, c: ElementwiseTable.build(name, fm[src], fm[name], "gelu", c.rounding),
+        )
 
     def layout(self, layer, src, f):
         return self.op(layer.name, [src], f, "pass", lambda fm, c: layer)
@@ -155,12 +196,28 @@ class _Builder:
         qh, kh, vh = heads
         alpha = 1.0 / math.sqrt(D)
         sc = f"{prefix}.scores"
-        self.op(sc, [qh, kh], lambda a, b: (a @ b.transpose(-2, -1)) * alpha, "uniform",
-                lambda fm, c: MatMul.build(sc, fm[qh], fm[kh], k_max=D, transpose_b=True, alpha=alpha,
-                                           out_fmt=fm[sc], acc=c.acc, datapath="operand", mult_bits=min(31, 63 - c.acc.width),
-                                           a_frac_bits=_frac_bits(_table_max(fm[qh]), c.x_lut_bits),
-                                           b_frac_bits=_frac_bits(_table_max(fm[kh]), c.x_lut_bits),
-                                           rounding=c.rounding, tensor_id=self._next_tid()))
+        self.op(
+            sc,
+            [qh, kh],
+            lambda a, b: (a @ b.transpose(-2, -1)) * alpha,
+            "uniform",
+            lambda fm, c: MatMul.build(
+                sc,
+                fm[qh],
+                fm[kh],
+                k_max=D,
+                transpose_b=True,
+                alpha=alpha,
+                out_fmt=fm[sc],
+                acc=c.acc,
+                datapath="operand",
+                mult_bits=min(31, 63 - c.acc.width),
+                a_frac_bits=_frac_bits(_table_max(fm[qh]), c.x_lut_bits),
+                b_frac_bits=_frac_bits(_table_max(fm[kh]), c.x_lut_bits),
+                rounding=c.rounding,
+                tensor_id=self._next_tid(),
+            ),
+        )
         sm = f"{prefix}.softmax"
 
         def soft(s, m=None):
@@ -171,22 +228,52 @@ class _Builder:
                 keep &= (m != 0)[:, None, None, :]
             z = s.masked_fill(~keep, float("-inf")).softmax(-1)
             return torch.nan_to_num(z, nan=0.0)  # a fully masked row: 0 (ARITHMETIC.md §12)
-        self.op(sm, [sc] + ([mask] if mask else []), soft, "power_unsigned",
-                lambda fm, c: Softmax.build(sm, fm[sc], fm[sm], max_len=T, exp_frac_bits=c.exp_frac_bits,
-                                            prob_bits=c.prob_bits, acc=Accumulator(48, "saturate"), causal=causal,
-                                            masked=mask is not None, rounding=c.rounding,
-                                            tensor_id=self._next_tid()))
+
+        self.op(
+            sm,
+            [sc] + ([mask] if mask else []),
+            soft,
+            "power_unsigned",
+            lambda fm, c: Softmax.build(
+                sm,
+                fm[sc],
+                fm[sm],
+                max_len=T,
+                exp_frac_bits=c.exp_frac_bits,
+                prob_bits=c.prob_bits,
+                acc=Accumulator(48, "saturate"),
+                causal=causal,
+                masked=mask is not None,
+                rounding=c.rounding,
+                tensor_id=self._next_tid(),
+            ),
+        )
         av = f"{prefix}.av"
-        self.op(av, [sm, vh], lambda p, x: p @ x, "power",
-                lambda fm, c: MatMul.build(av, fm[sm], fm[vh], k_max=T, out_fmt=fm[av], acc=c.acc,
-                                           a_frac_bits=_frac_bits(1.0, c.x_lut_bits),
-                                           b_frac_bits=_frac_bits(_table_max(fm[vh]), c.x_lut_bits),
-                                           rounding=c.rounding, tensor_id=self._next_tid()))
+        self.op(
+            av,
+            [sm, vh],
+            lambda p, x: p @ x,
+            "power",
+            lambda fm, c: MatMul.build(
+                av,
+                fm[sm],
+                fm[vh],
+                k_max=T,
+                out_fmt=fm[av],
+                acc=c.acc,
+                a_frac_bits=_frac_bits(1.0, c.x_lut_bits),
+                b_frac_bits=_frac_bits(_table_max(fm[vh]), c.x_lut_bits),
+                rounding=c.rounding,
+                tensor_id=self._next_tid(),
+            ),
+        )
         t = self.transpose(f"{prefix}.merge_t", av, 1, 2)
         return self.reshape(f"{prefix}.merge", t, (-1, C))
 
     def padmask(self, name, src, pad_id):
-        return self.op(name, [src], lambda ids: (ids != pad_id).long(), "mask", lambda fm, c: PadMask(name, pad_id))
+        return self.op(
+            name, [src], lambda ids: (ids != pad_id).long(), "mask", lambda fm, c: PadMask(name, pad_id)
+        )
 
 
 class ExportedTransformer:
@@ -240,6 +327,7 @@ def _calibrator(cfg):
         if op.out == "power_unsigned":
             return calibrate_format(a, cfg.act_bits, False, cfg.act_exponent)
         return calibrate_format(a, cfg.act_bits, True, cfg.act_exponent)
+
     return calibrate
 
 
@@ -298,8 +386,15 @@ def export_minilm(model, calib_ids, config=None, pad_id=0):
         sa = layer.attention.self
         q, k, v = (b.linear(f"{p}.{n}", getattr(sa, n), x) for n in ("query", "key", "value"))
         y = b.attention(f"{p}.attn", q, k, v, layer.heads, C, mask=mask)
-        x = b.layernorm(f"{p}.ln1", layer.attention.output.LayerNorm,
-                        b.add(f"{p}.res1", x, b.linear(f"{p}.attn_out", layer.attention.output.dense, y)))
+        x = b.layernorm(
+            f"{p}.ln1",
+            layer.attention.output.LayerNorm,
+            b.add(f"{p}.res1", x, b.linear(f"{p}.attn_out", layer.attention.output.dense, y)),
+        )
         h = b.gelu(f"{p}.gelu", b.linear(f"{p}.inter", layer.intermediate.dense, x))
-        x = b.layernorm(f"{p}.ln2", layer.output.LayerNorm, b.add(f"{p}.res2", x, b.linear(f"{p}.out", layer.output.dense, h)))
+        x = b.layernorm(
+            f"{p}.ln2",
+            layer.output.LayerNorm,
+            b.add(f"{p}.res2", x, b.linear(f"{p}.out", layer.output.dense, h)),
+        )
     return _finish(b, calib_ids, cfg)

@@ -3,6 +3,7 @@
 Quantization happens after folding, so the integer codes represent the folded weights that
 the simulator runs (docs/ARITHMETIC.md §8).
 """
+
 import copy
 
 import torch
@@ -13,7 +14,11 @@ from torch import nn
 def _fold_into(layer, bn):
     """Return a copy of `layer` (Conv2d/Linear) with eval-mode `bn` folded in (float64 math)."""
     w = layer.weight.detach().double()
-    b = layer.bias.detach().double() if layer.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+    b = (
+        layer.bias.detach().double()
+        if layer.bias is not None
+        else torch.zeros(w.shape[0], dtype=torch.float64)
+    )
     gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(b)
     beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(b)
     inv = gamma / torch.sqrt(bn.running_var.detach().double() + bn.eps)
@@ -35,11 +40,17 @@ def fold_batchnorm(model):
         if node.op != "call_module" or not isinstance(modules[node.target], (nn.BatchNorm1d, nn.BatchNorm2d)):
             continue
         src = node.args[0]
-        ok = (isinstance(src, fx.Node) and src.op == "call_module"
-              and isinstance(modules[src.target], (nn.Conv2d, nn.Linear)) and len(src.users) == 1)
+        ok = (
+            isinstance(src, fx.Node)
+            and src.op == "call_module"
+            and isinstance(modules[src.target], (nn.Conv2d, nn.Linear))
+            and len(src.users) == 1
+        )
         if not ok:
-            raise ValueError(f"batch norm {node.target!r} does not directly follow a conv/linear used only by it; "
-                             "cannot fold it")
+            raise ValueError(
+                f"batch norm {node.target!r} does not directly follow a conv/linear used only by it; "
+                "cannot fold it"
+            )
         folded = _fold_into(modules[src.target], modules[node.target])
         parent, _, name = src.target.rpartition(".")
         setattr(gm.get_submodule(parent) if parent else gm, name, folded)

@@ -10,6 +10,7 @@ add and flatten as functions. Static and dynamic batch programs give the same mo
 Every op outside that set is collected first and reported in one error, each with the
 source line torch.export recorded for it.
 """
+
 import operator
 import os
 
@@ -19,10 +20,20 @@ from torch import nn
 
 aten = torch.ops.aten
 
-_IDENTITY = {aten.dropout.default, aten.clone.default, aten.alias.default, aten.detach.default,
-             aten.contiguous.default, aten.feature_dropout.default}
-_SKIP = {aten._assert_tensor_metadata.default, aten.sym_size.int, aten._assert_scalar.default,
-         aten.sym_constrain_range_for_size.default}
+_IDENTITY = {
+    aten.dropout.default,
+    aten.clone.default,
+    aten.alias.default,
+    aten.detach.default,
+    aten.contiguous.default,
+    aten.feature_dropout.default,
+}
+_SKIP = {
+    aten._assert_tensor_metadata.default,
+    aten.sym_size.int,
+    aten._assert_scalar.default,
+    aten.sym_constrain_range_for_size.default,
+}
 
 
 def source_line(node):
@@ -35,7 +46,7 @@ def source_line(node):
         ln = lines[i].strip()
         if ln.startswith("File "):
             parts = ln.split(",")
-            f = parts[0][len("File "):].strip().strip('"')
+            f = parts[0][len("File ") :].strip().strip('"')
             line = parts[1].strip().replace("line ", "") if len(parts) > 1 else "?"
             code = lines[i + 1].strip() if i + 1 < len(lines) else ""
             return f"{f}:{line}: {code}"
@@ -78,7 +89,9 @@ def module_from_export(ep):
         else:
             raise ValueError(f"torch.export program input {name!r} of kind {kind} is not supported")
     if len(user_inputs) != 1:
-        raise ValueError(f"only single-input models can be exported; the program takes {len(user_inputs)} inputs")
+        raise ValueError(
+            f"only single-input models can be exported; the program takes {len(user_inputs)} inputs"
+        )
 
     root = nn.Module()
     g = fx.Graph()
@@ -108,7 +121,9 @@ def module_from_export(ep):
             outs = n.args[0]
             outs = outs if isinstance(outs, (tuple, list)) else (outs,)
             if len(outs) != 1:
-                raise ValueError(f"only single-output models can be exported; the program returns {len(outs)} values")
+                raise ValueError(
+                    f"only single-output models can be exported; the program returns {len(outs)} values"
+                )
             if not bad:
                 g.output(env[outs[0].name])
             continue
@@ -137,8 +152,16 @@ def module_from_export(ep):
                 if isinstance(pad, str):
                     unsupported(n, f" (padding={pad!r}: give numeric padding)")
                     continue
-                m = nn.Conv2d(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), stride, pad, dil, groups,
-                              bias=b is not None)
+                m = nn.Conv2d(
+                    w.shape[1] * groups,
+                    w.shape[0],
+                    tuple(w.shape[2:]),
+                    stride,
+                    pad,
+                    dil,
+                    groups,
+                    bias=b is not None,
+                )
                 _copy(m, w, b)
                 env[n.name] = add_module(m, wt, n.name, a[0])
             elif t == aten.linear.default:
@@ -166,15 +189,22 @@ def module_from_export(ep):
                     m.running_var.copy_(rv[0])
                 m.eval()
                 env[n.name] = add_module(m, rm[1], n.name, a[0])
-            elif t == operator.getitem and a[1] == 0 and a[0].target in (
-                    aten._native_batch_norm_legit_no_training.default, aten.max_pool2d_with_indices.default):
+            elif (
+                t == operator.getitem
+                and a[1] == 0
+                and a[0].target
+                in (aten._native_batch_norm_legit_no_training.default, aten.max_pool2d_with_indices.default)
+            ):
                 env[n.name] = env[a[0].name]
             elif t in (aten.relu.default, aten.relu_.default):
                 env[n.name] = g.call_function(torch.relu, (env[a[0].name],))
             elif t in (aten.hardtanh.default, aten.hardtanh_.default) and tuple(a[1:3]) == (0.0, 6.0):
                 env[n.name] = add_module(nn.ReLU6(), None, n.name, a[0])
-            elif t in (aten.add.Tensor, aten.add_.Tensor) and isinstance(a[1], fx.Node) \
-                    and n.kwargs.get("alpha", 1) == 1:
+            elif (
+                t in (aten.add.Tensor, aten.add_.Tensor)
+                and isinstance(a[1], fx.Node)
+                and n.kwargs.get("alpha", 1) == 1
+            ):
                 env[n.name] = g.call_function(operator.add, (env[a[0].name], env[a[1].name]))
             elif t in (aten.max_pool2d.default, aten.max_pool2d_with_indices.default):
                 k = a[1]
@@ -190,10 +220,18 @@ def module_from_export(ep):
                 env[n.name] = add_module(nn.AvgPool2d(k, s, p), None, n.name, a[0])
             elif t == aten.adaptive_avg_pool2d.default:
                 env[n.name] = add_module(nn.AdaptiveAvgPool2d(tuple(a[1])), None, n.name, a[0])
-            elif t == aten.mean.dim and sorted(int(v) % 4 for v in a[1]) == [2, 3] and \
-                    (a[2] if len(a) > 2 else n.kwargs.get("keepdim", False)):
+            elif (
+                t == aten.mean.dim
+                and sorted(int(v) % 4 for v in a[1]) == [2, 3]
+                and (a[2] if len(a) > 2 else n.kwargs.get("keepdim", False))
+            ):
                 env[n.name] = add_module(nn.AdaptiveAvgPool2d(1), None, n.name, a[0])
-            elif t == aten.flatten.using_ints and (a[1] if len(a) > 1 else 0) == 1 and (a[2] if len(a) > 2 else -1) in (-1, _val(a[0]).dim() - 1 if _val(a[0]) is not None else -1):
+            elif (
+                t == aten.flatten.using_ints
+                and (a[1] if len(a) > 1 else 0) == 1
+                and (a[2] if len(a) > 2 else -1)
+                in (-1, _val(a[0]).dim() - 1 if _val(a[0]) is not None else -1)
+            ):
                 env[n.name] = g.call_function(torch.flatten, (env[a[0].name], 1))
             elif t in (aten.view.default, aten.reshape.default, aten._unsafe_view.default) and _is_flatten(n):
                 env[n.name] = g.call_function(torch.flatten, (env[a[0].name], 1))

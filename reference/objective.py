@@ -25,6 +25,7 @@ Data-free objectives use the same form with base = 0, G₀ = 0 and a Hessian H b
 data (identity: the relative weight error; or second moments of synthetic inputs, see
 `datafree.py`).
 """
+
 import torch
 from torch import nn
 
@@ -51,16 +52,22 @@ class LayerObjective:
         self.hessians = [h.to(torch.float64) for h in hessians]
         G = len(self.hessians)
         if G < 1 or C % G or any(h.shape != (K, K) for h in self.hessians):
-            raise ValueError(f"layer {name!r}: need one ({K}, {K}) Hessian per conv group dividing {C} rows, got "
-                             f"{[tuple(h.shape) for h in self.hessians]}")
+            raise ValueError(
+                f"layer {name!r}: need one ({K}, {K}) Hessian per conv group dividing {C} rows, got "
+                f"{[tuple(h.shape) for h in self.hessians]}"
+            )
         self.O = C // G
         self.g0 = None if g0 is None else [t.to(torch.float64) for t in g0]
         for h in self.hessians:
             check_finite_tensor(f"layer {name!r}: objective Hessian", h)
         self.base = float(base)
         if norm is None:  # ‖W‖²_H: the loss is relative to the layer's output energy
-            norm = sum(float((self.W[i * self.O:(i + 1) * self.O] @ h * self.W[i * self.O:(i + 1) * self.O]).sum())
-                       for i, h in enumerate(self.hessians))
+            norm = sum(
+                float(
+                    (self.W[i * self.O : (i + 1) * self.O] @ h * self.W[i * self.O : (i + 1) * self.O]).sum()
+                )
+                for i, h in enumerate(self.hessians)
+            )
         self.norm = float(norm) if norm and norm > 0 else 1.0
         self.kind, self.name = kind, name
 
@@ -72,10 +79,14 @@ class LayerObjective:
         if target not in TARGETS:
             raise ValueError(f"target={target!r} is not allowed; choose one of {list(TARGETS)}")
         if not isinstance(module, (nn.Linear, nn.Conv2d)):
-            raise TypeError(f"the layer objective supports nn.Linear and nn.Conv2d, got {type(module).__name__}")
+            raise TypeError(
+                f"the layer objective supports nn.Linear and nn.Conv2d, got {type(module).__name__}"
+            )
         x_q = x_fp if x_q is None else x_q
         if x_fp.shape != x_q.shape:
-            raise ValueError(f"layer {name!r}: x_fp shape {tuple(x_fp.shape)} != x_q shape {tuple(x_q.shape)}")
+            raise ValueError(
+                f"layer {name!r}: x_fp shape {tuple(x_fp.shape)} != x_q shape {tuple(x_q.shape)}"
+            )
         check_finite_tensor(f"layer {name!r}: calibration input (float network)", x_fp)
         check_finite_tensor(f"layer {name!r}: calibration input (quantized network)", x_q)
         x_t = x_fp if target == "float" else x_q
@@ -94,17 +105,17 @@ class LayerObjective:
             rt = rq if same else input_rows(module, xt.to(torch.float64))
             for g in range(G):
                 Hs[g] += rq[g].T @ rq[g]
-                Wg = W[g * O:(g + 1) * O]
+                Wg = W[g * O : (g + 1) * O]
                 y = rt[g] @ Wg.T
                 if bias is not None:
-                    y = y + bias[g * O:(g + 1) * O]
+                    y = y + bias[g * O : (g + 1) * O]
                 norm += float((y * y).sum())
                 if not same:
                     dx = rt[g] - rq[g]
                     Es[g] += rq[g].T @ dx
                     e = dx @ Wg.T
                     base += float((e * e).sum())
-        g0 = None if same else [-(W[g * O:(g + 1) * O] @ Es[g].T) for g in range(G)]
+        g0 = None if same else [-(W[g * O : (g + 1) * O] @ Es[g].T) for g in range(G)]
         return cls(W, Hs, g0, base, norm, "output_rel_mse", name)
 
     @classmethod
@@ -117,7 +128,7 @@ class LayerObjective:
 
     # ---- evaluation -------------------------------------------------------------------
     def _split(self, M):
-        return [M[g * self.O:(g + 1) * self.O] for g in range(len(self.hessians))]
+        return [M[g * self.O : (g + 1) * self.O] for g in range(len(self.hessians))]
 
     def residual(self, D):
         """R = D·H + G₀ per group, as one (C, K) tensor in D's dtype (∂L/∂ŵ = 2R / norm)."""

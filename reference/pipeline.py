@@ -8,6 +8,7 @@ Used by `nupes-sim quantize` and `nupes-sim demo`; the Python API is the same:
 
 `calib` may be a NumPy array or a tensor of any real dtype (cast to the model's dtype).
 """
+
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,9 @@ def _class_from_spec(spec):
 
     mod_name, _, cls_name = spec.partition(":")
     if not mod_name or not cls_name:
-        raise ValueError(f"arch={spec!r}: expected a built-in name {list(ARCHS)} or 'package.module:ClassName'")
+        raise ValueError(
+            f"arch={spec!r}: expected a built-in name {list(ARCHS)} or 'package.module:ClassName'"
+        )
     try:
         mod = importlib.import_module(mod_name)
     except ImportError as e:
@@ -39,8 +42,10 @@ def _sniff(path):
     if not head:
         raise ValueError(f"model file {path} is empty")
     if head.startswith(b"\x89HDF"):
-        raise ValueError(f"model file {path} is an HDF5 file (a nupes-sim model or golden file?); quantize takes "
-                         f"a PyTorch state dict (.pt) or a torch.export program (.pt2)")
+        raise ValueError(
+            f"model file {path} is an HDF5 file (a nupes-sim model or golden file?); quantize takes "
+            f"a PyTorch state dict (.pt) or a torch.export program (.pt2)"
+        )
     return head
 
 
@@ -66,28 +71,36 @@ def load_user_model(model, arch=None):
         try:
             ep = torch.export.load(str(path))
         except Exception as e:
-            raise ValueError(f"{path}: not a readable torch.export program ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
+            raise ValueError(
+                f"{path}: not a readable torch.export program ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''})"
+            ) from None
         from .from_export import module_from_export
 
         return module_from_export(ep)
     if arch is None:
-        raise ValueError(f"{path}: a state dict needs --arch, one of {list(ARCHS)} or 'package.module:ClassName' "
-                         f"(or save a torch.export program as .pt2)")
+        raise ValueError(
+            f"{path}: a state dict needs --arch, one of {list(ARCHS)} or 'package.module:ClassName' "
+            f"(or save a torch.export program as .pt2)"
+        )
     if arch in ARCHS:
         cls = FashionResNet
     elif ":" in arch:
         cls = _class_from_spec(arch)
     else:
-        raise ValueError(f"arch={arch!r} is not a built-in architecture; choose one of {list(ARCHS)} "
-                         f"or give 'package.module:ClassName'")
+        raise ValueError(
+            f"arch={arch!r} is not a built-in architecture; choose one of {list(ARCHS)} "
+            f"or give 'package.module:ClassName'"
+        )
     if not head.startswith(b"PK"):
         raise ValueError(f"{path} is not a PyTorch state dict file (torch.save writes a zip archive)")
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path}: cannot read the state dict ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        raise ValueError(
+            f"{path}: cannot read the state dict ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -113,7 +126,9 @@ def load_calibration(path, dataset=None):
     except CliError as e:
         raise ValueError(str(e)) from None
     if arr.ndim < 2:
-        raise ValueError(f"{path}: calibration data of shape {arr.shape}; expected (batch, ...) with batch first")
+        raise ValueError(
+            f"{path}: calibration data of shape {arr.shape}; expected (batch, ...) with batch first"
+        )
     if np.abs(arr).max() > np.finfo(np.float32).max:
         raise ValueError(f"{path}: calibration values exceed the float32 range")
     return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
@@ -130,7 +145,10 @@ def as_calibration(calib, model=None):
         calib = torch.from_numpy(np.ascontiguousarray(calib))
     if not torch.is_tensor(calib):
         return calib  # an iterable of batches: quantize_model checks them
-    if not (calib.is_floating_point() or calib.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
+    if not (
+        calib.is_floating_point()
+        or calib.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+    ):
         raise TypeError(f"calibration tensor of dtype {calib.dtype}; expected real numbers")
     dtype = torch.float32
     if model is not None:
@@ -151,13 +169,30 @@ def _check_calibration_fits(net, calib):
         with torch.no_grad():
             net(calib[:1])
     except Exception as e:
-        raise ValueError(f"calibration data of shape {tuple(calib.shape)} does not fit the model: "
-                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        raise ValueError(
+            f"calibration data of shape {tuple(calib.shape)} does not fit the model: "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
 
 
-def quantize_to_graph(model, arch=None, calib=None, method="nupes", wbits=4, abits=8, granularity="channel",
-                      group_size=None, steps=None, datapath="operand", acc_width=48, overflow="saturate",
-                      export_calib=None, seed=0, progress=True, nupes_init=None):
+def quantize_to_graph(
+    model,
+    arch=None,
+    calib=None,
+    method="nupes",
+    wbits=4,
+    abits=8,
+    granularity="channel",
+    group_size=None,
+    steps=None,
+    datapath="operand",
+    acc_width=48,
+    overflow="saturate",
+    export_calib=None,
+    seed=0,
+    progress=True,
+    nupes_init=None,
+):
     """(Exported, report): the model quantized by `method` and exported to integer layers.
 
     calib: float inputs for the data-driven methods and for activation calibration; with
@@ -178,11 +213,25 @@ def quantize_to_graph(model, arch=None, calib=None, method="nupes", wbits=4, abi
     extra = {}
     if method == "nupes":
         extra["nupes_init"] = nupes_init or ("gptq_power" if calib is not None else "powerquant")
-    qmodel, report = quantize_model(net, method=method, wbits=wbits, calib=calib, granularity=granularity,
-                                    group_size=group_size, steps=steps, seed=seed, progress=progress, **extra)
+    qmodel, report = quantize_model(
+        net,
+        method=method,
+        wbits=wbits,
+        calib=calib,
+        granularity=granularity,
+        group_size=group_size,
+        steps=steps,
+        seed=seed,
+        progress=progress,
+        **extra,
+    )
     act_calib = calib if calib is not None else export_calib
     if act_calib is None:
         raise ValueError("activation formats need a few calibration inputs (calib or export_calib)")
-    cfg = ExportConfig(datapath=datapath, act_bits=abits, acc=Accumulator(acc_width, overflow),
-                       act_exponent=1.0 if method in ("rtn", "gptq") else None)
+    cfg = ExportConfig(
+        datapath=datapath,
+        act_bits=abits,
+        acc=Accumulator(acc_width, overflow),
+        act_exponent=1.0 if method in ("rtn", "gptq") else None,
+    )
     return export_model(qmodel, act_calib[:256], cfg), report

@@ -13,6 +13,7 @@ and returns the best point evaluated anywhere. Activations get their own exponen
 per-tensor scale calibrated the same way on data (`calibrate_activation`), or data-free
 from batch-norm statistics (`activation_from_batchnorm`).
 """
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,8 +79,17 @@ def weight_error_np(w, quantizer):
     return float(np.dot(d.reshape(-1), d.reshape(-1)))
 
 
-def search_exponent(weights, bits=4, granularity="channel", group_size=None, bounds=SEARCH_BOUNDS,
-                    grid_step=0.05, fine_step=0.005, xatol=1e-4, names=None):
+def search_exponent(
+    weights,
+    bits=4,
+    granularity="channel",
+    group_size=None,
+    bounds=SEARCH_BOUNDS,
+    grid_step=0.05,
+    fine_step=0.005,
+    xatol=1e-4,
+    names=None,
+):
     """Data-free exponent search for one weight tensor or a list of them (one shared a).
 
     One tensor: minimises ‖W − ŵ‖². Several (per-network PowerQuant): minimises
@@ -126,8 +136,17 @@ class ActivationFormat:
         return q.decode(q.encode_float(x, s, "activation"), s)
 
 
-def calibrate_activation(samples, bits=8, signed=None, exponent=None, bounds=SEARCH_BOUNDS, percentile=100.0,
-                         max_samples=200_000, seed=0, name="activation"):
+def calibrate_activation(
+    samples,
+    bits=8,
+    signed=None,
+    exponent=None,
+    bounds=SEARCH_BOUNDS,
+    percentile=100.0,
+    max_samples=200_000,
+    seed=0,
+    name="activation",
+):
     """Exponent and per-tensor scale of an activation from calibration samples.
 
     signed=None: unsigned if every sample is >= 0 (post-ReLU), else signed. The scale maps
@@ -168,7 +187,11 @@ def activation_from_batchnorm(bn, bits=8, relu=True, n_per_channel=4096, seed=0,
     """Data-free activation format: the BN output of channel c is modelled as N(β_c, γ_c²)
     (then ReLU'd if `relu`), sampled deterministically and calibrated like data."""
     g = torch.Generator().manual_seed(seed)
-    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros(bn.num_features, dtype=torch.float64)
+    beta = (
+        bn.bias.detach().double()
+        if bn.bias is not None
+        else torch.zeros(bn.num_features, dtype=torch.float64)
+    )
     gamma = bn.weight.detach().double().abs() if bn.weight is not None else torch.ones_like(beta)
     z = torch.randn(n_per_channel, beta.numel(), generator=g, dtype=torch.float64) * gamma + beta
     if relu:

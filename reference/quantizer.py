@@ -16,6 +16,7 @@ on a rounding boundary, so the torch path evaluates the one transcendental it ne
 IEEE float64 and therefore agrees bit for bit with the NumPy path. These functions are not
 differentiable; NUPES (``nupes.py``) has its own guarded differentiable decode.
 """
+
 import math
 from dataclasses import dataclass
 
@@ -36,7 +37,9 @@ def check_finite_tensor(name, t):
         bad = ~torch.isfinite(t)
         if bool(bad.any()):
             i = int(torch.nonzero(bad.reshape(-1))[0])
-            raise ValueError(f"{name} contains non-finite values ({t.reshape(-1)[i].item()!r} at flat index {i})")
+            raise ValueError(
+                f"{name} contains non-finite values ({t.reshape(-1)[i].item()!r} at flat index {i})"
+            )
     else:
         a = np.asarray(t)
         bad = ~np.isfinite(a)
@@ -77,15 +80,19 @@ class PowerQuantizer:
             raise TypeError(f"signed must be a bool, got {self.signed!r}")
         if isinstance(self.exponent, bool):
             raise TypeError(f"exponent must be a real number, got {self.exponent!r}")
-        object.__setattr__(self, "exponent", check_real("exponent", self.exponent, EXPONENT_MIN, EXPONENT_MAX))
+        object.__setattr__(
+            self, "exponent", check_real("exponent", self.exponent, EXPONENT_MIN, EXPONENT_MAX)
+        )
         check_choice("granularity", self.granularity, GRANULARITIES)
         if self.granularity == "group":
             if self.group_size is None:
                 raise ValueError("group_size is required for granularity='group'; allowed: integer >= 1")
             check_int("group_size", self.group_size, 1, None)
         elif self.group_size not in (None, 0):
-            raise ValueError(f"group_size={self.group_size!r} is only allowed with granularity='group' "
-                             f"(granularity={self.granularity!r})")
+            raise ValueError(
+                f"group_size={self.group_size!r} is only allowed with granularity='group' "
+                f"(granularity={self.granularity!r})"
+            )
 
     # ---- code range -------------------------------------------------------------------
     @property
@@ -107,7 +114,9 @@ class PowerQuantizer:
         if self.granularity == "tensor":
             return (1, 1, n)
         if len(shape) == 0:
-            raise ValueError(f"granularity={self.granularity!r} needs a tensor with a channel dim, got a scalar")
+            raise ValueError(
+                f"granularity={self.granularity!r} needs a tensor with a channel dim, got a scalar"
+            )
         C = shape[0]
         K = n // C if C else 0
         if self.granularity == "channel":
@@ -116,8 +125,10 @@ class PowerQuantizer:
             raise ValueError(f"granularity='group' needs a tensor with >= 2 dims, got shape {shape}")
         g = self.group_size
         if K % g:
-            raise ValueError(f"group_size={g} does not divide the {K} input elements of shape {shape}; "
-                             f"allowed: a divisor of {K}")
+            raise ValueError(
+                f"group_size={g} does not divide the {K} input elements of shape {shape}; "
+                f"allowed: a divisor of {K}"
+            )
         return (C, K // g, g)
 
     def scales_shape(self, shape):
@@ -128,7 +139,8 @@ class PowerQuantizer:
         if not (torch.is_tensor(w) or isinstance(w, np.ndarray)):
             raise TypeError(f"{name} must be a torch tensor or numpy array, got {type(w).__name__}")
         if (w.dtype.is_complex if torch.is_tensor(w) else w.dtype.kind == "c") or (
-                not torch.is_tensor(w) and w.dtype.kind not in "fiub"):
+            not torch.is_tensor(w) and w.dtype.kind not in "fiub"
+        ):
             raise TypeError(f"{name} must be real, got dtype {w.dtype}")
         check_finite_tensor(name, w)
 
@@ -137,8 +149,10 @@ class PowerQuantizer:
         if tuple(s.shape) != want and int(np.prod(s.shape)) == int(np.prod(want)):
             s = s.reshape(want)
         if tuple(s.shape) != want:
-            raise ValueError(f"{name} has shape {tuple(s.shape)}; expected {want} for {self.granularity} "
-                             f"granularity of a tensor of shape {tuple(shape)}")
+            raise ValueError(
+                f"{name} has shape {tuple(s.shape)}; expected {want} for {self.granularity} "
+                f"granularity of a tensor of shape {tuple(shape)}"
+            )
         bad = ~(s > 0) | ~(torch.isfinite(s) if torch.is_tensor(s) else np.isfinite(s))
         if bool(bad.any()):
             raise ValueError(f"{name} must be finite and > 0")
@@ -151,8 +165,11 @@ class PowerQuantizer:
             raise TypeError(f"{name} must be a torch tensor; use scales_np for numpy arrays")
         self._check_w(w, name)
         R, G, g = self.blocks_shape(w.shape)
-        m = w.detach().to(torch.float64).reshape(R, G, g).abs().amax(dim=2) if g else torch.zeros(R, G,
-                                                                                                    dtype=torch.float64)
+        m = (
+            w.detach().to(torch.float64).reshape(R, G, g).abs().amax(dim=2)
+            if g
+            else torch.zeros(R, G, dtype=torch.float64)
+        )
         s = _t_pow(m, self.exponent) / self.qmax
         s = torch.where(m > 0, s, torch.ones_like(s))
         self._check_representable(m.numpy(), s.numpy(), name)
@@ -162,8 +179,10 @@ class PowerQuantizer:
         bad = (m > 0) & ~((s > 0) & np.isfinite(s))
         if bad.any():
             v = float(m[bad].reshape(-1)[0])
-            raise ValueError(f"{name}: max|w|^a / qmax = {v!r}^{self.exponent} / {self.qmax} is not a finite "
-                             f"positive float64 (under/overflow); rescale the tensor or use an exponent closer to 1")
+            raise ValueError(
+                f"{name}: max|w|^a / qmax = {v!r}^{self.exponent} / {self.qmax} is not a finite "
+                f"positive float64 (under/overflow); rescale the tensor or use an exponent closer to 1"
+            )
 
     def _bscale_t(self, s, shape):
         R, G, g = self.blocks_shape(shape)
@@ -209,8 +228,11 @@ class PowerQuantizer:
         """int64 codes (numpy float64 arithmetic)."""
         w = np.asarray(w)
         self._check_w(w, name)
-        s = self.scales_np(w, name) if scales is None else self._check_scales(np.asarray(scales, np.float64),
-                                                                              w.shape)
+        s = (
+            self.scales_np(w, name)
+            if scales is None
+            else self._check_scales(np.asarray(scales, np.float64), w.shape)
+        )
         R, G, g = self.blocks_shape(w.shape)
         x = w.astype(np.float64).reshape(R, G, g)
         z = np.sign(x) * _np_pow(np.abs(x), self.exponent) / s.reshape(R, G, 1)
@@ -247,8 +269,13 @@ class QuantizedWeight:
 
     @property
     def quantizer(self):
-        return PowerQuantizer(self.bits, self.signed, self.exponent, self.granularity,
-                              self.group_size if self.granularity == "group" else None)
+        return PowerQuantizer(
+            self.bits,
+            self.signed,
+            self.exponent,
+            self.granularity,
+            self.group_size if self.granularity == "group" else None,
+        )
 
     def decode(self):
         """Float64 fake-quantized weight (exact contract decode)."""
@@ -260,9 +287,16 @@ class QuantizedWeight:
         if codes.numel() and (int(codes.min()) < q.qmin or int(codes.max()) > q.qmax):
             raise ValueError(f"codes outside [{q.qmin}, {q.qmax}]")
         dt = torch.int8 if q.signed else torch.uint8
-        return QuantizedWeight(codes.to(torch.int64).to(dt), torch.as_tensor(scales, dtype=torch.float64).clone(),
-                               float(q.exponent), q.bits, q.granularity,
-                               int(q.group_size or 0) if q.granularity == "group" else 0, method, q.signed)
+        return QuantizedWeight(
+            codes.to(torch.int64).to(dt),
+            torch.as_tensor(scales, dtype=torch.float64).clone(),
+            float(q.exponent),
+            q.bits,
+            q.granularity,
+            int(q.group_size or 0) if q.granularity == "group" else 0,
+            method,
+            q.signed,
+        )
 
 
 def as_matrix(w):

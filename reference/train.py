@@ -8,6 +8,7 @@ default 2) and no DataLoader workers: the same command on the same machine / tor
 gives the same weights. (Float reductions may differ with another thread count or CPU.)
 Checkpoints are written atomically (temp file + os.replace); see evaluate.py for the format.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,7 +83,7 @@ def train_fashion(args) -> dict:
         model.train()
         perm = torch.randperm(len(x_train), generator=gen)
         for i in range(0, len(x_train), args.batch_size):
-            idx = perm[i:i + args.batch_size]
+            idx = perm[i : i + args.batch_size]
             xb = augment(x_train[idx], gen)
             loss = F.cross_entropy(model(xb), y_train[idx], label_smoothing=0.05)
             opt.zero_grad(set_to_none=True)
@@ -95,10 +96,12 @@ def train_fashion(args) -> dict:
         tqdm.write(f"epoch {epoch + 1}/{args.epochs}: test top-1 {acc:.4f} ({time.time() - t0:.0f} s)")
     bar.close()
     model.eval()
-    metrics = dict(test_top1=fashion_top1(model, x_test, y_test),
-                   test_top1_first1000=fashion_top1(model, x_test[:1000], y_test[:1000]),
-                   train_seconds=round(time.time() - t0, 1),
-                   params=sum(p.numel() for p in model.parameters()))
+    metrics = dict(
+        test_top1=fashion_top1(model, x_test, y_test),
+        test_top1_first1000=fashion_top1(model, x_test[:1000], y_test[:1000]),
+        train_seconds=round(time.time() - t0, 1),
+        params=sum(p.numel() for p in model.parameters()),
+    )
     return dict(kind="fashion", config=dict(width=args.width), state_dict=model.state_dict(), metrics=metrics)
 
 
@@ -106,14 +109,18 @@ def train_charlm(args) -> dict:
     gen = setup(args.seed, args.threads)
     train_text, held_text = data.kjv_split()
     vocab = "".join(sorted(set(train_text) | set(held_text)))
-    model = CharTransformer(vocab, d_model=args.d_model, n_heads=args.heads, n_layers=args.layers,
-                            context=args.context)
+    model = CharTransformer(
+        vocab, d_model=args.d_model, n_heads=args.heads, n_layers=args.layers, context=args.context
+    )
     ids = model.encode(train_text)
     held = model.encode(held_text)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n]
     other = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "emb" not in n)]
-    opt = torch.optim.AdamW([dict(params=decay, weight_decay=0.1), dict(params=other, weight_decay=0.0)],
-                            lr=args.lr, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(
+        [dict(params=decay, weight_decay=0.1), dict(params=other, weight_decay=0.0)],
+        lr=args.lr,
+        betas=(0.9, 0.99),
+    )
     warm = max(1, args.steps // 20)
 
     def lr_at(s):
@@ -140,17 +147,24 @@ def train_charlm(args) -> dict:
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     model.eval()
     train_seconds = round(time.time() - t0, 1)
-    metrics = dict(heldout_ppl=char_perplexity(model, held, args.context),
-                   heldout_chars=held.numel(), train_chars=ids.numel(), train_seconds=train_seconds,
-                   params=sum(p.numel() for p in model.parameters()))
+    metrics = dict(
+        heldout_ppl=char_perplexity(model, held, args.context),
+        heldout_chars=held.numel(),
+        train_chars=ids.numel(),
+        train_seconds=train_seconds,
+        params=sum(p.numel() for p in model.parameters()),
+    )
     g = torch.Generator().manual_seed(0)
     tqdm.write("sample: " + model.generate("And it came to pass", 200, generator=g, temperature=0.8))
     return dict(kind="charlm", config=model.config(), state_dict=model.state_dict(), metrics=metrics)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m nupes_sim.reference.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m nupes_sim.reference.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("which", choices=["fashion", "charlm"])
     p.add_argument("--out", help="checkpoint path (default data/fashion_resnet.pt or data/charlm_kjv.pt)")
     p.add_argument("--seed", type=int, default=0)
@@ -177,7 +191,9 @@ def main(argv=None) -> int:
         args.batch_size = args.batch_size or 32
         out = args.out or "data/charlm_kjv.pt"
         ckpt = train_charlm(args)
-    ckpt["command"] = "python -m nupes_sim.reference.train " + shlex.join(sys.argv[1:] if argv is None else argv)
+    ckpt["command"] = "python -m nupes_sim.reference.train " + shlex.join(
+        sys.argv[1:] if argv is None else argv
+    )
     ckpt["torch_version"] = str(torch.__version__)  # plain str: loadable with weights_only=True
     ckpt["state_dict"] = {k: v.detach().float().contiguous().clone() for k, v in ckpt["state_dict"].items()}
     save_atomic(ckpt, out)

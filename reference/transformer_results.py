@@ -7,6 +7,7 @@ Char LM: held-out perplexity of the float model, the float64 fake-quant twin and
 simulator (CPU backend) on the same non-overlapping windows of T = context characters (each
 window predicts its last T characters), W{wbits} weights, A8 activations.
 """
+
 import argparse
 import json
 import math
@@ -33,13 +34,15 @@ def charlm(wbits=4, method="nupes", chars=20480, n_calib=32, steps=None, backend
     ids = model.encode(train)
     g = torch.Generator().manual_seed(0)
     starts = torch.randint(0, ids.numel() - T - 1, (max(n_calib, 128),), generator=g)
-    calib = torch.stack([ids[s:s + T] for s in starts.tolist()])
+    calib = torch.stack([ids[s : s + T] for s in starts.tolist()])
     t0 = time.perf_counter()
     extra = {"nupes_init": "gptq_power"} if method == "nupes" else {}
     if method == "powerquant":
         qmodel, _ = quantize_model(model, method=method, wbits=wbits, progress=False)
     else:
-        qmodel, _ = quantize_model(model, method=method, wbits=wbits, calib=calib, progress=False, steps=steps, **extra)
+        qmodel, _ = quantize_model(
+            model, method=method, wbits=wbits, calib=calib, progress=False, steps=steps, **extra
+        )
     t_quant = time.perf_counter() - t0
     _log(f"quantized ({method}, W{wbits}) in {t_quant:.0f}s")
     t0 = time.perf_counter()
@@ -47,20 +50,24 @@ def charlm(wbits=4, method="nupes", chars=20480, n_calib=32, steps=None, backend
     _log(f"exported {len(ex.graph.nodes)} nodes in {time.perf_counter() - t0:.0f}s")
     h = model.encode(held)
     n_win = math.ceil(chars / T)
-    win = torch.stack([h[i * T:i * T + T + 1] for i in range(n_win)])
+    win = torch.stack([h[i * T : i * T + T + 1] for i in range(n_win)])
     nll = {"float": 0.0, "twin": 0.0, "integer": 0.0}
     t0 = time.perf_counter()
     for i in range(0, n_win, batch):
-        x, y = win[i:i + batch, :T], win[i:i + batch, 1:].reshape(-1)
+        x, y = win[i : i + batch, :T], win[i : i + batch, 1:].reshape(-1)
         with torch.no_grad():
-            outs = {"float": model(x).double().reshape(-1, len(model.vocab)),
-                    "twin": ex.fake_quant(x).reshape(-1, len(model.vocab)),
-                    "integer": torch.from_numpy(ex.integer(x.numpy(), backend=backend))}
+            outs = {
+                "float": model(x).double().reshape(-1, len(model.vocab)),
+                "twin": ex.fake_quant(x).reshape(-1, len(model.vocab)),
+                "integer": torch.from_numpy(ex.integer(x.numpy(), backend=backend)),
+            }
         for k, v in outs.items():
             nll[k] += float(F.cross_entropy(v, y, reduction="sum"))
     n = n_win * T
     res = {k: math.exp(v / n) for k, v in nll.items()}
-    res.update(chars=n, wbits=wbits, method=method, seconds_integer=time.perf_counter() - t0, seconds_quant=t_quant)
+    res.update(
+        chars=n, wbits=wbits, method=method, seconds_integer=time.perf_counter() - t0, seconds_quant=t_quant
+    )
     res["int_vs_twin_pct"] = 100 * (res["integer"] / res["twin"] - 1)
     res["int_vs_float_pct"] = 100 * (res["integer"] / res["float"] - 1)
     return res
@@ -82,12 +89,13 @@ def minilm(wbits=4, method="powerquant", n_sent=200, T=48, backend="cpu", batch=
     verses = load_kjv_verses()
     pick = np.random.default_rng(0).choice(len(verses), 4000, replace=False)
     ev = [verses[i] for i in pick[:n_sent]]
-    cal = [verses[i] for i in pick[2000:2000 + 32]]
+    cal = [verses[i] for i in pick[2000 : 2000 + 32]]
     tok.enable_truncation(max_length=T)
     tok.enable_padding(pad_id=tok.token_to_id("[PAD]"), pad_token="[PAD]", length=T)
 
     def ids_of(sents):
         return torch.tensor([e.ids for e in tok.encode_batch(sents)], dtype=torch.long)
+
     t0 = time.perf_counter()
     qmodel, _ = quantize_model(model, method=method, wbits=wbits, progress=False)
     ex = export_minilm(qmodel, ids_of(cal), pad_id=tok.token_to_id("[PAD]"))
@@ -97,15 +105,23 @@ def minilm(wbits=4, method="powerquant", n_sent=200, T=48, backend="cpu", batch=
     pooled = {"float": [], "twin": [], "integer": []}
     t0 = time.perf_counter()
     for i in range(0, len(ev), batch):
-        x, m = ids[i:i + batch], mask[i:i + batch, :, None]
+        x, m = ids[i : i + batch], mask[i : i + batch, :, None]
         with torch.no_grad():
-            hs = {"float": model(x, m[..., 0].long()).double(), "twin": ex.fake_quant(x).reshape(len(x), T, -1),
-                  "integer": torch.from_numpy(ex.integer(x.numpy(), backend=backend)).reshape(len(x), T, -1)}
+            hs = {
+                "float": model(x, m[..., 0].long()).double(),
+                "twin": ex.fake_quant(x).reshape(len(x), T, -1),
+                "integer": torch.from_numpy(ex.integer(x.numpy(), backend=backend)).reshape(len(x), T, -1),
+            }
         for k, h in hs.items():
             pooled[k].append((h * m).sum(1) / m.sum(1))
     emb = {k: torch.cat(v) for k, v in pooled.items()}
-    res = {"n_sentences": len(ev), "T": T, "wbits": wbits, "method": method,
-           "seconds_eval": time.perf_counter() - t0}
+    res = {
+        "n_sentences": len(ev),
+        "T": T,
+        "wbits": wbits,
+        "method": method,
+        "seconds_eval": time.perf_counter() - t0,
+    }
     for a, b in (("integer", "float"), ("integer", "twin"), ("twin", "float")):
         d = embedding_agreement(emb[b], emb[a])
         res[f"cos_{a}_vs_{b}"], res[f"nn_{a}_vs_{b}"] = d["mean_cos"], d["nn_agreement"]

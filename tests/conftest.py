@@ -3,6 +3,7 @@
 NUPES_HYPOTHESIS_PROFILE selects one: 'dev' (default), 'ci' (derandomized, what .ci/run
 uses), 'thorough' (many more examples, for local runs).
 """
+
 import os
 
 from hypothesis import HealthCheck, settings

@@ -2,6 +2,7 @@
 alone: mpmath (non-interval) at 600 bits, with sympy's exact rational powers deciding the
 rare values that land within 2^-500 (relative) of a rounding decision point. It shares no
 code with nupes_sim.exactreal."""
+
 import math
 from fractions import Fraction
 
@@ -17,8 +18,9 @@ def power_real(factors, c=1):
         v = mpmath.mpf(Fraction(c).numerator) / Fraction(c).denominator
         for x, a in factors:
             x = Fraction(x)
-            v *= (mpmath.mpf(x.numerator) / x.denominator) ** (1 / mpmath.mpf(Fraction(a).numerator)
-                                                              * Fraction(a).denominator)
+            v *= (mpmath.mpf(x.numerator) / x.denominator) ** (
+                1 / mpmath.mpf(Fraction(a).numerator) * Fraction(a).denominator
+            )
         return v
 
 
@@ -55,19 +57,30 @@ def _floor(v):
 
 def round_real(factors, c, mode, r=0):
     """R(v) by mode name (docs/ARITHMETIC.md §3); r the random word for stochastic."""
+
     def points(v):
         f = int(mpmath.floor(v))
-        return [Fraction(f), Fraction(f + 1), Fraction(2 * f + 1, 2), Fraction(f) + Fraction(r, 2**32),
-                Fraction(f - 1) + Fraction(r, 2**32)]
+        return [
+            Fraction(f),
+            Fraction(f + 1),
+            Fraction(2 * f + 1, 2),
+            Fraction(f) + Fraction(r, 2**32),
+            Fraction(f - 1) + Fraction(r, 2**32),
+        ]
 
     def pick(v, exact):
         f = _floor(v)
         d = v - f
         half = Fraction(1, 2) if isinstance(v, Fraction) else mpmath.mpf(0.5)
-        up = {"floor": False, "ceil": d > 0, "toward_zero": d > 0 and v < 0, "half_up": d >= half,
-              "half_away": d > half or (d == half and v > 0),
-              "half_even": d > half or (d == half and f % 2 == 1),
-              "stochastic": d * 2**32 > r}[mode]
+        up = {
+            "floor": False,
+            "ceil": d > 0,
+            "toward_zero": d > 0 and v < 0,
+            "half_up": d >= half,
+            "half_away": d > half or (d == half and v > 0),
+            "half_even": d > half or (d == half and f % 2 == 1),
+            "stochastic": d * 2**32 > r,
+        }[mode]
         return f + int(up)
 
     return decide(factors, c, points, pick)
@@ -75,6 +88,7 @@ def round_real(factors, c, mode, r=0):
 
 def first_acc(factors, c, inclusive):
     """ceil(v) (inclusive) or floor(v) + 1 (exclusive), v = c·Π x^(1/a)."""
+
     def points(v):
         f = int(mpmath.floor(v))
         return [Fraction(f), Fraction(f + 1)]

@@ -10,6 +10,7 @@ the value stored), forbidden (accepted although the mutation is forbidden by the
 accepted (accepted, values identical), golden_rejected (a mutated model that loads but
 whose golden file the strict reader refuses, or write_golden fails unclearly).
 """
+
 import argparse
 import json
 import multiprocessing as mp
@@ -31,9 +32,11 @@ def stored_values(path):
 
     out = {}
     with h5py.File(path, "r") as f:
+
         def visit(n, o):
             if isinstance(o, h5py.Dataset) and o.dtype.kind in "iu":
                 out[n] = np.asarray(o[()]).astype(object)
+
         f.visititems(visit)
     return out
 
@@ -96,7 +99,10 @@ def worker(q_in, q_out):
         try:
             res = check_golden(path) if kind == "golden" else check_model(path)
         except Exception as e:
-            res = ("traceback", f"{type(e).__name__}: {str(e)[:200]} @ {traceback.extract_tb(e.__traceback__)[-1].name}")
+            res = (
+                "traceback",
+                f"{type(e).__name__}: {str(e)[:200]} @ {traceback.extract_tb(e.__traceback__)[-1].name}",
+            )
         q_out.put(res)
 
 
@@ -132,7 +138,10 @@ def make_sources(d):
     from nupes_sim.serialize import save_model
 
     srcs = {"golden": [], "model": []}
-    for name, g, x, shape in (("conv", conv_net(), conv_inputs(2), (3, 8, 8)), ("add", add_net(), add_inputs(2), None)):
+    for name, g, x, shape in (
+        ("conv", conv_net(), conv_inputs(2), (3, 8, 8)),
+        ("add", add_net(), add_inputs(2), None),
+    ):
         for comp in (None, "gzip"):
             p = os.path.join(d, f"{name}_{comp}.golden.h5")
             write_golden(g, x, p, compression=comp)

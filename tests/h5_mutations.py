@@ -7,6 +7,7 @@ dtype or attribute type, a huge declared size...), so a reader accepting it is a
 False when it may legitimately be accepted (a flipped byte in padding, forged data whose
 checksum was recomputed) - then the values read must be exactly the values stored.
 """
+
 import hashlib
 import shutil
 
@@ -63,6 +64,7 @@ def delete_member(src, dst, rng):
         name = _pick(rng, _datasets(f) + _groups(f))
         del f[name]
         return True
+
     return _edit(src, dst, fn)
 
 
@@ -71,11 +73,13 @@ def add_member(src, dst, rng):
         g = f[_pick(rng, _groups(f) + ["/"]) or "/"]
         g.create_dataset(f"extra{int(rng.integers(100))}", data=np.arange(3))
         return True
+
     return _edit(src, dst, fn)
 
 
 def attr_junk(src, dst, rng):
     """Replace one attribute by a value of another type (str '1' for an int, NaN, bytes...)."""
+
     def fn(f):
         objs = ["/"] + _groups(f) + _datasets(f)
         for _ in range(20):
@@ -86,13 +90,24 @@ def attr_junk(src, dst, rng):
             return False
         k = _pick(rng, sorted(o.attrs.keys()))
         old = o.attrs[k]
-        choices = [np.float64("nan"), "1", np.int32(1), np.float64(1.0), b"\xff\xfe", np.array([1, 2]), True,
-                   np.int64(-1), str(old) + "x", np.uint64(2**63)]
+        choices = [
+            np.float64("nan"),
+            "1",
+            np.int32(1),
+            np.float64(1.0),
+            b"\xff\xfe",
+            np.array([1, 2]),
+            True,
+            np.int64(-1),
+            str(old) + "x",
+            np.uint64(2**63),
+        ]
         new = choices[int(rng.integers(len(choices)))]
         o.attrs[k] = new
         # an int64 '1' set again as int64, or a str set to the same str, is no mutation
         same = isinstance(old, type(new)) and np.array_equal(np.asarray(old), np.asarray(new))
         return not same
+
     return _edit(src, dst, fn)
 
 
@@ -101,6 +116,7 @@ def schema_version_str(src, dst, rng):
         key = "schema_version" if "schema_version" in f.attrs else "version"
         f.attrs[key] = "1"
         return True
+
     return _edit(src, dst, fn)
 
 
@@ -135,6 +151,7 @@ def link(src, dst, rng):
                     g["d"].attrs[k] = v
             f[a] = h5py.ExternalLink(other, "/d")
         return True
+
     return _edit(src, dst, fn)
 
 
@@ -150,6 +167,7 @@ def _rewrite(f, name, data, keep_sha=False):
 
 def dtype_change(src, dst, rng):
     """Same values, another dtype or byte order, checksum recomputed."""
+
     def fn(f):
         name = _pick(rng, _datasets(f))
         a = f[name][()]
@@ -160,6 +178,7 @@ def dtype_change(src, dst, rng):
         with np.errstate(all="ignore"):
             _rewrite(f, name, a.astype(dt))
         return True
+
     return _edit(src, dst, fn)
 
 
@@ -170,17 +189,23 @@ def shape_change(src, dst, rng):
         if a.size == 0:
             return False
         k = int(rng.integers(3))
-        new = a.reshape(-1) if k == 0 else (a.reshape(-1)[:-1] if k == 1 else np.concatenate([a.reshape(-1)] * 2))
+        new = (
+            a.reshape(-1)
+            if k == 0
+            else (a.reshape(-1)[:-1] if k == 1 else np.concatenate([a.reshape(-1)] * 2))
+        )
         if new.shape == a.shape:
             new = new[None]
         _rewrite(f, name, new)
         return True
+
     return _edit(src, dst, fn)
 
 
 def forge_values(src, dst, rng):
     """Change a few values, recompute the dataset checksum (and the JSON's): a reader may
     accept this (the integers are still consistent); it must read the forged values."""
+
     def fn(f):
         name = _pick(rng, _datasets(f))
         a = f[name][()]
@@ -193,11 +218,13 @@ def forge_values(src, dst, rng):
         if name.endswith("graph_json"):
             f[name].attrs["sha256"] = hashlib.sha256(b.tobytes()).hexdigest()
         return False
+
     return _edit(src, dst, fn)
 
 
 def huge_declared(src, dst, rng):
     """Replace a dataset by a chunked one declaring a huge shape with nothing written."""
+
     def fn(f):
         name = _pick(rng, _datasets(f))
         attrs = dict(f[name].attrs)
@@ -209,6 +236,7 @@ def huge_declared(src, dst, rng):
         for k, v in attrs.items():
             f[name].attrs[k] = v
         return True
+
     return _edit(src, dst, fn)
 
 
@@ -223,13 +251,26 @@ def forge_meta(src, dst, rng):
         g = f[_pick(rng, layers)]
         info = json.loads(g.attrs["info"])
         key = _pick(rng, [k for k in ("formats", "relu", "unit", "name") if k in info] or ["unit"])
-        info[key] = {"forged": True} if key == "formats" else (not info.get(key) if key == "relu" else 12345.0)
+        info[key] = (
+            {"forged": True} if key == "formats" else (not info.get(key) if key == "relu" else 12345.0)
+        )
         g.attrs["info"] = json.dumps(info)
         return True
+
     return _edit(src, dst, fn)
 
 
-KINDS = {"byte_flip": byte_flip, "truncate": truncate, "delete_member": delete_member, "add_member": add_member,
-         "attr_junk": attr_junk, "schema_version_str": schema_version_str, "link": link, "dtype_change": dtype_change,
-         "shape_change": shape_change, "forge_values": forge_values, "huge_declared": huge_declared,
-         "forge_meta": forge_meta}
+KINDS = {
+    "byte_flip": byte_flip,
+    "truncate": truncate,
+    "delete_member": delete_member,
+    "add_member": add_member,
+    "attr_junk": attr_junk,
+    "schema_version_str": schema_version_str,
+    "link": link,
+    "dtype_change": dtype_change,
+    "shape_change": shape_change,
+    "forge_values": forge_values,
+    "huge_declared": huge_declared,
+    "forge_meta": forge_meta,
+}

@@ -5,6 +5,7 @@ Usage: python kill_driver.py KIND FINAL_PATH WORKDIR TRIALS SEED
 Protocol (stdout lines): 'span S' once, then per trial 'killed I' after which it waits for
 one line on stdin before the next trial. Runs without numba/torch, so fork is safe here.
 """
+
 import os
 import shutil
 import signal
@@ -39,8 +40,21 @@ def writer(kind, final, work):
                 shutil.rmtree(final)
             export_hex(os.path.join(work, f"src{i % 2}.h5"), final)
         elif kind in ("simulate_npy", "simulate_h5"):
-            assert cli.main(["simulate", os.path.join(work, "model.h5"), "--input", os.path.join(work, f"x{i % 2}.npy"),
-                             "--out", final, "-q"] + (["--intermediates"] if kind == "simulate_h5" else [])) == 0
+            assert (
+                cli.main(
+                    [
+                        "simulate",
+                        os.path.join(work, "model.h5"),
+                        "--input",
+                        os.path.join(work, f"x{i % 2}.npy"),
+                        "--out",
+                        final,
+                        "-q",
+                    ]
+                    + (["--intermediates"] if kind == "simulate_h5" else [])
+                )
+                == 0
+            )
         elif kind == "audit":
             audit(g, x[: 1 + i % 2], final, plots=i % 2 == 0)
         else:

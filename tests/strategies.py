@@ -8,6 +8,7 @@ checks. Configurations the builders reject (e.g. a LUT beyond 2^52) are discarde
 
 Use: ``layer, inputs = data.draw(mac_case())`` etc.; inputs is a tuple for run_layer.
 """
+
 import dataclasses
 
 import numpy as np
@@ -81,8 +82,9 @@ def requant_spec(draw, acc, power_ok=True):
         return dict(out_fmt=None)
     if kind == "thresholds":
         fmt = draw(power_format(granularity="tensor"))
-        out = dict(out_fmt=fmt, requant_rounding=draw(st.sampled_from(DETERMINISTIC)),
-                   relu=draw(st.booleans()))
+        out = dict(
+            out_fmt=fmt, requant_rounding=draw(st.sampled_from(DETERMINISTIC)), relu=draw(st.booleans())
+        )
         if draw(st.booleans()):
             out["clip_max"] = draw(st.sampled_from([0.5, 1.0, 6.0]))
         return out
@@ -90,8 +92,12 @@ def requant_spec(draw, acc, power_ok=True):
         return dict(out_fmt=None)
     fmt = draw(uniform_format())
     mb = draw(st.integers(1, min(31, 63 - acc.width)))
-    return dict(out_fmt=fmt, requant_rounding=draw(st.sampled_from(RESCALE_ROUNDINGS)), relu=draw(st.booleans()),
-                mult_bits=mb)
+    return dict(
+        out_fmt=fmt,
+        requant_rounding=draw(st.sampled_from(RESCALE_ROUNDINGS)),
+        relu=draw(st.booleans()),
+        mult_bits=mb,
+    )
 
 
 def _try(fn):
@@ -132,11 +138,18 @@ def _mac_common(draw, cls, w_shape, k, extra):
     acc = draw(accumulator(k))
     rq = draw(requant_spec(acc))
     w = draw(codes(wfmt.range, w_shape))
-    kw = dict(datapath=datapath,
-              w_frac_bits=draw(st.integers(0, 20)), x_frac_bits=draw(st.integers(0, 16)),
-              product_frac_bits=draw(st.integers(0, 24)),
-              rounding=draw(st.sampled_from(ROUNDINGS)), seed=draw(st.integers(0, 2**32 - 1)),
-              tensor_id=draw(st.integers(0, 2**32 - 3)), acc=acc, **rq, **extra)
+    kw = dict(
+        datapath=datapath,
+        w_frac_bits=draw(st.integers(0, 20)),
+        x_frac_bits=draw(st.integers(0, 16)),
+        product_frac_bits=draw(st.integers(0, 24)),
+        rounding=draw(st.sampled_from(ROUNDINGS)),
+        seed=draw(st.integers(0, 2**32 - 1)),
+        tensor_id=draw(st.integers(0, 2**32 - 3)),
+        acc=acc,
+        **rq,
+        **extra,
+    )
     layer = _try(lambda: cls.build("l", w, wfmt, xfmt, **kw))
     # integer bias anywhere in the accumulator range (boundaries included)
     bias_kind = draw(st.sampled_from(["none", "none", "small", "edge"]))
@@ -146,18 +159,26 @@ def _mac_common(draw, cls, w_shape, k, extra):
             b = np.array(draw(st.lists(st.integers(-1000, 1000), min_size=O, max_size=O)), dtype=object)
             b = np.clip(b, lo, hi)
         else:
-            b = np.array(draw(st.lists(st.sampled_from([lo, lo + 1, -1, 0, 1, hi - 1, hi]), min_size=O,
-                                       max_size=O)), dtype=object)
+            b = np.array(
+                draw(st.lists(st.sampled_from([lo, lo + 1, -1, 0, 1, hi - 1, hi]), min_size=O, max_size=O)),
+                dtype=object,
+            )
         layer = _try(lambda: dataclasses.replace(layer, bias=np.array([int(v) for v in b], np.int64)))
     # per-channel requant rows (one threshold row / multiplier per output channel)
     if rq.get("out_fmt") is not None and draw(st.booleans()):
         units = layer.unit * np.array(draw(st.lists(st.floats(0.5, 2.0), min_size=O, max_size=O)))
         if isinstance(rq["out_fmt"], PowerFormat):
-            req = _try(lambda: threshold_table(units, rq["out_fmt"], acc.width, rq["requant_rounding"],
-                                               rq["relu"], rq.get("clip_max")))
+            req = _try(
+                lambda: threshold_table(
+                    units, rq["out_fmt"], acc.width, rq["requant_rounding"], rq["relu"], rq.get("clip_max")
+                )
+            )
         else:
-            req = _try(lambda: rescale_table(units, rq["out_fmt"], acc.width, rq["mult_bits"],
-                                             rq["requant_rounding"], rq["relu"]))
+            req = _try(
+                lambda: rescale_table(
+                    units, rq["out_fmt"], acc.width, rq["mult_bits"], rq["requant_rounding"], rq["relu"]
+                )
+            )
         layer = _try(lambda: dataclasses.replace(layer, requant=req))
     return layer, xfmt
 
@@ -197,10 +218,19 @@ def add_case(draw):
     fb = draw(power_format(granularity="tensor"))
     acc = draw(accumulator(2))
     rq = draw(requant_spec(acc))
-    layer = _try(lambda: Add.build("add", fa, fb, frac_bits=draw(st.integers(0, 24)), acc=acc,
-                                   rounding=draw(st.sampled_from(ROUNDINGS)),
-                                   seed=draw(st.integers(0, 2**32 - 1)),
-                                   tensor_id=draw(st.integers(0, 2**32 - 2)), **rq))
+    layer = _try(
+        lambda: Add.build(
+            "add",
+            fa,
+            fb,
+            frac_bits=draw(st.integers(0, 24)),
+            acc=acc,
+            rounding=draw(st.sampled_from(ROUNDINGS)),
+            seed=draw(st.integers(0, 2**32 - 1)),
+            tensor_id=draw(st.integers(0, 2**32 - 2)),
+            **rq,
+        )
+    )
     shape = tuple(draw(st.lists(st.integers(1, 3), min_size=1, max_size=4)))
     return layer, (draw(codes(fa.range, shape)), draw(codes(fb.range, shape)))
 
@@ -221,11 +251,21 @@ def avgpool_case(draw):
         kernel = (draw(st.integers(1, H)), draw(st.integers(1, W)))
         stride = draw(st.one_of(st.none(), st.tuples(st.integers(1, 2), st.integers(1, 2))))
         window = None
-    layer = _try(lambda: AvgPool2d.build("avg", fmt, frac_bits=draw(st.integers(0, 20)), acc=acc,
-                                         kernel=kernel, stride=stride, window=window,
-                                         rounding=draw(st.sampled_from(ROUNDINGS)),
-                                         seed=draw(st.integers(0, 2**32 - 1)),
-                                         tensor_id=draw(st.integers(0, 2**32 - 1)), **rq))
+    layer = _try(
+        lambda: AvgPool2d.build(
+            "avg",
+            fmt,
+            frac_bits=draw(st.integers(0, 20)),
+            acc=acc,
+            kernel=kernel,
+            stride=stride,
+            window=window,
+            rounding=draw(st.sampled_from(ROUNDINGS)),
+            seed=draw(st.integers(0, 2**32 - 1)),
+            tensor_id=draw(st.integers(0, 2**32 - 1)),
+            **rq,
+        )
+    )
     return layer, (draw(codes(fmt.range, (B, C, H, W))),)
 
 
@@ -238,7 +278,8 @@ def maxpool_case(draw):
     H = draw(st.integers(max(1, kh - 2 * padding[0]), 6))
     W = draw(st.integers(max(1, kw - 2 * padding[1]), 6))
     x = np.random.default_rng(draw(st.integers(0, 2**32 - 1))).integers(
-        -128, 256, size=(draw(st.integers(1, 2)), draw(st.integers(1, 3)), H, W))
+        -128, 256, size=(draw(st.integers(1, 2)), draw(st.integers(1, 3)), H, W)
+    )
     return layer, (x,)
 
 

@@ -1,6 +1,7 @@
 """Writers killed with SIGKILL at random moments (issue #18): never a partial file under the
 final name, the pre-existing output intact (complete and valid), and no stale temporary
 after the next run. Plus the atomic module's own failure paths."""
+
 import json
 import os
 import subprocess
@@ -51,8 +52,14 @@ def _check_valid(kind, final, work):
             assert os.path.isfile(os.path.join(final, p))
 
 
-KINDS = {"model": "m.h5", "golden": "g.h5", "hex": "hexdir", "simulate_npy": "y.npy", "simulate_h5": "y.h5",
-         "audit": "audit"}
+KINDS = {
+    "model": "m.h5",
+    "golden": "g.h5",
+    "hex": "hexdir",
+    "simulate_npy": "y.npy",
+    "simulate_h5": "y.h5",
+    "audit": "audit",
+}
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -63,8 +70,21 @@ def test_killed_writer_leaves_old_or_new_and_next_run_cleans(tmp_path, kind):
     out.mkdir()
     final = str(out / KINDS[kind])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")]))
-    p = subprocess.Popen([sys.executable, os.path.join(HERE, "kill_driver.py"), kind, final, str(work), str(TRIALS),
-                          str(sum(map(ord, kind)))], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            os.path.join(HERE, "kill_driver.py"),
+            kind,
+            final,
+            str(work),
+            str(TRIALS),
+            str(sum(map(ord, kind))),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         line = p.stdout.readline()
         assert line.startswith("span"), line

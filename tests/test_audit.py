@@ -1,4 +1,5 @@
 """Audit: ranges vs bound and width, overflow/saturation accounting, float64 error, report files."""
+
 import json
 import os
 
@@ -71,7 +72,9 @@ def test_audit_error_of_a_per_channel_product_layer_is_within_the_table_bound(tm
     rng = np.random.default_rng(0)
     wf = PowerFormat(4, True, 0.7, np.array([0.01, 0.1, 1.0]), "channel")
     xf = PowerFormat(8, False, 0.7, 0.01)
-    L = Linear.build("fc", rng.integers(-7, 8, (3, 6)), wf, xf, datapath="product", acc=Accumulator(48, "exact"))
+    L = Linear.build(
+        "fc", rng.integers(-7, 8, (3, 6)), wf, xf, datapath="product", acc=Accumulator(48, "exact")
+    )
     audit(Graph([L]), rng.integers(0, 256, (5, 6)), str(tmp_path), plots=False)
     rec = json.loads((tmp_path / "report.json").read_text())
     layer = rec["layers"][0] if isinstance(rec.get("layers"), list) else rec["layers"]["fc"]

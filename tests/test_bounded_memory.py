@@ -1,6 +1,7 @@
 """Bounded memory (issue #19): the oracle and the audit's float reference compute MAC layers in
 blocks of (positions x channels); any block size gives identical results, and the blocks
 follow the budget."""
+
 import dataclasses
 
 import numpy as np
@@ -19,13 +20,44 @@ def _layers():
     out = []
     for datapath in ("operand", "product"):
         for acc in (Accumulator(18, "saturate", 5), Accumulator(15, "wrap"), Accumulator(14, "exact")):
-            out.append((Conv2d.build("c", rng.integers(-7, 8, (6, 2, 3, 3)), wf, xf, datapath=datapath, padding=1,
-                                     groups=2, stride=(2, 1), acc=acc, bias=0.1 * rng.normal(size=6), w_frac_bits=6,
-                                     x_frac_bits=4, product_frac_bits=8, tensor_id=2),
-                        rng.integers(0, 16, (2, 4, 7, 5))))
-            out.append((Linear.build("l", rng.integers(-7, 8, (6, 11)), wf, xf, datapath=datapath, acc=acc,
-                                     bias=0.1 * rng.normal(size=6), w_frac_bits=6, x_frac_bits=4, product_frac_bits=8),
-                        rng.integers(0, 16, (5, 11))))
+            out.append(
+                (
+                    Conv2d.build(
+                        "c",
+                        rng.integers(-7, 8, (6, 2, 3, 3)),
+                        wf,
+                        xf,
+                        datapath=datapath,
+                        padding=1,
+                        groups=2,
+                        stride=(2, 1),
+                        acc=acc,
+                        bias=0.1 * rng.normal(size=6),
+                        w_frac_bits=6,
+                        x_frac_bits=4,
+                        product_frac_bits=8,
+                        tensor_id=2,
+                    ),
+                    rng.integers(0, 16, (2, 4, 7, 5)),
+                )
+            )
+            out.append(
+                (
+                    Linear.build(
+                        "l",
+                        rng.integers(-7, 8, (6, 11)),
+                        wf,
+                        xf,
+                        datapath=datapath,
+                        acc=acc,
+                        bias=0.1 * rng.normal(size=6),
+                        w_frac_bits=6,
+                        x_frac_bits=4,
+                        product_frac_bits=8,
+                    ),
+                    rng.integers(0, 16, (5, 11)),
+                )
+            )
     # without host meta the audit's reference uses LUT values x unit (the blocked product path)
     return out + [(dataclasses.replace(L, meta=None), x) for L, x in out]
 

@@ -1,4 +1,5 @@
 """The nupes-sim CLI run as a user would: a fresh interpreter per command (never fork)."""
+
 import json
 import shutil
 import subprocess
@@ -38,7 +39,9 @@ def test_help_for_every_verb():
 
 def test_golden_verify_diff_flow(models, tmp_path):
     g = tmp_path / "g.h5"
-    r = run("golden", models / "conv.h5", "--random", 2, "--seed", 5, "--out", g, "--hex", tmp_path / "hex", "-q")
+    r = run(
+        "golden", models / "conv.h5", "--random", 2, "--seed", 5, "--out", g, "--hex", tmp_path / "hex", "-q"
+    )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "hex" / "manifest.json").exists()
     r = run("verify", g, "--json")
@@ -48,7 +51,9 @@ def test_golden_verify_diff_flow(models, tmp_path):
     g2 = tmp_path / "g2.h5"
     assert run("golden", models / "conv.h5", "--random", 2, "--seed", 5, "--out", g2, "-q").returncode == 0
     with h5py.File(g) as a, h5py.File(g2) as b:
-        assert a["vectors/000001/004_fc/out"].attrs["sha256"] == b["vectors/000001/004_fc/out"].attrs["sha256"]
+        assert (
+            a["vectors/000001/004_fc/out"].attrs["sha256"] == b["vectors/000001/004_fc/out"].attrs["sha256"]
+        )
     # planted flip in a dump
     dump = tmp_path / "dump.h5"
     shutil.copy(g, dump)
@@ -59,7 +64,12 @@ def test_golden_verify_diff_flow(models, tmp_path):
     r = run("diff", g, dump, "--json")
     assert r.returncode == 1
     first = json.loads(r.stdout)["first_divergence"]
-    assert (first["vector"], first["layer"], first["stage"], first["multi_index"]) == (1, "conv", "acc", [0, 1, 2, 3])
+    assert (first["vector"], first["layer"], first["stage"], first["multi_index"]) == (
+        1,
+        "conv",
+        "acc",
+        [0, 1, 2, 3],
+    )
     r = run("diff", g, dump)
     assert r.returncode == 1 and "first divergence: vector 1, layer 'conv', stage acc" in r.stdout
     # hex dump without changes
@@ -71,7 +81,15 @@ def test_simulate_and_golden_from_input_file(models, tmp_path):
     assert r.returncode == 0, r.stderr
     y = np.load(tmp_path / "y.npy")
     assert np.array_equal(y, add_net().run(add_inputs(4), backend="numpy").output)
-    r = run("simulate", models / "add.h5", "--input", models / "x.npy", "--out", tmp_path / "y.h5", "--intermediates")
+    r = run(
+        "simulate",
+        models / "add.h5",
+        "--input",
+        models / "x.npy",
+        "--out",
+        tmp_path / "y.h5",
+        "--intermediates",
+    )
     assert r.returncode == 0, r.stderr
     r = run("golden", models / "add.h5", "--input", models / "x.npy", "--out", tmp_path / "g.h5", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["vectors"] == 4
@@ -83,17 +101,23 @@ def test_audit_cli(models, tmp_path):
     r = run("audit", models / "conv.h5", "--random", 2, "--out", tmp_path / "a", "-q")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "a" / "report.md").exists()
-    r = run("audit", models / "conv.h5", "--random", 2, "--out", tmp_path / "b", "--fail-on", "overflow", "-q")
+    r = run(
+        "audit", models / "conv.h5", "--random", 2, "--out", tmp_path / "b", "--fail-on", "overflow", "-q"
+    )
     assert r.returncode == 1
 
 
 def test_bad_input_exit_2_one_line(models, tmp_path):
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"garbage")
-    cases = [("verify", bad), ("verify", tmp_path / "missing.h5"), ("diff", bad, bad),
-             ("golden", bad, "--random", 1, "--out", tmp_path / "o.h5"),
-             ("simulate", models / "add.h5", "--input", tmp_path / "none.npy", "--out", tmp_path / "y.npy"),
-             ("golden", models / "conv.h5", "--out", tmp_path / "o.h5")]
+    cases = [
+        ("verify", bad),
+        ("verify", tmp_path / "missing.h5"),
+        ("diff", bad, bad),
+        ("golden", bad, "--random", 1, "--out", tmp_path / "o.h5"),
+        ("simulate", models / "add.h5", "--input", tmp_path / "none.npy", "--out", tmp_path / "y.npy"),
+        ("golden", models / "conv.h5", "--out", tmp_path / "o.h5"),
+    ]
     for c in cases:
         r = run(*c)
         assert r.returncode == 2, (c, r.stderr)
@@ -112,27 +136,58 @@ def test_quantize_simulate_golden_verify_on_the_shipped_model(tmp_path):
     calib = tmp_path / "calib.npy"
     np.save(calib, rng.normal(size=(8, 1, 28, 28)).astype(np.float32))
     model = tmp_path / "m.h5"
-    r = run("quantize", "fashion-resnet", "--calib", str(calib), "--method", "rtn", "--out", str(model), "--quiet")
+    r = run(
+        "quantize", "fashion-resnet", "--calib", str(calib), "--method", "rtn", "--out", str(model), "--quiet"
+    )
     assert r.returncode == 0, r.stderr
     golden = tmp_path / "g.h5"
-    r = run("golden", str(model), "--random", "1", "--seed", "1", "--out", str(golden), "--backend", "cpu", "--quiet")
+    r = run(
+        "golden",
+        str(model),
+        "--random",
+        "1",
+        "--seed",
+        "1",
+        "--out",
+        str(golden),
+        "--backend",
+        "cpu",
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr
     r = run("verify", str(golden), "--backend", "numpy", "--quiet")
     assert r.returncode == 0, r.stderr
 
 
 def test_quantize_bad_inputs_are_clear_errors(tmp_path):
-    r = run("quantize", str(tmp_path / "missing.pt"), "--arch", "fashion-resnet", "--calib", str(tmp_path / "c.npy"),
-            "--out", str(tmp_path / "m.h5"))
+    r = run(
+        "quantize",
+        str(tmp_path / "missing.pt"),
+        "--arch",
+        "fashion-resnet",
+        "--calib",
+        str(tmp_path / "c.npy"),
+        "--out",
+        str(tmp_path / "m.h5"),
+    )
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
     np.save(tmp_path / "c.npy", np.zeros((2, 1, 28, 28), np.float32))
     torch_state = tmp_path / "w.pt"
     import torch
+
     torch.save({"nope": torch.zeros(1)}, torch_state)
     r = run("quantize", str(torch_state), "--calib", str(tmp_path / "c.npy"), "--out", str(tmp_path / "m.h5"))
     assert r.returncode == 2 and "--arch" in r.stderr
-    r = run("quantize", str(torch_state), "--arch", "fashion-resnet", "--calib", str(tmp_path / "c.npy"),
-            "--out", str(tmp_path / "m.h5"))
+    r = run(
+        "quantize",
+        str(torch_state),
+        "--arch",
+        "fashion-resnet",
+        "--calib",
+        str(tmp_path / "c.npy"),
+        "--out",
+        str(tmp_path / "m.h5"),
+    )
     assert r.returncode == 2 and "does not fit" in r.stderr
 
 

@@ -1,4 +1,5 @@
 """The `verify`/`diff` verbs as a user runs them: strict exit codes, model pinning, selections."""
+
 import json
 import os
 import subprocess

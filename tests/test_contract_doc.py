@@ -1,4 +1,5 @@
 """Sentences of docs/ARITHMETIC.md added for issue #15 items 8-12, each pinned here."""
+
 import numpy as np
 import pytest
 
@@ -18,12 +19,24 @@ def test_stochastic_tensor_ids_and_c_order():
     wf = PowerFormat(4, True, 1.0, np.array([0.375, 0.8125]), "channel")
     xf = PowerFormat(4, False, 1.0, 0.3125)
     tid = 40
-    layer = Linear.build("l", np.array([[1, -2], [3, 7]]), wf, xf, w_frac_bits=3, x_frac_bits=2,
-                         rounding="stochastic", seed=SEED, tensor_id=tid, bias=[0.3, -0.7])
+    layer = Linear.build(
+        "l",
+        np.array([[1, -2], [3, 7]]),
+        wf,
+        xf,
+        w_frac_bits=3,
+        x_frac_bits=2,
+        rounding="stochastic",
+        seed=SEED,
+        tensor_id=tid,
+        bias=[0.3, -0.7],
+    )
     q = wf.range.all_codes()
     wreal = (wf.scale[:, None] * q[None, :]) * 2.0**3  # (row, code), C order
     assert (layer.w_table.lut == round_float(wreal.reshape(-1), "stochastic", SEED, tid).reshape(2, -1)).all()
-    assert not (layer.w_table.lut == round_float(wreal.T.reshape(-1), "stochastic", SEED, tid).reshape(-1, 2).T).all()
+    assert not (
+        layer.w_table.lut == round_float(wreal.T.reshape(-1), "stochastic", SEED, tid).reshape(-1, 2).T
+    ).all()
     xreal = xf.scale[0] * xf.range.all_codes() * 2.0**2
     assert (layer.x_table.lut[0] == round_float(xreal, "stochastic", SEED, tid + 1)).all()
     assert (layer.bias == round_float(np.array([0.3, -0.7]) / layer.unit, "stochastic", SEED, tid + 2)).all()
@@ -33,10 +46,16 @@ def test_stochastic_tensor_ids_add_avgpool_product():
     fa, fb = PowerFormat(4, True, 1.0, 0.375), PowerFormat(4, True, 1.0, 0.625)
     add = Add.build("a", fa, fb, frac_bits=2, rounding="stochastic", seed=SEED, tensor_id=9)
     for fmt, t, tid in ((fa, add.a_table, 9), (fb, add.b_table, 10)):
-        assert (t.lut[0] == round_float(fmt.scale[0] * fmt.range.all_codes() * 4.0, "stochastic", SEED, tid)).all()
+        assert (
+            t.lut[0] == round_float(fmt.scale[0] * fmt.range.all_codes() * 4.0, "stochastic", SEED, tid)
+        ).all()
     ap = AvgPool2d.build("p", fa, frac_bits=2, kernel=2, rounding="stochastic", seed=SEED, tensor_id=21)
-    assert (ap.x_table.lut[0] == round_float(fa.scale[0] * fa.range.all_codes() * 4.0, "stochastic", SEED, 21)).all()
-    pt = product_table(PowerFormat(3, True, 1.0, 0.5), PowerFormat(3, True, 1.0, 0.625), 2, "stochastic", SEED, 5)
+    assert (
+        ap.x_table.lut[0] == round_float(fa.scale[0] * fa.range.all_codes() * 4.0, "stochastic", SEED, 21)
+    ).all()
+    pt = product_table(
+        PowerFormat(3, True, 1.0, 0.5), PowerFormat(3, True, 1.0, 0.625), 2, "stochastic", SEED, 5
+    )
     assert (pt.lut[0] == round_float(0.625 * np.arange(10) * 4.0, "stochastic", SEED, 5)).all()
 
 
@@ -55,10 +74,21 @@ def test_small_weight_exponent_hits_the_size_limit():
         decode_table(PowerFormat(8, True, 0.05, 1.0), 0)
 
 
-@pytest.mark.parametrize("H, k, p, d, s", [(7, 3, 1, 1, 2), (8, 2, 0, 2, 3), (5, 3, 2, 2, 1), (6, 1, 0, 1, 4)])
+@pytest.mark.parametrize(
+    "H, k, p, d, s", [(7, 3, 1, 1, 2), (8, 2, 0, 2, 3), (5, 3, 2, 2, 1), (6, 1, 0, 1, 4)]
+)
 def test_conv_output_size_formula(H, k, p, d, s):
-    layer = Conv2d.build("c", np.ones((1, 1, k, k), np.int64), PowerFormat(2, True, 1.0, 1.0),
-                         UniformFormat(8, True, 1.0, 0), w_frac_bits=0, x_frac_bits=0, stride=s, padding=p, dilation=d)
+    layer = Conv2d.build(
+        "c",
+        np.ones((1, 1, k, k), np.int64),
+        PowerFormat(2, True, 1.0, 1.0),
+        UniformFormat(8, True, 1.0, 0),
+        w_frac_bits=0,
+        x_frac_bits=0,
+        stride=s,
+        padding=p,
+        dilation=d,
+    )
     ho = (H + 2 * p - d * (k - 1) - 1) // s + 1
     assert layer.out_hw(H, H) == (ho, ho)
     assert oracle.run_layer(layer, np.zeros((1, 1, H, H), np.int64))["acc"].shape == (1, 1, ho, ho)
@@ -98,4 +128,6 @@ def test_threshold_outputs_and_activations_per_tensor():
     with pytest.raises(TypeError, match="per-tensor"):
         threshold_table(0.1, PowerFormat(4, False, 1.0, np.array([1.0, 2.0]), "channel"), 16)
     with pytest.raises(ValueError, match="per-tensor"):
-        product_table(PowerFormat(4, True, 1.0, 1.0), PowerFormat(4, True, 1.0, np.array([1.0, 2.0]), "channel"), 4)
+        product_table(
+            PowerFormat(4, True, 1.0, 1.0), PowerFormat(4, True, 1.0, np.array([1.0, 2.0]), "channel"), 4
+        )

@@ -1,4 +1,5 @@
 """The Numba CPU backend equals the NumPy oracle bit for bit (values, dtypes, shapes, errors)."""
+
 import dataclasses
 
 import numpy as np
@@ -24,8 +25,10 @@ def assert_same(want, got, what=""):
         assert g.shape == w.shape, f"{what} {k}: shape {g.shape} != {w.shape}"
         if not np.array_equal(w, g):
             bad = np.argwhere(w != g)[:5]
-            raise AssertionError(f"{what} {k}: {len(np.argwhere(w != g))} differ, first at {bad.tolist()}: "
-                                 f"oracle {[w[tuple(i)] for i in bad]} cpu {[g[tuple(i)] for i in bad]}")
+            raise AssertionError(
+                f"{what} {k}: {len(np.argwhere(w != g))} differ, first at {bad.tolist()}: "
+                f"oracle {[w[tuple(i)] for i in bad]} cpu {[g[tuple(i)] for i in bad]}"
+            )
 
 
 def check(layer, inputs, both=True):
@@ -83,12 +86,18 @@ def exact_linear(w, acc, xbits=8, xsigned=True, bias=None, requant=None, datapat
     w = np.asarray(w, np.int64)
     bits = max(2, int(np.abs(w).max()).bit_length() + 1)
     wf = PowerFormat(bits, True, 1.0, np.array([1.0]))
-    xf = UniformFormat(xbits, xsigned, 1.0, 0) if datapath == "operand" else PowerFormat(xbits, xsigned, 1.0, np.array([1.0]))
-    layer = Linear.build("lin", w, wf, xf, datapath=datapath, w_frac_bits=0, x_frac_bits=0,
-                         product_frac_bits=0, acc=acc, **kw)
+    xf = (
+        UniformFormat(xbits, xsigned, 1.0, 0)
+        if datapath == "operand"
+        else PowerFormat(xbits, xsigned, 1.0, np.array([1.0]))
+    )
+    layer = Linear.build(
+        "lin", w, wf, xf, datapath=datapath, w_frac_bits=0, x_frac_bits=0, product_frac_bits=0, acc=acc, **kw
+    )
     if bias is not None or requant is not None:
-        layer = dataclasses.replace(layer, bias=None if bias is None else np.asarray(bias, np.int64),
-                                    requant=requant)
+        layer = dataclasses.replace(
+            layer, bias=None if bias is None else np.asarray(bias, np.int64), requant=requant
+        )
     return layer
 
 
@@ -116,8 +125,10 @@ def test_int64_extreme_exact_sums():
     """Width 64: exact sums at +-(2^63-2), the largest the layer bound allows (2^63-1 is
     reserved as the 'never reached' threshold, ARITHMETIC.md §6)."""
     top = 2**63 - 2
-    for bias, w, x in ((top - 28, [[-7, -7]], [[-2, -2], [1, 1], [0, 1]]),
-                       (-(top - 28), [[7, 7]], [[-2, -2], [1, 1], [0, 0]])):
+    for bias, w, x in (
+        (top - 28, [[-7, -7]], [[-2, -2], [1, 1], [0, 1]]),
+        (-(top - 28), [[7, 7]], [[-2, -2], [1, 1], [0, 0]]),
+    ):
         for overflow in ("wrap", "saturate", "exact"):
             layer = exact_linear(w, Accumulator(64, overflow), xbits=2, bias=[bias])
             assert int(layer.bound.max()) == top
@@ -155,11 +166,24 @@ def test_stochastic_rounding_ties_and_wide_shifts(shift):
     m2 = m + 2 if shift <= 55 else m
     x = np.arange(-128, 128, dtype=np.int64)[:, None]
     for mode in range(8):  # every rescale rounding, double_round (7) included
-        rq = Rescale(np.array([m, m2], np.int64), np.array([shift, max(shift - 1, 0)], np.int64), 3, -100,
-                     100, mode, 31)
+        rq = Rescale(
+            np.array([m, m2], np.int64),
+            np.array([shift, max(shift - 1, 0)], np.int64),
+            3,
+            -100,
+            100,
+            mode,
+            31,
+        )
         for bias in (0, 2 ** (shift - 1), -(2 ** (shift - 1)), 2 ** (shift - 1) + 1):
-            layer = exact_linear(w, Accumulator(63 if shift > 31 else 32, "wrap"), bias=[bias, -bias],
-                                 requant=rq, seed=12345, tensor_id=7)
+            layer = exact_linear(
+                w,
+                Accumulator(63 if shift > 31 else 32, "wrap"),
+                bias=[bias, -bias],
+                requant=rq,
+                seed=12345,
+                tensor_id=7,
+            )
             check(layer, (x,), both=False)
 
 
@@ -214,8 +238,9 @@ def test_product_datapath_per_group_and_pair_tables():
     for xexp in (1.5, 2.5):  # equal exponents: by-product table; different: pair table
         xf = PowerFormat(5, True, xexp, np.array([0.03]))
         for overflow in ("wrap", "saturate"):
-            layer = Linear.build("p", rng.integers(-7, 8, (O, K)), wf, xf, datapath="product",
-                                 acc=Accumulator(12, overflow, 5))
+            layer = Linear.build(
+                "p", rng.integers(-7, 8, (O, K)), wf, xf, datapath="product", acc=Accumulator(12, overflow, 5)
+            )
             check(layer, (rng.integers(-15, 16, (3, K)),))
 
 
@@ -226,8 +251,17 @@ def test_conv_groups_padding_dilation_uniform_zero_point():
     xf = UniformFormat(4, False, 0.5, 9)
     w = rng.integers(-7, 8, (4, 2, 3, 2))
     for overflow in ("wrap", "saturate", "exact"):
-        layer = Conv2d.build("c", w, wf, xf, acc=Accumulator(16, overflow, 4), stride=(2, 1), padding=(2, 1),
-                             dilation=(1, 2), groups=2)
+        layer = Conv2d.build(
+            "c",
+            w,
+            wf,
+            xf,
+            acc=Accumulator(16, overflow, 4),
+            stride=(2, 1),
+            padding=(2, 1),
+            dilation=(1, 2),
+            groups=2,
+        )
         check(layer, (rng.integers(0, 16, (2, 4, 5, 4)),))
 
 
@@ -249,12 +283,19 @@ def test_same_validation_errors():
     avg = AvgPool2d.build("avg", xf, kernel=2)
     gavg = AvgPool2d.build("gavg", xf, window=4)
     cases = [
-        (lin, (np.array([[0, 1, 16]]),)), (lin, (np.array([[0, -1, 1]]),)), (lin, (np.zeros((2, 4), np.int64),)),
-        (lin, (np.zeros(3, np.int64),)), (lin, (np.zeros((2, 3)),)), (lin, ([[0, 1, 2]],)),
-        (conv, (np.zeros((1, 2, 4, 4), np.int64),)), (conv, (np.zeros((1, 1, 2, 2), np.int64),)),
+        (lin, (np.array([[0, 1, 16]]),)),
+        (lin, (np.array([[0, -1, 1]]),)),
+        (lin, (np.zeros((2, 4), np.int64),)),
+        (lin, (np.zeros(3, np.int64),)),
+        (lin, (np.zeros((2, 3)),)),
+        (lin, ([[0, 1, 2]],)),
+        (conv, (np.zeros((1, 2, 4, 4), np.int64),)),
+        (conv, (np.zeros((1, 1, 2, 2), np.int64),)),
         (conv, (np.full((1, 1, 4, 4), 99),)),
-        (add, (np.zeros((2, 2), np.int64), np.zeros((2, 3), np.int64))), (add, (np.full(3, 16), np.zeros(3, np.int64))),
-        (avg, (np.zeros((1, 1, 4), np.int64),)), (gavg, (np.zeros((1, 1, 3, 3), np.int64),)),
+        (add, (np.zeros((2, 2), np.int64), np.zeros((2, 3), np.int64))),
+        (add, (np.full(3, 16), np.zeros(3, np.int64))),
+        (avg, (np.zeros((1, 1, 4), np.int64),)),
+        (gavg, (np.zeros((1, 1, 3, 3), np.int64),)),
         (avg, (np.full((1, 1, 2, 2), -1),)),
         (MaxPool2d("mp", 2), (np.zeros((2, 2), np.int64),)),
     ]
@@ -293,8 +334,9 @@ def test_layer_rejects_products_beyond_2_62():
     wf = PowerFormat(8, True, 1.0, np.array([1.0]))
     xf = UniformFormat(8, True, 1.0, 0)
     with pytest.raises(ValueError):
-        Linear.build("huge", np.array([[127]]), wf, xf, w_frac_bits=30, x_frac_bits=20,
-                     acc=Accumulator(64, "exact"))
+        Linear.build(
+            "huge", np.array([[127]]), wf, xf, w_frac_bits=30, x_frac_bits=20, acc=Accumulator(64, "exact")
+        )
 
 
 # ---- fused exact-float path (cpu.fused): forced on and off, chunking and one-hot sides -----
@@ -306,10 +348,17 @@ def _fused_variants(layer, inputs):
     for side in (None, "weights", "activations"):
         for f32 in (True, False):
             for lim in (None, 2**12, 2**16):
-                opts = CpuOptions(one_hot=side, use_float32=f32, chunk_limit_f32=lim or 2**24,
-                                  chunk_limit_f64=lim or 2**53, f32_max_chunks=10**6,
-                                  feature_bytes=1 if lim == 2**12 else 16 << 20)
-                assert_same(want, cpu.run_layer(layer, *inputs, options=opts), f"fused {side} f32={f32} limit={lim}")
+                opts = CpuOptions(
+                    one_hot=side,
+                    use_float32=f32,
+                    chunk_limit_f32=lim or 2**24,
+                    chunk_limit_f64=lim or 2**53,
+                    f32_max_chunks=10**6,
+                    feature_bytes=1 if lim == 2**12 else 16 << 20,
+                )
+                assert_same(
+                    want, cpu.run_layer(layer, *inputs, options=opts), f"fused {side} f32={f32} limit={lim}"
+                )
     return want
 
 
@@ -333,9 +382,11 @@ def test_import_changes_no_environment():
     import subprocess
     import sys
 
-    code = ("import os; before = dict(os.environ); import nupes_sim.cpu, nupes_sim.graph; "
-            "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items()); "
-            "nupes_sim.cpu.use_passive_omp_wait(); print(os.environ['OMP_WAIT_POLICY'])")
+    code = (
+        "import os; before = dict(os.environ); import nupes_sim.cpu, nupes_sim.graph; "
+        "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items()); "
+        "nupes_sim.cpu.use_passive_omp_wait(); print(os.environ['OMP_WAIT_POLICY'])"
+    )
     env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -361,8 +412,11 @@ def test_fused_path_is_taken_and_chunks(granularity, xexp):
     several chunks for the product datapath, and equals the oracle with it on and off."""
     rng = np.random.default_rng(7)
     O, K = 6, 40
-    scale = {"tensor": np.array([0.01]), "channel": rng.uniform(0.005, 0.02, O),
-             "group": rng.uniform(0.005, 0.02, (O, 4))}[granularity]
+    scale = {
+        "tensor": np.array([0.01]),
+        "channel": rng.uniform(0.005, 0.02, O),
+        "group": rng.uniform(0.005, 0.02, (O, 4)),
+    }[granularity]
     wf = PowerFormat(4, True, 2.0, scale, granularity, 10)
     xf = PowerFormat(8, False, xexp, np.array([0.02]))
     of = PowerFormat(8, False, 2.0, np.array([0.05]))
@@ -370,8 +424,19 @@ def test_fused_path_is_taken_and_chunks(granularity, xexp):
     x = rng.integers(0, 256, (5, K))
     for dp in ("operand", "product"):
         for overflow in ("wrap", "exact"):
-            layer = Linear.build("l", w, wf, xf, datapath=dp, acc=Accumulator(48, overflow), out_fmt=of,
-                                 relu=True, product_frac_bits=20, w_frac_bits=14, x_frac_bits=10)
+            layer = Linear.build(
+                "l",
+                w,
+                wf,
+                xf,
+                datapath=dp,
+                acc=Accumulator(48, overflow),
+                out_fmt=of,
+                relu=True,
+                product_frac_bits=20,
+                w_frac_bits=14,
+                x_frac_bits=10,
+            )
             cpu.STATS.clear()
             _fused_variants(layer, (x,))
             if dp == "product" and granularity == "group":
@@ -394,8 +459,15 @@ def test_fused_per_group_product_takes_the_activation_side():
     rng = np.random.default_rng(10)
     wf = PowerFormat(4, True, 2.0, rng.uniform(0.005, 0.02, (6, 4)), "group", 10)
     xf = PowerFormat(4, False, 2.0, np.array([0.3]))
-    layer = Linear.build("g", rng.integers(-7, 8, (6, 40)), wf, xf, datapath="product",
-                         acc=Accumulator(40, "wrap"), product_frac_bits=20)
+    layer = Linear.build(
+        "g",
+        rng.integers(-7, 8, (6, 40)),
+        wf,
+        xf,
+        datapath="product",
+        acc=Accumulator(40, "wrap"),
+        product_frac_bits=20,
+    )
     x = rng.integers(0, 16, (5, 40))
     cpu.STATS.clear()
     _fused_variants(layer, (x,))
@@ -407,10 +479,24 @@ def test_fused_per_group_product_takes_the_activation_side():
 def test_fused_conv_groups_stride_and_zero_point():
     rng = np.random.default_rng(8)
     wf = PowerFormat(4, True, 1.5, rng.uniform(0.01, 0.03, 6), "channel")
-    for xf, dp in ((UniformFormat(4, False, 0.5, 9), "operand"), (PowerFormat(5, True, 1.5, np.array([0.1])), "product")):
-        layer = Conv2d.build("c", rng.integers(-7, 8, (6, 2, 3, 2)), wf, xf, datapath=dp,
-                             acc=Accumulator(24, "wrap"), stride=(2, 1), padding=(2, 1), dilation=(1, 2),
-                             groups=3, product_frac_bits=12, out_fmt=PowerFormat(6, True, 1.0, np.array([0.2])))
+    for xf, dp in (
+        (UniformFormat(4, False, 0.5, 9), "operand"),
+        (PowerFormat(5, True, 1.5, np.array([0.1])), "product"),
+    ):
+        layer = Conv2d.build(
+            "c",
+            rng.integers(-7, 8, (6, 2, 3, 2)),
+            wf,
+            xf,
+            datapath=dp,
+            acc=Accumulator(24, "wrap"),
+            stride=(2, 1),
+            padding=(2, 1),
+            dilation=(1, 2),
+            groups=3,
+            product_frac_bits=12,
+            out_fmt=PowerFormat(6, True, 1.0, np.array([0.2])),
+        )
         x = rng.integers(xf.range.qmin, xf.range.qmax + 1, (2, 6, 7, 6))
         _fused_variants(layer, (x,))
 

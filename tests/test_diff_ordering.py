@@ -2,6 +2,7 @@
 (issue #16): the reported first divergence is the first in execution order (vector, input
 codes, layers in graph order, acc_exact -> acc -> out, flat index) and every per-layer/stage
 count is exact. verify.py is verify-hw's; these tests only use it."""
+
 import copy
 import shutil
 
@@ -120,8 +121,9 @@ def test_diff_of_a_file_dump_reports_the_same(golden, tmp_path):
     names = {n.name: i for i, n in enumerate(g.graph.nodes)}
     with h5py.File(dump, "r+") as f:
         for (v, layer, stage), k in plants:
-            ds = f"vectors/{vector_key(v)}/" + ("input" if layer == "input" else
-                                                f"{layer_key(names[layer], layer)}/{stage}")
+            ds = f"vectors/{vector_key(v)}/" + (
+                "input" if layer == "input" else f"{layer_key(names[layer], layer)}/{stage}"
+            )
             x = f[ds][()]
             x.reshape(-1)[k] ^= 1
             f[ds][...] = x

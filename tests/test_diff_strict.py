@@ -3,6 +3,7 @@
 Each case is a dump that an earlier `diff` read as "OK" (exit 0); each must now fail and name
 what is wrong, and the intentionally partial forms must pass only when asked for.
 """
+
 import json
 import os
 import shutil
@@ -52,7 +53,11 @@ def test_full_hex_dump_passes_and_says_how_much(gold):
     assert rep.ok, rep.format_text()
     layout = expected_layout(gold["golden"])
     n_el = sum(e.values.size for e in layout.values() if e.vector is not None)
-    assert rep.compared == n_el and len(rep.vectors) == N_VEC and rep.layers == ["conv", "pool", "avg", "flat", "fc"]
+    assert (
+        rep.compared == n_el
+        and len(rep.vectors) == N_VEC
+        and rep.layers == ["conv", "pool", "avg", "flat", "fc"]
+    )
     assert rep.params == sum(1 for e in layout.values() if e.vector is None)
     text = rep.format_text()
     assert text.startswith(f"OK: {n_el} elements in {rep.tensors} tensors (16 vectors, 5 layers")
@@ -144,7 +149,12 @@ def test_garbage_in_upper_bits_of_48_bit_word(gold, tmp_path):
     assert len(old) == 12
     _edit_word(d, t, k, "a" + old)  # bit 51 set: a 64-bit register written as-is
     rep = diff(gold["path"], d)
-    assert not rep.ok and (rep.first.vector, rep.first.layer, rep.first.stage, rep.first.index) == (1, "conv", "acc", k)
+    assert not rep.ok and (rep.first.vector, rep.first.layer, rep.first.stage, rep.first.index) == (
+        1,
+        "conv",
+        "acc",
+        k,
+    )
     # a sign-extended negative 48-bit value in a 64-bit word is also wider than declared
     d2 = tmp_path / "d2"
     shutil.copytree(gold["hex"], d2)
@@ -286,6 +296,7 @@ def test_tb_helper_round_trip(gold, tmp_path):
 
 def test_divergence_context_thresholds_and_clamp(tmp_path):
     import sys as _s
+
     _s.path.insert(0, os.path.join(os.path.dirname(__file__), "hdl"))
     from configs import graph
 
@@ -296,12 +307,24 @@ def test_divergence_context_thresholds_and_clamp(tmp_path):
     write_golden(g, stress_inputs(g, (16,), seed=0)[:8], p)
     gold = read_golden(p)
     L = g.nodes[0].layer
-    sat_v = next(v for v, vec in enumerate(gold.vectors)
-                 if (vec["stages"]["fc"]["acc"] != vec["stages"]["fc"]["acc_exact"]).any())
+    sat_v = next(
+        v
+        for v, vec in enumerate(gold.vectors)
+        if (vec["stages"]["fc"]["acc"] != vec["stages"]["fc"]["acc_exact"]).any()
+    )
     d = tmp_path / "d"
     layout = expected_layout(gold)
-    t = {n: e.values.copy() for n, e in layout.items() if e.vector is not None and e.stage in ("acc", "out", "codes")}
-    o = int(np.flatnonzero(gold.vectors[sat_v]["stages"]["fc"]["acc"][0] != gold.vectors[sat_v]["stages"]["fc"]["acc_exact"][0])[0])
+    t = {
+        n: e.values.copy()
+        for n, e in layout.items()
+        if e.vector is not None and e.stage in ("acc", "out", "codes")
+    }
+    o = int(
+        np.flatnonzero(
+            gold.vectors[sat_v]["stages"]["fc"]["acc"][0]
+            != gold.vectors[sat_v]["stages"]["fc"]["acc_exact"][0]
+        )[0]
+    )
     delta = -1 if t[f"vectors/{sat_v:06d}/000_fc/acc"][0, o] == L.acc.hi else 1
     t[f"vectors/{sat_v:06d}/000_fc/acc"][0, o] += delta
     write_dump(d, t, gold)

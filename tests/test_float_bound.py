@@ -5,6 +5,7 @@ The float64 reference carries its own rounding error: the decode x̂ = (s|q|)^(1
 within a few ulps (pow is faithfully rounded, 2 ulp budgeted per factor), and the K-term
 sum within γ_K = K·u/(1-K·u), u = 2^-53, of Σ|W X|; we add (γ_K + 6u)·Σ|W X|.
 """
+
 import numpy as np
 from hypothesis import assume, given
 from hypothesis import strategies as st
@@ -50,8 +51,17 @@ def linear_case(draw):
 @given(case=linear_case(), rounding=st.sampled_from(["half_even", "half_away", "half_up"]))
 def test_operand_datapath_within_derived_bound(case, rounding):
     wf, xf, w, x, bias, fw, fx, _ = case
-    L = _build("fc", w, wf, xf, w_frac_bits=fw, x_frac_bits=fx, bias=bias,
-                     acc=Accumulator(64, "exact"), rounding=rounding)
+    L = _build(
+        "fc",
+        w,
+        wf,
+        xf,
+        w_frac_bits=fw,
+        x_frac_bits=fx,
+        bias=bias,
+        acc=Accumulator(64, "exact"),
+        rounding=rounding,
+    )
     acc = oracle.run_layer(L, x)["acc"].astype(np.float64)
     idx = wf.scale_index(w.shape)
     W = wf.decode_real(w, idx) * 2.0**fw  # exact scaled reals (float64)
@@ -66,8 +76,9 @@ def test_operand_datapath_within_derived_bound(case, rounding):
 @given(case=linear_case())
 def test_product_datapath_within_derived_bound(case):
     wf, xf, w, x, bias, _, _, fp = case
-    L = _build("fc", w, wf, xf, datapath="product", product_frac_bits=fp, bias=bias,
-                     acc=Accumulator(64, "exact"))
+    L = _build(
+        "fc", w, wf, xf, datapath="product", product_frac_bits=fp, bias=bias, acc=Accumulator(64, "exact")
+    )
     acc = oracle.run_layer(L, x)["acc"].astype(np.float64)
     idx = wf.scale_index(w.shape)
     # exact products in accumulator LSBs; the LSB is per channel when the weight scale is
@@ -87,18 +98,38 @@ def test_floor_luts_need_the_doubled_bound_and_break_the_half_bound():
     wf = PowerFormat(8, True, 0.7, 0.01)
     xf = PowerFormat(8, False, 0.7, 0.01)
     K = 512
-    Lf = Linear.build("fc", np.zeros((1, K), int), wf, xf, datapath="product", product_frac_bits=3,
-                      acc=Accumulator(64, "exact"), rounding="floor")
+    Lf = Linear.build(
+        "fc",
+        np.zeros((1, K), int),
+        wf,
+        xf,
+        datapath="product",
+        product_frac_bits=3,
+        acc=Accumulator(64, "exact"),
+        rounding="floor",
+    )
     unit = float(np.asarray(Lf.unit).reshape(-1)[0])
     # pick the first code pair whose exact product has a fractional part > 0.7 LSB
-    qw, qx, v = next((a, b, v) for a in range(1, 128) for b in range(1, 256)
-                     for v in [float(wf.decode_real(np.array([a]))[0] * xf.decode_real(np.array([b]))[0] / unit)]
-                     if v - np.floor(v) > 0.7)
+    qw, qx, v = next(
+        (a, b, v)
+        for a in range(1, 128)
+        for b in range(1, 256)
+        for v in [float(wf.decode_real(np.array([a]))[0] * xf.decode_real(np.array([b]))[0] / unit)]
+        if v - np.floor(v) > 0.7
+    )
     w, x = np.full((1, K), qw), np.full((1, K), qx)
     ref = K * v
     for rounding, lo_err, hi_err in (("floor", 0.5 + K / 2, K + 0.5), ("half_even", -1.0, 0.5 + K / 2)):
-        L = Linear.build("fc", w, wf, xf, datapath="product", product_frac_bits=3,
-                         acc=Accumulator(64, "exact"), rounding=rounding)
+        L = Linear.build(
+            "fc",
+            w,
+            wf,
+            xf,
+            datapath="product",
+            product_frac_bits=3,
+            acc=Accumulator(64, "exact"),
+            rounding=rounding,
+        )
         err = abs(float(oracle.run_layer(L, x)["acc"][0, 0]) - ref)
         assert lo_err < err <= hi_err, (rounding, err)
 

@@ -1,4 +1,5 @@
 """Formats: exhaustive encode/decode over every code up to 8 bits, and input validation."""
+
 import numpy as np
 import pytest
 
@@ -48,19 +49,22 @@ def test_group_scale_index():
     assert idx.tolist() == [[0, 0, 1, 1, 2, 2], [3, 3, 4, 4, 5, 5]]
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(bits=1, signed=True, exponent=0.5, scale=1.0), "bits=1"),
-    (dict(bits=9, signed=True, exponent=0.5, scale=1.0), "bits=9"),
-    (dict(bits=4, signed=True, exponent=0.0, scale=1.0), "exponent"),
-    (dict(bits=4, signed=True, exponent=-1.0, scale=1.0), "exponent"),
-    (dict(bits=4, signed=True, exponent=float("nan"), scale=1.0), "exponent"),
-    (dict(bits=4, signed=True, exponent=float("inf"), scale=1.0), "exponent"),
-    (dict(bits=4, signed=True, exponent=0.5, scale=float("nan")), "scale"),
-    (dict(bits=4, signed=True, exponent=0.5, scale=float("inf")), "scale"),
-    (dict(bits=4, signed=True, exponent=0.5, scale=0.0), "scale"),
-    (dict(bits=4, signed=True, exponent=0.5, scale=[1.0, 2.0]), "scale"),
-    (dict(bits=4, signed=True, exponent=0.5, scale=1.0, granularity="row"), "granularity"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(bits=1, signed=True, exponent=0.5, scale=1.0), "bits=1"),
+        (dict(bits=9, signed=True, exponent=0.5, scale=1.0), "bits=9"),
+        (dict(bits=4, signed=True, exponent=0.0, scale=1.0), "exponent"),
+        (dict(bits=4, signed=True, exponent=-1.0, scale=1.0), "exponent"),
+        (dict(bits=4, signed=True, exponent=float("nan"), scale=1.0), "exponent"),
+        (dict(bits=4, signed=True, exponent=float("inf"), scale=1.0), "exponent"),
+        (dict(bits=4, signed=True, exponent=0.5, scale=float("nan")), "scale"),
+        (dict(bits=4, signed=True, exponent=0.5, scale=float("inf")), "scale"),
+        (dict(bits=4, signed=True, exponent=0.5, scale=0.0), "scale"),
+        (dict(bits=4, signed=True, exponent=0.5, scale=[1.0, 2.0]), "scale"),
+        (dict(bits=4, signed=True, exponent=0.5, scale=1.0, granularity="row"), "granularity"),
+    ],
+)
 def test_bad_format_raises_naming_the_field(kwargs, match):
     with pytest.raises(ValueError, match=match):
         PowerFormat(**kwargs)

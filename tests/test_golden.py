@@ -1,4 +1,5 @@
 """Golden files: round trips, reproducibility, packing, strict reader under fuzzing, hex export."""
+
 import os
 import shutil
 
@@ -31,15 +32,19 @@ def _same_runs(g1, g2, x):
             assert np.array_equal(r1.stages[k][s], r2.stages[k][s]), (k, s)
 
 
-@pytest.mark.parametrize("make,inputs", [(conv_net, conv_inputs), (add_net, add_inputs),
-                                         (lambda: conv_net(datapath="product"), conv_inputs)])
+@pytest.mark.parametrize(
+    "make,inputs",
+    [(conv_net, conv_inputs), (add_net, add_inputs), (lambda: conv_net(datapath="product"), conv_inputs)],
+)
 def test_serialize_round_trip_bit_identical(make, inputs, tmp_path):
     g = make()
     arrays, attrs = graph_to_dict(g)
     g2 = graph_from_dict(arrays, attrs)
     assert model_hash(g2) == model_hash(g)
     _same_runs(g, g2, inputs(2))
-    save_model(g, tmp_path / "m.h5", input_shape=inputs(1).shape[1:], loss_history={g.nodes[0].name: [2.0, 1.0]})
+    save_model(
+        g, tmp_path / "m.h5", input_shape=inputs(1).shape[1:], loss_history={g.nodes[0].name: [2.0, 1.0]}
+    )
     m = load_model(tmp_path / "m.h5", full=True)
     assert m.model_hash == model_hash(g) and m.input_shape == inputs(1).shape[1:]
     assert np.array_equal(m.loss_history[g.nodes[0].name], [2.0, 1.0])
@@ -88,8 +93,9 @@ def test_reproducible(tmp_path, golden_file):
             if isinstance(f1[n], h5py.Dataset):
                 assert f1[n].attrs["sha256"] == f2[n].attrs["sha256"], n
                 assert np.array_equal(f1[n][()], f2[n][()])
-        assert {k: f1.attrs[k] for k in f1.attrs if k != "created"}.keys() == \
-               {k: f2.attrs[k] for k in f2.attrs if k != "created"}.keys()
+        assert {k: f1.attrs[k] for k in f1.attrs if k != "created"}.keys() == {
+            k: f2.attrs[k] for k in f2.attrs if k != "created"
+        }.keys()
 
 
 def test_content(golden_file):
@@ -98,7 +104,9 @@ def test_content(golden_file):
     assert g.layer_order == ["conv", "pool", "avg", "flat", "fc"]
     conv = g.layers["conv"]
     w = conv["datasets"]["weight_codes"]
-    assert np.array_equal(unpack_codes(conv["datasets"]["weight_codes_packed"], 4, True, w.size), w.reshape(-1))
+    assert np.array_equal(
+        unpack_codes(conv["datasets"]["weight_codes_packed"], 4, True, w.size), w.reshape(-1)
+    )
     assert conv["info"]["formats"]["w_format"]["exponent"] == 0.7
     assert set(g.vectors[0]["stages"]["conv"]) == {"acc_exact", "acc", "out"}
     assert set(g.vectors[0]["stages"]["pool"]) == {"out"}
@@ -117,7 +125,7 @@ def _mutate(src, dst, data):
     b = bytearray(open(src, "rb").read())
     kind = data.draw(st.sampled_from(["truncate", "flip"]))
     if kind == "truncate":
-        b = b[:data.draw(st.integers(0, len(b) - 1))]
+        b = b[: data.draw(st.integers(0, len(b) - 1))]
     else:
         for _ in range(data.draw(st.integers(1, 3))):
             i = data.draw(st.integers(0, len(b) - 1))
@@ -143,8 +151,19 @@ def _edit(path, data):
         names = []
         f.visit(names.append)
         dsets = [n for n in names if isinstance(f[n], h5py.Dataset)]
-        kind = data.draw(st.sampled_from(["del_ds", "add_ds", "edit_ds", "del_attr", "add_attr", "edit_root",
-                                          "edit_value_and_checksum"]))
+        kind = data.draw(
+            st.sampled_from(
+                [
+                    "del_ds",
+                    "add_ds",
+                    "edit_ds",
+                    "del_attr",
+                    "add_attr",
+                    "edit_root",
+                    "edit_value_and_checksum",
+                ]
+            )
+        )
         n = data.draw(st.sampled_from(dsets))
         if kind == "del_ds":
             del f[n]
@@ -162,12 +181,31 @@ def _edit(path, data):
         elif kind == "add_attr":
             f[n].attrs["extra"] = 1
         elif kind == "edit_root":
-            k = data.draw(st.sampled_from(["schema_version", "model_hash", "n_vectors", "layer_order", "input_shape",
-                                           "created", "schema"]))
-            f.attrs[k] = {"schema_version": 2, "model_hash": "0" * 64, "n_vectors": 2, "layer_order": "[]",
-                          "input_shape": np.array([1, 3, 8, 9]), "created": "yesterday", "schema": "x"}[k]
+            k = data.draw(
+                st.sampled_from(
+                    [
+                        "schema_version",
+                        "model_hash",
+                        "n_vectors",
+                        "layer_order",
+                        "input_shape",
+                        "created",
+                        "schema",
+                    ]
+                )
+            )
+            f.attrs[k] = {
+                "schema_version": 2,
+                "model_hash": "0" * 64,
+                "n_vectors": 2,
+                "layer_order": "[]",
+                "input_shape": np.array([1, 3, 8, 9]),
+                "created": "yesterday",
+                "schema": "x",
+            }[k]
         else:  # a consistent forgery: value out of its declared range with a matching checksum
             from nupes_sim.serialize import sha256_array
+
             vec = [m for m in dsets if m.startswith("vectors/") and m.endswith("/out")]
             m = data.draw(st.sampled_from(vec))
             a = f[m][()]

@@ -1,4 +1,5 @@
 """Self-contained hex export: fresh folder only, selections, full layer description, headers."""
+
 import json
 import os
 import subprocess
@@ -59,7 +60,9 @@ def test_manifest_is_self_contained(gfile, tmp_path):
     assert [r["threshold"] for r in rt] == [int(t) for t in thr if -1024 <= t <= 1023]
     for r in rt:
         t = r["threshold"]
-        assert r["code_at_t"] == -7 + int((thr <= t).sum()) and r["code_at_t_minus_1"] == -7 + int((thr < t).sum())
+        assert r["code_at_t"] == -7 + int((thr <= t).sum()) and r["code_at_t_minus_1"] == -7 + int(
+            (thr < t).sum()
+        )
         assert r["code_at_t"] > r["code_at_t_minus_1"]
 
 
@@ -84,9 +87,15 @@ def test_selection_and_reader_never_masks(gfile, tmp_path):
 def test_hex_verb_and_golden_hex_layers(gfile, tmp_path):
     p, _ = gfile
     cli = [sys.executable, "-m", "nupes_sim.cli"]
-    r = subprocess.run(cli + ["hex", str(p), "--out", str(tmp_path / "h"), "--layers", "conv", "--vectors", "0-1",
-                              "--json"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        cli + ["hex", str(p), "--out", str(tmp_path / "h"), "--layers", "conv", "--vectors", "0-1", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["layers"] == ["000_conv"] and json.loads(r.stdout)["vectors"] == [0, 1]
-    r = subprocess.run(cli + ["hex", str(p), "--out", str(tmp_path / "h")], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        cli + ["hex", str(p), "--out", str(tmp_path / "h")], capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 2 and "not empty" in r.stderr

@@ -1,5 +1,6 @@
 """The on-disk cache of the CPU kernels (nupes_sim/cpu/jit.py): a second process loads the
 compiled kernels instead of compiling them, and an edited primitive is never served stale."""
+
 import os
 import shutil
 import subprocess
@@ -24,7 +25,9 @@ print(int(acc[0]), sum(st.cache_hits.values()), sum(st.cache_misses.values()),
 
 def child(site, cache, **env):
     e = {**os.environ, "PYTHONPATH": str(site), "PYTHONSAFEPATH": "1", "NUPES_CACHE_DIR": str(cache), **env}
-    r = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, env=e, cwd=site, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-c", CHILD], capture_output=True, text=True, env=e, cwd=site, timeout=600
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     acc, hits, misses, name, _ = r.stdout.split(maxsplit=4)
     return int(acc), int(hits), int(misses), name

@@ -6,6 +6,7 @@ constant, accumulator or requantization rule, or stage changes some bit here and
 test. Fixtures change only with a version bump (nupes_sim/versions.py) and a CHANGELOG.md
 entry (regenerate with tests/fixtures/make_fixtures.py).
 """
+
 import json
 import os
 import sys
@@ -33,18 +34,25 @@ def _json(name):
 
 def test_versions_match_the_fixtures_and_the_changelog():
     v = _json("versions.json")
-    assert v == {"contract_version": CONTRACT_VERSION, "golden_schema_version": GOLDEN_SCHEMA_VERSION,
-                 "model_format_version": MODEL_FORMAT_VERSION}, "versions bumped: regenerate the fixtures"
+    assert v == {
+        "contract_version": CONTRACT_VERSION,
+        "golden_schema_version": GOLDEN_SCHEMA_VERSION,
+        "model_format_version": MODEL_FORMAT_VERSION,
+    }, "versions bumped: regenerate the fixtures"
     with open(os.path.join(FIX, "..", "..", "CHANGELOG.md")) as fh:
         log = fh.read()
-    assert f"contract {CONTRACT_VERSION}, golden schema {GOLDEN_SCHEMA_VERSION}, " \
-           f"model format {MODEL_FORMAT_VERSION}" in log, "CHANGELOG.md needs an entry for these versions"
+    assert (
+        f"contract {CONTRACT_VERSION}, golden schema {GOLDEN_SCHEMA_VERSION}, "
+        f"model format {MODEL_FORMAT_VERSION}" in log
+    ), "CHANGELOG.md needs an entry for these versions"
 
 
 def test_hash32_known_answers():
     table = _json("hash32.json")
     assert len(table) == 64
-    s, t, i, want = (np.array([r[k] for r in table], dtype=object) for k in ("seed", "tensor_id", "index", "hash32"))
+    s, t, i, want = (
+        np.array([r[k] for r in table], dtype=object) for k in ("seed", "tensor_id", "index", "hash32")
+    )
     assert [P.hash32(*a) for a in zip(s, t, i)] == list(want)  # the primitive (compiled for both backends)
     for seed in sorted(set(s)):  # the NumPy twin used by the oracle and host tables
         sel = s == seed
@@ -76,8 +84,9 @@ def test_golden_file_known_answer(name, tmp_path):
     write_golden(g, inputs(), tmp_path / "new.h5", backend="numpy", seeds={"fixture": name})
     new = read_golden(tmp_path / "new.h5")
     skip = {"created", "package_version"}
-    assert {k: v for k, v in new.attrs.items() if k not in skip} == \
-           {k: v for k, v in ref.attrs.items() if k not in skip}
+    assert {k: v for k, v in new.attrs.items() if k not in skip} == {
+        k: v for k, v in ref.attrs.items() if k not in skip
+    }
     assert new.layers.keys() == ref.layers.keys()
     for layer in ref.layers:
         assert new.layers[layer]["info"] == ref.layers[layer]["info"], layer

@@ -1,6 +1,7 @@
 """The layer protocol (nupes_sim/layers/base.py): every registered layer type has a kernel in
 every backend, and what it declares (stages, output shape, stage ranges, golden parameters,
 feeding description) agrees with what the backends compute."""
+
 import dataclasses
 import importlib
 
@@ -56,7 +57,9 @@ def _check_layer(layer, inputs, backend="numpy"):
         if r is not None and x.size:
             assert r.qmin <= x.min() and x.max() <= r.qmax
     # pass-through layers take their range from their input: give them the observed one
-    in_r = tuple((int(x.min(initial=0)), int(x.max(initial=0))) if r is None else r for x, r in zip(inputs, in_r))
+    in_r = tuple(
+        (int(x.min(initial=0)), int(x.max(initial=0))) if r is None else r for x, r in zip(inputs, in_r)
+    )
     for s, a in st.items():
         r = layer.stage_range(s, in_r)
         if r is not None and a.size:
@@ -94,8 +97,10 @@ def test_self_description_agrees_with_the_oracle(case):
     _check_layer(layer, inputs)
 
 
-@pytest.mark.parametrize("make,inputs", [(conv_net, conv_inputs), (add_net, add_inputs),
-                                         (lambda: conv_net(datapath="product"), conv_inputs)])
+@pytest.mark.parametrize(
+    "make,inputs",
+    [(conv_net, conv_inputs), (add_net, add_inputs), (lambda: conv_net(datapath="product"), conv_inputs)],
+)
 def test_graph_out_shapes_match_runs(make, inputs):
     g = make()
     x = inputs(2)
@@ -103,7 +108,9 @@ def test_graph_out_shapes_match_runs(make, inputs):
     shapes = g.out_shapes(x.shape)
     values = {"input": x}
     for n in g.nodes:
-        assert {s: a.shape for s, a in r.stages[n.name].items()} == {s: shapes[n.name] for s in n.layer.stages()}
+        assert {s: a.shape for s, a in r.stages[n.name].items()} == {
+            s: shapes[n.name] for s in n.layer.stages()
+        }
         _check_layer(n.layer, [values[i] for i in n.inputs])
         values[n.name] = r.stages[n.name]["out"]
 
@@ -114,7 +121,9 @@ def test_out_shape_refuses_what_the_layer_cannot_take():
         g.out_shapes((1, 2, 8, 8))
     with pytest.raises(ValueError, match="avg: input 1x1 is smaller than the 2x2 window"):
         g.nodes[2].layer.out_shape([(1, 4, 1, 1)])
-    gap = dataclasses.replace(g.nodes[2].layer, kernel=None, stride=None)  # global pooling built for 4 elements
+    gap = dataclasses.replace(
+        g.nodes[2].layer, kernel=None, stride=None
+    )  # global pooling built for 4 elements
     assert gap.out_shape([(1, 4, 2, 2)]) == (1, 4, 1, 1)
     with pytest.raises(ValueError, match="requant tables were built for 4"):
         gap.out_shape([(1, 4, 3, 3)])
@@ -129,8 +138,15 @@ def test_unsigned_8bit_weight_codes_keep_their_values_in_golden_files(tmp_path):
     from nupes_sim.layers import Accumulator, Linear
 
     w = np.array([[0, 127, 128, 217, 255]])
-    lin = Linear.build("l", w, PowerFormat(8, False, 0.9, 0.01), PowerFormat(4, False, 0.9, 0.1),
-                       acc=Accumulator(32), w_frac_bits=4, x_frac_bits=4)
+    lin = Linear.build(
+        "l",
+        w,
+        PowerFormat(8, False, 0.9, 0.01),
+        PowerFormat(4, False, 0.9, 0.1),
+        acc=Accumulator(32),
+        w_frac_bits=4,
+        x_frac_bits=4,
+    )
     g = Graph([lin])
     write_golden(g, np.zeros((1, 5), np.int64), tmp_path / "g.h5")
     got = read_golden(tmp_path / "g.h5").layers["l"]["datasets"]["weight_codes"]
@@ -146,11 +162,19 @@ def test_int64_min_table_entry_is_refused(where):
     lo = np.iinfo(np.int64).min
     xf, wf = PowerFormat(4, True, 0.8, 0.1), PowerFormat(4, True, 0.8, 0.1)
     if where in ("x_table", "w_table", "p_table"):
-        lin = Linear.build("l", np.ones((2, 3), np.int64), wf, xf, datapath="product" if where == "p_table" else "operand",
-                           acc=Accumulator(64))
+        lin = Linear.build(
+            "l",
+            np.ones((2, 3), np.int64),
+            wf,
+            xf,
+            datapath="product" if where == "p_table" else "operand",
+            acc=Accumulator(64),
+        )
         t = getattr(lin, where)
         lut = t.lut.copy()
-        lut[0, {"p_table": -1, "x_table": 0, "w_table": 1 - lin.w_range.qmin}[where]] = lo  # w: the used code 1
+        lut[0, {"p_table": -1, "x_table": 0, "w_table": 1 - lin.w_range.qmin}[where]] = (
+            lo  # w: the used code 1
+        )
         kw = {f.name: getattr(lin, f.name) for f in dataclasses.fields(lin) if f.init}
         kw[where] = dataclasses.replace(t, lut=lut)
         with pytest.raises(ValueError, match="2\\^62"):

@@ -1,4 +1,5 @@
 """The oracle against hand-computed cases and against direct definitions of each op."""
+
 from fractions import Fraction
 
 import numpy as np
@@ -35,8 +36,12 @@ def test_saturate_with_bias_and_tiles_by_hand():
     assert oracle.accumulate(q, 50, Accumulator(8, "saturate", 2))[1].tolist() == [49]
 
 
-@given(p=st.lists(st.integers(-(2**40), 2**40), min_size=0, max_size=20),
-       bias=st.integers(-(2**7), 2**7 - 1), width=st.integers(8, 48), tile=st.integers(0, 5))
+@given(
+    p=st.lists(st.integers(-(2**40), 2**40), min_size=0, max_size=20),
+    bias=st.integers(-(2**7), 2**7 - 1),
+    width=st.integers(8, 48),
+    tile=st.integers(0, 5),
+)
 def test_accumulator_modes_against_definitions(p, bias, width, tile):
     lo, hi = -(2 ** (width - 1)), 2 ** (width - 1) - 1
     arr = np.array([p], dtype=np.int64).reshape(1, len(p))
@@ -48,7 +53,7 @@ def test_accumulator_modes_against_definitions(p, bias, width, tile):
     if tile:
         for t0 in range(0, len(p), tile):
             part = 0
-            for v in p[t0:t0 + tile]:
+            for v in p[t0 : t0 + tile]:
                 part = min(max(part + v, lo), hi)
             acc = min(max(acc + part, lo), hi)
     else:
@@ -61,8 +66,9 @@ def _tiny_linear(datapath="operand", **kw):
     wf = PowerFormat(4, True, 0.5, 1.0)
     xf = PowerFormat(4, False, 0.5, 1.0)
     w = np.array([[-3, 1, 0], [7, 7, -7]])
-    return Linear.build("fc", w, wf, xf, datapath=datapath, w_frac_bits=2, x_frac_bits=2,
-                        product_frac_bits=4, **kw), w
+    return Linear.build(
+        "fc", w, wf, xf, datapath=datapath, w_frac_bits=2, x_frac_bits=2, product_frac_bits=4, **kw
+    ), w
 
 
 def test_linear_by_hand_both_datapaths():
@@ -86,8 +92,9 @@ def test_conv_equals_direct_definition():
     xf = PowerFormat(4, True, 0.8, 0.03)
     w = rng.integers(-3, 4, (6, 2, 2, 3))
     x = rng.integers(-7, 8, (2, 4, 5, 6))
-    L = Conv2d.build("c", w, wf, xf, stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2,
-                     acc=Accumulator(40, "exact"))
+    L = Conv2d.build(
+        "c", w, wf, xf, stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2, acc=Accumulator(40, "exact")
+    )
     got = oracle.run_layer(L, x)["acc"]
     W = L.w_table.lut[L.w_table_index, (w.reshape(6, -1) + 3)].reshape(w.shape)
     X = L.x_table.lut[0, x + 7]
@@ -111,8 +118,9 @@ def test_conv_equals_direct_definition():
 
 
 def test_requant_thresholds_and_relu():
-    L, _ = _tiny_linear(out_fmt=PowerFormat(4, False, 1.0, 8.0), relu=True, acc=Accumulator(32),
-                        requant_rounding="half_up")
+    L, _ = _tiny_linear(
+        out_fmt=PowerFormat(4, False, 1.0, 8.0), relu=True, acc=Accumulator(32), requant_rounding="half_up"
+    )
     x = np.array([[2, 5, 15]])
     acc = oracle.run_layer(L, x)["acc"][0]
     out = oracle.run_layer(L, x)["out"][0]

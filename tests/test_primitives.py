@@ -4,6 +4,7 @@ The same functions are compiled by the CPU and CUDA backends, whose tests compar
 the oracle through whole layers; here each primitive is checked exhaustively on small
 ranges and on the boundary values 2^i - 1, 2^i, and the int64 limits.
 """
+
 from fractions import Fraction
 
 import numpy as np

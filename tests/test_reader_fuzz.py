@@ -3,6 +3,7 @@ of the campaign in tests/fuzz_campaign.py: every mutation kind of h5_mutations o
 source file. Allowed outcomes only: a clean GoldenFormatError / ModelFormatError, or (for a
 mutation the schema allows, such as forged values with recomputed checksums) acceptance with
 every value read equal to the value stored."""
+
 import os
 
 import fuzz_campaign
@@ -65,8 +66,10 @@ def test_schema_version_as_string_and_links_are_refused(sources, tmp_path):
 
     import h5py
 
-    for src, reader, err in ((sources["golden"][0], read_golden, GoldenFormatError),
-                             (sources["model"][0], load_model, ModelFormatError)):
+    for src, reader, err in (
+        (sources["golden"][0], read_golden, GoldenFormatError),
+        (sources["model"][0], load_model, ModelFormatError),
+    ):
         dst = tmp_path / "v.h5"
         shutil.copy(src, dst)
         with h5py.File(dst, "r+") as f:

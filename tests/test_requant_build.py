@@ -1,5 +1,6 @@
 """Building requantizers (docs/ARITHMETIC.md §6): the defects of issue #15 items 2-5, each
 pinned by a test that failed before its fix."""
+
 from fractions import Fraction
 
 import exact_ref
@@ -23,8 +24,11 @@ def test_tiny_output_exponent_thresholds_are_monotone_and_exact():
         assert code0 == 0, rounding  # acc = 0: y = 0, z = 0, every mode gives code 0
         for j, t in enumerate(tab.thr[0]):
             beta, inclusive = _boundary(tab.qmin + 1 + j, rounding)
-            want = exact_ref.first_acc(((Fraction(0.03125) * abs(beta), 0.0013),),
-                                       (1 if beta > 0 else -1) / Fraction(1e-3), inclusive)
+            want = exact_ref.first_acc(
+                ((Fraction(0.03125) * abs(beta), 0.0013),),
+                (1 if beta > 0 else -1) / Fraction(1e-3),
+                inclusive,
+            )
             assert t == min(max(want, -(2**31)), 2**31), (rounding, j)
 
 
@@ -67,16 +71,34 @@ def test_exact_mode_rescale_needs_bound_times_m_only():
     wf = PowerFormat(4, True, 1.0, 1.0)
     xf = UniformFormat(8, True, 1.0, 0)
     out = UniformFormat(8, True, 4.0, 0)
-    layer = Linear.build("l", np.array([[7, -3]]), wf, xf, w_frac_bits=2, x_frac_bits=0,
-                         acc=Accumulator(48, "exact"), out_fmt=out, mult_bits=31)
+    layer = Linear.build(
+        "l",
+        np.array([[7, -3]]),
+        wf,
+        xf,
+        w_frac_bits=2,
+        x_frac_bits=0,
+        acc=Accumulator(48, "exact"),
+        out_fmt=out,
+        mult_bits=31,
+    )
     assert int(layer.requant.multiplier[0]) >= 2**30
     x = np.array([[127, -128]])
     assert oracle.run_layer(layer, x)["out"].tolist() == [[min(round((7 * 127 + 3 * 128) / 4), 127)]]
     with pytest.raises(ValueError, match="exceeds 63"):  # wrap still needs width + mb <= 63
         Linear.build("l", np.array([[7, -3]]), wf, xf, acc=Accumulator(48, "wrap"), out_fmt=out, mult_bits=31)
     with pytest.raises(ValueError, match="rescale needs"):  # exact: the bound decides
-        Linear.build("l", np.full((1, 64), 7), wf, xf, w_frac_bits=30, x_frac_bits=0,
-                     acc=Accumulator(64, "exact"), out_fmt=out, mult_bits=31)
+        Linear.build(
+            "l",
+            np.full((1, 64), 7),
+            wf,
+            xf,
+            w_frac_bits=30,
+            x_frac_bits=0,
+            acc=Accumulator(64, "exact"),
+            out_fmt=out,
+            mult_bits=31,
+        )
 
 
 def test_stochastic_threshold_refused_even_with_one_code():
@@ -90,8 +112,16 @@ def test_stochastic_threshold_refused_even_with_one_code():
     tab = threshold_table(0.01, fmt, 16, "half_even", relu=True, clip_max=1e-9)
     assert (tab.qmin, tab.qmax, tab.thr.shape) == (0, 0, (1, 0))
     with pytest.raises(ValueError, match="stochastic"):
-        Linear.build("l", np.array([[1]]), PowerFormat(4, True, 1.0, 1.0), fmt, out_fmt=fmt, relu=True,
-                     clip_max=1e-9, requant_rounding="stochastic")
+        Linear.build(
+            "l",
+            np.array([[1]]),
+            PowerFormat(4, True, 1.0, 1.0),
+            fmt,
+            out_fmt=fmt,
+            relu=True,
+            clip_max=1e-9,
+            requant_rounding="stochastic",
+        )
 
 
 def test_double_round_in_golden_files(tmp_path):
@@ -99,12 +129,22 @@ def test_double_round_in_golden_files(tmp_path):
     from nupes_sim.golden import read_golden, write_golden
     from nupes_sim.graph import Graph
     from nupes_sim.verify import verify
+
     rng = np.random.default_rng(6)
     wf = PowerFormat(4, True, 0.7, 0.1)
     xf = PowerFormat(4, False, 0.7, 0.05)
-    fc = Linear.build("fc", rng.integers(-7, 8, (5, 16)), wf, xf, acc=Accumulator(24, "wrap"),
-                      out_fmt=UniformFormat(8, True, 0.003, -2), requant_rounding="double_round", mult_bits=31,
-                      w_frac_bits=10, x_frac_bits=10)
+    fc = Linear.build(
+        "fc",
+        rng.integers(-7, 8, (5, 16)),
+        wf,
+        xf,
+        acc=Accumulator(24, "wrap"),
+        out_fmt=UniformFormat(8, True, 0.003, -2),
+        requant_rounding="double_round",
+        mult_bits=31,
+        w_frac_bits=10,
+        x_frac_bits=10,
+    )
     assert fc.requant.rounding == 7 and int(fc.requant.shift[0]) > 31
     p = str(tmp_path / "g.h5")
     write_golden(Graph([fc]), rng.integers(0, 16, (4, 16)), p)

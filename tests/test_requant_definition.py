@@ -8,6 +8,7 @@ output clamp(R(acc·m/2^sh) + zp) with Python ints, every mode, multiplier width
 constructed carries, nonzero zero points with ReLU. Each layer runs through the oracle and
 the CPU backend; acc = bias[o] + x[b] (weights decode to 1) reaches any chosen value.
 """
+
 import dataclasses
 import os
 from fractions import Fraction
@@ -31,8 +32,17 @@ def probe_layer(x_scale, out_fmt, acc, centers, **kw):
     """Linear with one output channel per center: acc[b, o] = bias[o] + x[b], x in [-128, 127]
     (x_lut = q, unit = x_scale); bias[o] = center clamped into the accumulator."""
     O = len(centers)
-    layer = Linear.build("probe", np.ones((O, 1), np.int64), ONE, UniformFormat(8, True, x_scale, 0),
-                         w_frac_bits=0, x_frac_bits=0, acc=acc, out_fmt=out_fmt, **kw)
+    layer = Linear.build(
+        "probe",
+        np.ones((O, 1), np.int64),
+        ONE,
+        UniformFormat(8, True, x_scale, 0),
+        w_frac_bits=0,
+        x_frac_bits=0,
+        acc=acc,
+        out_fmt=out_fmt,
+        **kw,
+    )
     lo, hi = acc.lo, acc.hi
     bias = np.array([min(max(int(c), lo), hi) for c in centers], np.int64)
     return dataclasses.replace(layer, bias=bias)
@@ -62,20 +72,34 @@ def code_def(acc, unit, fmt, rounding, relu, clip_max):
         q = 0
     else:
         sgn = 1 if y > 0 else -1
-        q = exact_ref.round_real(((abs(y), 1 / Fraction(fmt.exponent)),), sgn / Fraction(float(fmt.scale[0])),
-                                 rounding)
+        q = exact_ref.round_real(
+            ((abs(y), 1 / Fraction(fmt.exponent)),), sgn / Fraction(float(fmt.scale[0])), rounding
+        )
     return min(max(q, fmt.range.qmin), fmt.range.qmax)
 
 
 # (exponent, scale, unit): exact-rational boundaries (ties land on integer accs) and generic ones
-THR_FORMATS = [(1.0, 0.125, 1 / 64), (0.5, 0.25, 2.0**-10), (2.0, 0.125, 2.0**-12), (0.7, 0.05, 1e-3),
-               (1.5, 0.3, 3e-3)]
+THR_FORMATS = [
+    (1.0, 0.125, 1 / 64),
+    (0.5, 0.25, 2.0**-10),
+    (2.0, 0.125, 2.0**-12),
+    (0.7, 0.05, 1e-3),
+    (1.5, 0.3, 3e-3),
+]
 
 
 @pytest.mark.parametrize("rounding", THRESHOLD_MODES)
 @pytest.mark.parametrize("a, s, unit", THR_FORMATS)
-@pytest.mark.parametrize("signed, relu, clip_max", [(True, False, None), (False, True, None), (True, True, None),
-                                                    (False, True, "mid"), (True, False, "tie")])
+@pytest.mark.parametrize(
+    "signed, relu, clip_max",
+    [
+        (True, False, None),
+        (False, True, None),
+        (True, True, None),
+        (False, True, "mid"),
+        (True, False, "tie"),
+    ],
+)
 def test_thresholds_against_the_exact_quantizer(rounding, a, s, unit, signed, relu, clip_max):
     fmt = PowerFormat(4, signed, a, s)
     if clip_max == "mid":  # inside the code range: halfway between the decodes of codes 5 and 6
@@ -142,8 +166,14 @@ def ref_round_shift(x, s, mode, r):
     if name == "stochastic":
         rem = x - fl * 2**s
         return fl + (rem > (r >> (32 - s)) if s <= 32 else (rem >> (s - 32)) > r)
-    up = {"floor": False, "ceil": d > 0, "toward_zero": d > 0 and x < 0, "half_up": d >= h,
-          "half_away": d > h or (d == h and x >= 0), "half_even": d > h or (d == h and fl % 2 == 1)}[name]
+    up = {
+        "floor": False,
+        "ceil": d > 0,
+        "toward_zero": d > 0 and x < 0,
+        "half_up": d >= h,
+        "half_away": d > h or (d == h and x >= 0),
+        "half_even": d > h or (d == h and fl % 2 == 1),
+    }[name]
     return fl + int(up)
 
 
@@ -163,9 +193,16 @@ def multiplier_def(f, mb):
 
 
 @settings(max_examples=60)
-@given(mb=st.integers(1, 31), e=st.integers(-30, 8), carry=st.booleans(), frac=st.integers(0, 2**20),
-       zp=st.integers(-100, 100), relu=st.booleans(), mode=st.sampled_from(sorted(MODES)),
-       centers=st.lists(st.integers(-(2**20), 2**20), min_size=1, max_size=4))
+@given(
+    mb=st.integers(1, 31),
+    e=st.integers(-30, 8),
+    carry=st.booleans(),
+    frac=st.integers(0, 2**20),
+    zp=st.integers(-100, 100),
+    relu=st.booleans(),
+    mode=st.sampled_from(sorted(MODES)),
+    centers=st.lists(st.integers(-(2**20), 2**20), min_size=1, max_size=4),
+)
 def test_rescale_against_the_exact_rational_definition(mb, e, carry, frac, zp, relu, mode, centers):
     # f = (2^mb - 1/4)·2^(e-mb+1) rounds to 2^mb (a carry); else a generic f in [2^e, 2^(e+1))
     if carry:
@@ -175,8 +212,9 @@ def test_rescale_against_the_exact_rational_definition(mb, e, carry, frac, zp, r
     fmt = UniformFormat(8, True, 1.0, zp)
     acc = Accumulator(24, "wrap")
     try:
-        layer = probe_layer(float(f), fmt, acc, centers, requant_rounding=mode, relu=relu, mult_bits=mb, seed=9,
-                            tensor_id=5)
+        layer = probe_layer(
+            float(f), fmt, acc, centers, requant_rounding=mode, relu=relu, mult_bits=mb, seed=9, tensor_id=5
+        )
     except ValueError as err:  # refused only when sh would leave [0, 62] or acc·m could reach 2^62
         m, sh = multiplier_def(f, mb)
         assert sh < 0 or sh > 62 or (sh == -1 and carry) or "63" in str(err), err

@@ -1,6 +1,7 @@
 """Host rounding (rounding.round_float) against an exact-rational reference, exhaustively on
 the floats where float64 fraction arithmetic is fragile: every float within 4 ulp of each
 half-integer and integer in [-1000, 1000], and floats in (-1, 0) (issue #15 item 1)."""
+
 import math
 from fractions import Fraction
 
@@ -20,9 +21,15 @@ def ref_round(x, mode, r=0):
     f = math.floor(v)
     d = v - f
     h = Fraction(1, 2)
-    up = {"floor": False, "ceil": d > 0, "toward_zero": d > 0 and v < 0, "half_up": d >= h,
-          "half_away": d > h or (d == h and v > 0), "half_even": d > h or (d == h and f % 2),
-          "stochastic": d * 2**32 > r}[mode]
+    up = {
+        "floor": False,
+        "ceil": d > 0,
+        "toward_zero": d > 0 and v < 0,
+        "half_up": d >= h,
+        "half_away": d > h or (d == h and v > 0),
+        "half_even": d > h or (d == h and f % 2),
+        "stochastic": d * 2**32 > r,
+    }[mode]
     return f + int(up)
 
 
@@ -41,8 +48,14 @@ def fragile_floats():
     k = np.arange(-1000, 1001)
     near = _neighbours(np.concatenate([k + 0.5, k]))
     rng = np.random.default_rng(15)
-    inside = np.concatenate([-rng.random(20000), -rng.random(2000) * 2.0**-30, -(2.0 ** -np.arange(1, 1075)),
-                             [-0.49999999999999994, -0.5, np.nextafter(-0.5, 0), np.nextafter(-1.0, 0)]])
+    inside = np.concatenate(
+        [
+            -rng.random(20000),
+            -rng.random(2000) * 2.0**-30,
+            -(2.0 ** -np.arange(1, 1075)),
+            [-0.49999999999999994, -0.5, np.nextafter(-0.5, 0), np.nextafter(-1.0, 0)],
+        ]
+    )
     return np.concatenate([near, inside, -inside])
 
 
@@ -83,8 +96,16 @@ def test_half_away_lut_is_sign_symmetric_and_cancels():
     t = decode_table(wf, 9, "half_away")
     assert (t.lut[0] == -t.lut[0][::-1]).all()
     xf = UniformFormat(8, True, 1.0, 0)
-    layer = Linear.build("l", np.array([[8, -8]]), wf, xf, w_frac_bits=9, x_frac_bits=0,
-                         rounding="half_away", acc=Accumulator(32, "wrap"))
+    layer = Linear.build(
+        "l",
+        np.array([[8, -8]]),
+        wf,
+        xf,
+        w_frac_bits=9,
+        x_frac_bits=0,
+        rounding="half_away",
+        acc=Accumulator(32, "wrap"),
+    )
     x = np.array([[5, 5], [-128, -128], [127, 127]])
     assert oracle.run_layer(layer, x)["acc"].tolist() == [[0], [0], [0]]
 

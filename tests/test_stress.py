@@ -1,4 +1,5 @@
 """Stress stimulus reaches thresholds and saturation that random vectors miss; coverage counts it."""
+
 import json
 import subprocess
 import sys
@@ -34,18 +35,49 @@ def test_stress_beats_random_and_coverage_is_exact(tmp_path):
     ex = np.stack([v["stages"]["fc"]["acc_exact"][0] for v in gold.vectors])
     thr = g.nodes[0].layer.requant.thr[0]
     inside = [t for t in thr if -1024 <= t <= 1023]
-    assert s["thresholds"] == len(inside) and s["thresholds_hit"] == sum(t in set(acc.ravel()) for t in inside)
+    assert s["thresholds"] == len(inside) and s["thresholds_hit"] == sum(
+        t in set(acc.ravel()) for t in inside
+    )
     assert s["changed_by_overflow"] == int((acc != ex).sum())
     assert coverage_lines([s])[0].startswith(f"coverage fc: thresholds hit exactly {s['thresholds']}/")
 
 
 def test_golden_stress_cli(tmp_path):
     save_model(add_net(), tmp_path / "m.h5")
-    r = subprocess.run([sys.executable, "-m", "nupes_sim.cli", "golden", tmp_path / "m.h5", "--stress", "--random", "3",
-                        "--out", tmp_path / "g.h5", "--json"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nupes_sim.cli",
+            "golden",
+            tmp_path / "m.h5",
+            "--stress",
+            "--random",
+            "3",
+            "--out",
+            tmp_path / "g.h5",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["vectors"] > 3 and [c["layer"] for c in res["coverage"]] == ["a", "b", "add"]
-    r = subprocess.run([sys.executable, "-m", "nupes_sim.cli", "golden", tmp_path / "m.h5", "--stress",
-                        "--out", tmp_path / "g2.h5"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nupes_sim.cli",
+            "golden",
+            tmp_path / "m.h5",
+            "--stress",
+            "--out",
+            tmp_path / "g2.h5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0 and "coverage a: thresholds hit exactly" in r.stdout, r.stderr

@@ -1,4 +1,5 @@
 """Host tables: every LUT entry, every threshold and multiplier checked exhaustively."""
+
 from fractions import Fraction
 
 import exact_ref
@@ -22,8 +23,10 @@ def test_decode_lut_every_entry(bits, a, rounding):
     t = decode_table(f, 10, rounding)
     q = f.range.all_codes()
     for row, s in enumerate(f.scale):
-        want = [exact_ref.round_real(((Fraction(float(s)) * abs(int(c)), a),), int(np.sign(c)) * 2**10, rounding)
-                for c in q]
+        want = [
+            exact_ref.round_real(((Fraction(float(s)) * abs(int(c)), a),), int(np.sign(c)) * 2**10, rounding)
+            for c in q
+        ]
         assert t.lut[row].tolist() == want
         if rounding in ("half_even", "half_away", "toward_zero"):
             assert (t.lut[row] == -t.lut[row][::-1]).all()  # sign symmetric
@@ -52,7 +55,9 @@ def test_product_table_every_entry(wbits, xbits, granularity):
     """Every entry of the product table (by product and pair) against the exact real product
     in table LSBs; per-tensor/channel weight scales are factored out into channel_factor."""
     scales = {"tensor": 0.11, "channel": np.array([0.11, 0.7]), "group": np.array([[0.11, 0.7], [0.3, 0.05]])}
-    wf = PowerFormat(wbits, True, 0.6, scales[granularity], granularity, group_size=2 if granularity == "group" else 0)
+    wf = PowerFormat(
+        wbits, True, 0.6, scales[granularity], granularity, group_size=2 if granularity == "group" else 0
+    )
     mw = wf.range.max_magnitude
     for a_x in (0.6, 0.6000001):
         xf = PowerFormat(xbits, False, a_x, 0.02)
@@ -90,8 +95,11 @@ def test_every_threshold_against_the_float_quantizer(bits, signed, rounding):
 
     Skipped only where the float boundary y_beta/unit is within 2^-40 (relative) of the
     integer threshold, as documented in ARITHMETIC.md §6."""
-    for a, s, unit, relu, clip_max in ((0.6, 0.05, 1e-4, False, None), (1.0, 0.1, 0.01, True, None),
-                                       (2.5, 0.3, 3e-3, True, 6.0)):
+    for a, s, unit, relu, clip_max in (
+        (0.6, 0.05, 1e-4, False, None),
+        (1.0, 0.1, 0.01, True, None),
+        (2.5, 0.3, 3e-3, True, 6.0),
+    ):
         fmt = PowerFormat(bits, signed, a, s)
         tab = threshold_table(unit, fmt, 32, rounding, relu, clip_max)
         thr = tab.thr[0]
@@ -102,8 +110,9 @@ def test_every_threshold_against_the_float_quantizer(bits, signed, rounding):
             for acc, want_ge in ((int(t), True), (int(t) - 1, False)):
                 got = _float_code(acc, unit, fmt, rounding, relu, clip_max)
                 z = np.sign(acc * unit) * abs(acc * unit) ** a / s
-                near = min(abs(z - (k + 0.5)) for k in range(-300, 300)) < 1e-9 * max(1, abs(z)) or \
-                    min(abs(z - k) for k in range(-300, 300)) < 1e-9 * max(1, abs(z))
+                near = min(abs(z - (k + 0.5)) for k in range(-300, 300)) < 1e-9 * max(1, abs(z)) or min(
+                    abs(z - k) for k in range(-300, 300)
+                ) < 1e-9 * max(1, abs(z))
                 if near:
                     continue
                 checked += 1
@@ -149,7 +158,15 @@ def test_bias_table_checks_range():
 
 
 def test_rounding_names():
-    assert set(MODES) == {"half_even", "half_away", "half_up", "floor", "ceil", "toward_zero", "stochastic",
-                          "double_round"}
+    assert set(MODES) == {
+        "half_even",
+        "half_away",
+        "half_up",
+        "floor",
+        "ceil",
+        "toward_zero",
+        "stochastic",
+        "double_round",
+    }
     with pytest.raises(ValueError, match="rounding='nearest'"):
         decode_table(PowerFormat(4, True, 0.5, 1.0), 8, "nearest")

@@ -1,6 +1,7 @@
 """A user's own model through `nupes-sim quantize` (issue #12 items 1-2): torch.export programs
 with static and dynamic batch, and a state dict with --arch package.module:ClassName, on a
 residual CNN that is not built in; unsupported ops listed together before any work."""
+
 import os
 import subprocess
 import sys
@@ -17,8 +18,13 @@ HERE = os.path.dirname(__file__)
 
 def run(*args):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, "-m", "nupes_sim.cli"] + [str(a) for a in args], capture_output=True,
-                          text=True, timeout=600, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "nupes_sim.cli"] + [str(a) for a in args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +42,23 @@ def user(tmp_path_factory):
     return d
 
 
-@pytest.mark.parametrize("model,arch", [("static.pt2", None), ("dynamic.pt2", None), ("w.pt", "user_models:TinyResNet")])
+@pytest.mark.parametrize(
+    "model,arch", [("static.pt2", None), ("dynamic.pt2", None), ("w.pt", "user_models:TinyResNet")]
+)
 def test_quantize_users_model_then_golden_verify(user, tmp_path, model, arch):
     out = tmp_path / "m.h5"
-    r = run("quantize", user / model, *(["--arch", arch] if arch else []), "--calib", user / "calib.npy",
-            "--method", "rtn", "--out", out, "-q")
+    r = run(
+        "quantize",
+        user / model,
+        *(["--arch", arch] if arch else []),
+        "--calib",
+        user / "calib.npy",
+        "--method",
+        "rtn",
+        "--out",
+        out,
+        "-q",
+    )
     assert r.returncode == 0, r.stderr
     g = tmp_path / "g.h5"
     assert run("golden", out, "--random", 1, "--out", g, "-q").returncode == 0
@@ -59,8 +77,16 @@ def test_programs_and_state_dict_give_the_same_float_module(user):
 
 
 def test_every_unsupported_op_in_one_error_before_any_work(user):
-    r = run("quantize", user / "v.pt", "--arch", "user_models:ViewNet", "--calib", user / "calib.npy", "--out",
-            user / "never.h5")
+    r = run(
+        "quantize",
+        user / "v.pt",
+        "--arch",
+        "user_models:ViewNet",
+        "--calib",
+        user / "calib.npy",
+        "--out",
+        user / "never.h5",
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     err = r.stderr
     assert "cannot export 3 op(s)" in err and "GELU" in err and "LayerNorm" in err, err

@@ -1,4 +1,5 @@
 """Bad input raises ValueError/TypeError naming the field and what is allowed."""
+
 import numpy as np
 import pytest
 
@@ -15,13 +16,16 @@ def lin(**kw):
     return Linear.build("fc", np.zeros((2, 3), int), WF, XF, **kw)
 
 
-@pytest.mark.parametrize("kw, exc, match", [
-    (dict(width=7), ValueError, "acc_width=7"),
-    (dict(width=65), ValueError, "acc_width=65"),
-    (dict(overflow="clamp"), ValueError, "overflow='clamp'"),
-    (dict(tile=-1), ValueError, "tile=-1"),
-    (dict(width=32.0), TypeError, "acc_width"),
-])
+@pytest.mark.parametrize(
+    "kw, exc, match",
+    [
+        (dict(width=7), ValueError, "acc_width=7"),
+        (dict(width=65), ValueError, "acc_width=65"),
+        (dict(overflow="clamp"), ValueError, "overflow='clamp'"),
+        (dict(tile=-1), ValueError, "tile=-1"),
+        (dict(width=32.0), TypeError, "acc_width"),
+    ],
+)
 def test_accumulator_validation(kw, exc, match):
     with pytest.raises(exc, match=match):
         Accumulator(**kw)
@@ -74,9 +78,13 @@ def test_layer_setting_errors():
         Conv2d.build("c", np.zeros((2, 1, 3, 3), int), WF, XF, stride=0)
     with pytest.raises(ValueError, match="same grid"):
         Add.build("add", XF, XF, frac_bits=3).__class__(
-            "a2", XF.range, XF.range,
-            Add.build("x", XF, XF, frac_bits=3).a_table, Add.build("y", XF, XF, frac_bits=4).a_table,
-            Accumulator())
+            "a2",
+            XF.range,
+            XF.range,
+            Add.build("x", XF, XF, frac_bits=3).a_table,
+            Add.build("y", XF, XF, frac_bits=4).a_table,
+            Accumulator(),
+        )
 
 
 def test_backend_and_graph_errors():

@@ -1,4 +1,5 @@
 """verify recomputes golden files; diff finds planted single bit flips as the first divergence."""
+
 import copy
 import os
 import shutil
@@ -18,7 +19,10 @@ from nupes_sim.verify import compare, diff, verify
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("verify")
     out = {}
-    for name, g, x in (("conv", conv_net(acc_width=16), conv_inputs(2, seed=1)), ("add", add_net(), add_inputs(3))):
+    for name, g, x in (
+        ("conv", conv_net(acc_width=16), conv_inputs(2, seed=1)),
+        ("add", add_net(), add_inputs(3)),
+    ):
         p = str(d / f"{name}.h5")
         write_golden(g, x, p)
         out[name] = (p, read_golden(p))
@@ -79,8 +83,14 @@ def test_planted_flip_is_first_divergence(files, which, data):
     if ni is not None:
         L = golden.graph.nodes[ni].layer
         kind = type(L).__name__
-        want = {"Linear": "input_row", "Conv2d": "window_codes", "Add": "a", "MaxPool2d": "window_codes",
-                "AvgPool2d": "window_codes", "Flatten": "source_index"}[kind]
+        want = {
+            "Linear": "input_row",
+            "Conv2d": "window_codes",
+            "Add": "a",
+            "MaxPool2d": "window_codes",
+            "AvgPool2d": "window_codes",
+            "Flatten": "source_index",
+        }[kind]
         assert want in f.inputs
 
 

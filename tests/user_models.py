@@ -1,5 +1,6 @@
 """Small PyTorch models that are not built into nupes-sim: a user's own architectures for the
 `quantize` command-line tests (imported as 'user_models:TinyResNet' with tests/ on PYTHONPATH)."""
+
 import torch
 from torch import nn
 

@@ -13,6 +13,7 @@ Numba kernels). The oracle is far too slow for the full layers: it is timed on a
 layer by the ratio of MACs. PyTorch times only F.linear / F.conv2d in float32 on the
 decoded (fake-quantized) weights and activations, with torch.set_num_threads(cores).
 """
+
 import argparse
 import os
 import platform
@@ -95,6 +96,7 @@ def build(kind, datapath, per_tensor=False, tiny=False):
 def torch_time(layer, x, kind, repeats, wf, xf):
     import torch
     import torch.nn.functional as F
+
     torch.set_num_threads(cores())
     O = layer.out_channels
     idx = wf.scale_index(layer.w_codes.shape).reshape(layer.w_codes.shape)
@@ -127,22 +129,39 @@ def run(repeats=5, quick=False, oracle_repeats=1, tiny=False):
         else:
             t_sl = median_time(lambda: oracle.run_layer(layer, xs), oracle_repeats)
             t_or = t_sl * macs / macs_slice
-        rows.append(dict(layer=kind, datapath=datapath, scales="per-tensor" if per_tensor else "per-channel", macs=macs, cpu=t_cpu, torch=t_torch,
-                         oracle=t_or, path=path))
-        print(f"{kind:6s} {datapath:7s} {'W/tensor ' if per_tensor else 'W/channel'} cpu {t_cpu * 1e3:9.2f} ms  ({macs / t_cpu / 1e9:6.2f} GMAC/s)  "
-              f"torch {t_torch * 1e3:8.2f} ms  cpu/torch {t_cpu / t_torch:6.2f}x  "
-              f"oracle~{t_or:9.2f} s  oracle/cpu {t_or / t_cpu:9.0f}x  [{path}]", flush=True)
+        rows.append(
+            dict(
+                layer=kind,
+                datapath=datapath,
+                scales="per-tensor" if per_tensor else "per-channel",
+                macs=macs,
+                cpu=t_cpu,
+                torch=t_torch,
+                oracle=t_or,
+                path=path,
+            )
+        )
+        print(
+            f"{kind:6s} {datapath:7s} {'W/tensor ' if per_tensor else 'W/channel'} cpu {t_cpu * 1e3:9.2f} ms  ({macs / t_cpu / 1e9:6.2f} GMAC/s)  "
+            f"torch {t_torch * 1e3:8.2f} ms  cpu/torch {t_cpu / t_torch:6.2f}x  "
+            f"oracle~{t_or:9.2f} s  oracle/cpu {t_or / t_cpu:9.0f}x  [{path}]",
+            flush=True,
+        )
     return rows
 
 
 def table(rows):
-    lines = ["| layer | datapath | weight scales | MACs | CPU backend (ms) | GMAC/s | PyTorch fp32 (ms) | CPU / PyTorch | "
-             "oracle, MAC-scaled (s) | oracle / CPU | integer path taken |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| layer | datapath | weight scales | MACs | CPU backend (ms) | GMAC/s | PyTorch fp32 (ms) | CPU / PyTorch | "
+        "oracle, MAC-scaled (s) | oracle / CPU | integer path taken |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['layer']} | {r['datapath']} | {r['scales']} | {r['macs'] / 1e6:.0f} M | {r['cpu'] * 1e3:.1f} | "
-                     f"{r['macs'] / r['cpu'] / 1e9:.2f} | {r['torch'] * 1e3:.2f} | {r['cpu'] / r['torch']:.2f}x | "
-                     f"{r['oracle']:.1f} | {r['oracle'] / r['cpu']:.0f}x | {r['path']} |")
+        lines.append(
+            f"| {r['layer']} | {r['datapath']} | {r['scales']} | {r['macs'] / 1e6:.0f} M | {r['cpu'] * 1e3:.1f} | "
+            f"{r['macs'] / r['cpu'] / 1e9:.2f} | {r['torch'] * 1e3:.2f} | {r['cpu'] / r['torch']:.2f}x | "
+            f"{r['oracle']:.1f} | {r['oracle'] / r['cpu']:.0f}x | {r['path']} |"
+        )
     return "\n".join(lines)
 
 
@@ -151,21 +170,29 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="skip the oracle timing")
     ap.add_argument("--tiny", action="store_true", help="tiny layers (a smoke test of the benchmark itself)")
-    ap.add_argument("--omp-wait", choices=("passive", "default"), default="passive",
-                    help="OpenMP wait policy of this run (default passive: nupes_sim.cpu.use_passive_omp_wait)")
+    ap.add_argument(
+        "--omp-wait",
+        choices=("passive", "default"),
+        default="passive",
+        help="OpenMP wait policy of this run (default passive: nupes_sim.cpu.use_passive_omp_wait)",
+    )
     ap.add_argument("--write", metavar="PATH", help="write the table as Markdown (e.g. docs/PERFORMANCE.md)")
     args = ap.parse_args(argv)
     require("torch", "bench --backend cpu (PyTorch float32 timings)")
     if args.omp_wait == "passive":
         cpu.use_passive_omp_wait()  # before numba or torch start an OpenMP runtime
     env = os.environ.get("OPENBLAS_CORETYPE")
-    head = (f"machine: {machine()}, {cores()} cores; numpy {np.__version__}; "
-            f"OPENBLAS_CORETYPE={env if env else '(unset)'}; OMP_WAIT_POLICY="
-            f"{os.environ.get('OMP_WAIT_POLICY', '(unset)')}; load average before the run "
-            f"{os.getloadavg()[0]:.2f} (other processes share the cores)")
+    head = (
+        f"machine: {machine()}, {cores()} cores; numpy {np.__version__}; "
+        f"OPENBLAS_CORETYPE={env if env else '(unset)'}; OMP_WAIT_POLICY="
+        f"{os.environ.get('OMP_WAIT_POLICY', '(unset)')}; load average before the run "
+        f"{os.getloadavg()[0]:.2f} (other processes share the cores)"
+    )
     print(head)
-    print("oracle: timed on a slice (linear: 1 of 256 samples; conv: 1 image cropped to 8x8) and "
-          "scaled to the full layer by MACs")
+    print(
+        "oracle: timed on a slice (linear: 1 of 256 samples; conv: 1 image cropped to 8x8) and "
+        "scaled to the full layer by MACs"
+    )
     rows = run(args.repeats, args.quick, tiny=args.tiny)
     md = table(rows)
     print(md)
@@ -185,9 +212,11 @@ def verdicts(rows):
         ratio, orc = r["cpu"] / r["torch"], r["oracle"] / r["cpu"]
         ok_t = ratio <= lim
         ok_o = not orc == orc or orc >= 100  # nan (--quick): not measured
-        out.append(f"- {r['layer']} {r['datapath']} ({r['scales']}): {ratio:.2f}x PyTorch, target <= {lim:g}x: "
-                   f"{'met' if ok_t else 'MISSED'}; {orc:.0f}x the oracle, target >= 100x: "
-                   f"{'met' if ok_o else 'MISSED'}")
+        out.append(
+            f"- {r['layer']} {r['datapath']} ({r['scales']}): {ratio:.2f}x PyTorch, target <= {lim:g}x: "
+            f"{'met' if ok_t else 'MISSED'}; {orc:.0f}x the oracle, target >= 100x: "
+            f"{'met' if ok_o else 'MISSED'}"
+        )
     return "\n".join(out)
 
 

@@ -13,10 +13,25 @@ a never-stale on-disk cache), options, ops (the layer functions). Floating point
 in the GEMMs that gemm.py proves exact; everything else is int64. Importing this package
 changes no environment variable.
 """
+
 from .kernels import PRIMITIVE_NAMES, prim
 from .ops import OPS, add, avgpool2d, conv2d, flatten, linear, maxpool2d, run_layer
 from .options import DEFAULT, STATS, CpuOptions
 from .threads import use_passive_omp_wait
 
-__all__ = ["run_layer", "linear", "conv2d", "add", "maxpool2d", "avgpool2d", "flatten", "OPS",
-           "CpuOptions", "DEFAULT", "STATS", "use_passive_omp_wait", "PRIMITIVE_NAMES", "prim"]
+__all__ = [
+    "run_layer",
+    "linear",
+    "conv2d",
+    "add",
+    "maxpool2d",
+    "avgpool2d",
+    "flatten",
+    "OPS",
+    "CpuOptions",
+    "DEFAULT",
+    "STATS",
+    "use_passive_omp_wait",
+    "PRIMITIVE_NAMES",
+    "prim",
+]

@@ -7,6 +7,7 @@ Wt[kJ+j, o] = H[key(o,k), j] (gemm.fused_plan), and each k-chunk is one float GE
 results and the bias and writes acc_exact, acc (wrap or identity) and the threshold codes.
 Row blocks run on the backend's worker threads (threads.pool), each with single-threaded BLAS.
 """
+
 import numpy as np
 from numba import prange
 
@@ -105,7 +106,11 @@ def as_kernel_codes(x):
 def fused(layer, x, xmin, xmax, opts, conv=None):
     """Whole-layer result dict by the fused path, or None when it does not apply."""
     mode = P.OVERFLOW_IDS[layer.acc.overflow]
-    if not (opts.fused and (mode != P.SATURATE or layer.no_overflow_possible())) or x.size == 0 or layer.k == 0:
+    if (
+        not (opts.fused and (mode != P.SATURATE or layer.no_overflow_possible()))
+        or x.size == 0
+        or layer.k == 0
+    ):
         return None
     O = layer.out_channels
     groups = conv[0] if conv else 1
@@ -143,8 +148,10 @@ def fused(layer, x, xmin, xmax, opts, conv=None):
         Bx, C, H, W = x.shape
         xp = np.zeros((Bx, H + 2 * ph, W + 2 * pw, C * J), dt)
         step = -(-Bx // nwk)
-        for f in [ex.submit(_features_nhwc, xk, qmin, plans[0][4], ph, pw, b0, min(Bx, b0 + step), xp)
-                  for b0 in range(0, Bx, step)]:
+        for f in [
+            ex.submit(_features_nhwc, xk, qmin, plans[0][4], ph, pw, b0, min(Bx, b0 + step), xp)
+            for b0 in range(0, Bx, step)
+        ]:
             f.result()
     for g, (Wt, bounds, n, dt, Gf) in enumerate(plans):
         note(f"gemm_{np.dtype(dt).name}")
@@ -166,12 +173,25 @@ def fused(layer, x, xmin, xmax, opts, conv=None):
             else:
                 _features_linear(xk, qmin, Gf, r0, F)
             for c in range(n):
-                np.matmul(F[:, bounds[c]:bounds[c + 1]], Wt[bounds[c]:bounds[c + 1]], out=R[c, r0:r1])
+                np.matmul(F[:, bounds[c] : bounds[c + 1]], Wt[bounds[c] : bounds[c + 1]], out=R[c, r0:r1])
 
         for f in [ex.submit(block, r0) for r0 in range(0, N, rb)]:
             f.result()
-        _finish(R, bias[g * Og:(g + 1) * Og], g * Og, O, Pn, mode, layer.acc.width, thr,
-                rq.qmin if do_thr else 0, do_thr, exact, acc, out)
+        _finish(
+            R,
+            bias[g * Og : (g + 1) * Og],
+            g * Og,
+            O,
+            Pn,
+            mode,
+            layer.acc.width,
+            thr,
+            rq.qmin if do_thr else 0,
+            do_thr,
+            exact,
+            acc,
+            out,
+        )
     if layer.datapath == "product":
         note("product_gemm")
     exact, acc = exact.reshape(shape), acc.reshape(shape)

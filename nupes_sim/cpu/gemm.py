@@ -43,6 +43,7 @@ are the bias plus sums over subsets of the layer's products, so |.| <= layer bou
 A padded conv tap has A = 0 (its product is 0). These paths give order-free sums only: they
 run for wrap/exact accumulators, or saturate when no clamp can act (no_overflow_possible()).
 """
+
 import numpy as np
 from numba import prange
 
@@ -135,15 +136,16 @@ def decomposition(layer, xmin, xmax, opts):
     if layer.datapath == "operand":
         G = np.asarray(layer.x_table.lut[0], np.int64)[:, None]
         H = np.asarray(layer.w_table.lut, np.int64).reshape(-1, 1)
-        xmaxabs = int(np.abs(G[xmin - xq0:xmax - xq0 + 1]).max())
+        xmaxabs = int(np.abs(G[xmin - xq0 : xmax - xq0 + 1]).max())
         return G, H, np.abs(H[:, 0]) * xmaxabs  # |w_lut|·max|x_lut| < 2^62 (check_product_range)
     pt = layer.p_table
     lut = np.asarray(pt.lut, np.int64)
     T = lut.shape[0]
     nw, wq0 = layer.w_range.n_codes, layer.w_range.qmin
     qw = layer.w_codes.reshape(layer.out_channels, -1)
-    keys_used = np.flatnonzero(np.bincount((layer.w_table_index * nw + (qw - wq0)).reshape(-1),
-                                           minlength=T * nw))
+    keys_used = np.flatnonzero(
+        np.bincount((layer.w_table_index * nw + (qw - wq0)).reshape(-1), minlength=T * nw)
+    )
     kt, kw_ = keys_used // nw, keys_used % nw + wq0  # table row and weight code of each used key
     q = np.arange(xmin, xmax + 1)
     if len(q) * len(keys_used) > opts.product_check_max:
@@ -153,8 +155,11 @@ def decomposition(layer, xmin, xmax, opts):
         return m * a if pt.by_product else m * (pt.mx + 1) + a
 
     # the products as the oracle forms them, (q range, used keys)
-    P_true = (np.sign(kw_)[None, :] * np.sign(q)[:, None] *
-              lut[kt[None, :], idx(np.abs(kw_)[None, :], np.abs(q)[:, None])])
+    P_true = (
+        np.sign(kw_)[None, :]
+        * np.sign(q)[:, None]
+        * lut[kt[None, :], idx(np.abs(kw_)[None, :], np.abs(q)[:, None])]
+    )
     pairs = sorted({(int(t), int(abs(w))) for t, w in zip(kt, kw_) if w != 0})
     mags = sorted({abs(int(v)) for v in q if v != 0})
     side = opts.one_hot or ("activations" if len(mags) < len(pairs) else "weights")
@@ -242,11 +247,11 @@ def fused_plan(layer, xmin, xmax, sl, perm, opts):
     qw = np.ascontiguousarray(layer.w_codes.reshape(O, -1)[sl])
     tidx = np.ascontiguousarray(layer.w_table_index[sl])
     K, J = qw.shape[1], G.shape[1]
-    gmax = maxabs(G[xmin - layer.x_range.qmin:xmax - layer.x_range.qmin + 1])
+    gmax = maxabs(G[xmin - layer.x_range.qmin : xmax - layer.x_range.qmin + 1])
     hmax = maxabs(H)
     costT = np.empty((K, qw.shape[0]), np.int64)
     limits = {np.float32: opts.chunk_limit_f32, np.float64: opts.chunk_limit_f64}
-    for dt in ((np.float32, np.float64) if opts.use_float32 else (np.float64,)):
+    for dt in (np.float32, np.float64) if opts.use_float32 else (np.float64,):
         lim = limits[dt]
         if gmax >= lim or hmax >= lim:
             continue
@@ -254,5 +259,5 @@ def fused_plan(layer, xmin, xmax, sl, perm, opts):
         _wt_build(qw, tidx, perm, layer.w_range.n_codes, layer.w_range.qmin, H.astype(dt), cost, Wt, costT)
         bounds, n = cut_chunks(costT, lim, opts.f32_max_chunks + 1 if dt is np.float32 else K + 1)
         if n > 0:
-            return Wt, bounds[:n + 1] * J, n, dt, G.astype(dt)
+            return Wt, bounds[: n + 1] * J, n, dt, G.astype(dt)
     return None

@@ -16,6 +16,7 @@ NUPES_NUMBA_CACHE=0 turns the cache off (compile in every process, as numba does
 An unwritable root also leaves it off. Nothing here changes the environment or numba's
 global configuration: the cache is attached to each kernel's dispatcher.
 """
+
 import hashlib
 import os
 from pathlib import Path

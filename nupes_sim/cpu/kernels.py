@@ -5,6 +5,7 @@ primitives.compile_all(numba.njit) from their own bytecode (never re-implemented
 fastmath, no floats). Every sum stays below 2^63 because it is the bias plus a subset of the
 products and the layer bound (>= |bias| + sum of max |product|) is < 2^63.
 """
+
 import numpy as np
 from numba import njit, prange
 

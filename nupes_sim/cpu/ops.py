@@ -1,4 +1,5 @@
 """The CPU backend's layer functions: input checks, path choice, and the other ops."""
+
 import numpy as np
 
 from .. import primitives as P
@@ -26,8 +27,15 @@ def _weights(layer, sl=slice(None)):
         off, mul = tidx * L, mw
     else:
         off, mul = tidx * L + mw * (pt.mx + 1), np.ones_like(mw)
-    return dict(wsign=np.sign(qw), off=np.ascontiguousarray(off), mul=np.ascontiguousarray(mul),
-                lut=lut.reshape(-1), mw=mw, tidx=tidx, L=L)
+    return dict(
+        wsign=np.sign(qw),
+        off=np.ascontiguousarray(off),
+        mul=np.ascontiguousarray(mul),
+        lut=lut.reshape(-1),
+        mw=mw,
+        tidx=tidx,
+        L=L,
+    )
 
 
 def _check_product_index(layer, x_maxmag):
@@ -36,8 +44,9 @@ def _check_product_index(layer, x_maxmag):
     mw = int(np.abs(layer.w_codes).max(initial=0))
     top = mw * x_maxmag if pt.by_product else mw * (pt.mx + 1) + x_maxmag
     if top >= pt.lut.shape[1]:
-        raise IndexError(f"{layer.name}: product index {top} is out of bounds for a table of "
-                         f"{pt.lut.shape[1]} entries")
+        raise IndexError(
+            f"{layer.name}: product index {top} is out of bounds for a table of {pt.lut.shape[1]} entries"
+        )
 
 
 def _check_product_range(layer):
@@ -52,8 +61,10 @@ def _check_product_range(layer):
     else:
         top = maxabs(np.asarray(layer.p_table.lut))
     if top >= 2**62 or int(layer.bound.min(initial=0)) < 0:
-        raise ValueError(f"{layer.name}: a single product can reach {top} >= 2^62 (or the layer bound "
-                         "is corrupt); lower the fractional bits")
+        raise ValueError(
+            f"{layer.name}: a single product can reach {top} >= 2^62 (or the layer bound "
+            "is corrupt); lower the fractional bits"
+        )
 
 
 def _decode_x(layer, x):
@@ -81,13 +92,18 @@ def _mac(layer, X, opts, sl=slice(None)):
                 exact = K.mac_operand_sum(X, wts["WV"], bias)
             else:
                 exact = K.mac_product_sum(X, wts["wsign"], wts["off"], wts["mul"], wts["lut"], bias)
-        acc = exact.copy() if mode != P.WRAP else K.wrap_array(exact.reshape(-1), acc_cfg.width).reshape(exact.shape)
+        acc = (
+            exact.copy()
+            if mode != P.WRAP
+            else K.wrap_array(exact.reshape(-1), acc_cfg.width).reshape(exact.shape)
+        )
         return exact, acc
     note("int_saturate")
     if layer.datapath == "operand":
         return K.mac_operand_sat(X, wts["WV"], bias, acc_cfg.lo, acc_cfg.hi, acc_cfg.tile)
-    return K.mac_product_sat(X, wts["wsign"], wts["off"], wts["mul"], wts["lut"], bias,
-                             acc_cfg.lo, acc_cfg.hi, acc_cfg.tile)
+    return K.mac_product_sat(
+        X, wts["wsign"], wts["off"], wts["mul"], wts["lut"], bias, acc_cfg.lo, acc_cfg.hi, acc_cfg.tile
+    )
 
 
 def _check_x(rng, name, x):
@@ -128,8 +144,14 @@ def conv2d(layer, x, fast=None, options=None):
         _check_product_index(layer, layer.x_range.max_magnitude if x.size == 0 else max(-xmin, xmax))
     if opts.fast:
         _check_product_range(layer)
-        res = fused(layer, x, xmin, xmax, opts, (layer.groups, Cg, kh, kw, layer.stride, layer.padding,
-                                                 layer.dilation, ho, wo))
+        res = fused(
+            layer,
+            x,
+            xmin,
+            xmax,
+            opts,
+            (layer.groups, Cg, kh, kw, layer.stride, layer.padding, layer.dilation, ho, wo),
+        )
         if res is not None:
             return res
     x = x.astype(np.int64)
@@ -141,8 +163,8 @@ def conv2d(layer, x, fast=None, options=None):
     for g in range(layer.groups):
         cols = K.im2col(xd, g * Cg, Cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo)
         e, a = _mac(layer, cols, opts, slice(g * Og, (g + 1) * Og))
-        exact[:, g * Og:(g + 1) * Og] = e
-        acc[:, g * Og:(g + 1) * Og] = a
+        exact[:, g * Og : (g + 1) * Og] = e
+        acc[:, g * Og : (g + 1) * Og] = a
     exact = exact.reshape(B, ho, wo, O).transpose(0, 3, 1, 2).copy()
     acc = acc.reshape(B, ho, wo, O).transpose(0, 3, 1, 2).copy()
     out = requantize(acc, layer.requant, 1, layer.seed, layer.tensor_id)
@@ -153,8 +175,15 @@ def conv2d(layer, x, fast=None, options=None):
 def _accumulate(prods, start, acc_cfg):
     R = prods.shape[0]
     st = np.broadcast_to(np.asarray(start, np.int64), (R,)).copy()
-    return K.accumulate_rows(np.ascontiguousarray(prods, np.int64), st, P.OVERFLOW_IDS[acc_cfg.overflow],
-                             acc_cfg.width, acc_cfg.tile, acc_cfg.lo, acc_cfg.hi)
+    return K.accumulate_rows(
+        np.ascontiguousarray(prods, np.int64),
+        st,
+        P.OVERFLOW_IDS[acc_cfg.overflow],
+        acc_cfg.width,
+        acc_cfg.tile,
+        acc_cfg.lo,
+        acc_cfg.hi,
+    )
 
 
 def add(layer, a, b):

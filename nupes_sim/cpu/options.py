@@ -5,6 +5,7 @@
 options choose among exact paths only (each has its proof next to its code): results never
 depend on them, and the tests run every combination against the oracle.
 """
+
 from dataclasses import dataclass, replace
 
 F24, F53 = 2**24, 2**53  # float32 / float64 significands: integers below these are exact
@@ -43,14 +44,22 @@ class CpuOptions:
                 raise TypeError(f"CpuOptions.{name} must be a bool, got {getattr(self, name)!r}")
         if self.one_hot not in (None, "weights", "activations"):
             raise ValueError(f"CpuOptions.one_hot={self.one_hot!r}; allowed: None, 'weights', 'activations'")
-        for name, lo, hi in (("product_gemm_max", 1, None), ("f32_max_chunks", 1, None),
-                             ("chunk_limit_f32", 2, F24), ("chunk_limit_f64", 2, F53),
-                             ("feature_bytes", 1, None), ("product_check_max", 1, None)):
+        for name, lo, hi in (
+            ("product_gemm_max", 1, None),
+            ("f32_max_chunks", 1, None),
+            ("chunk_limit_f32", 2, F24),
+            ("chunk_limit_f64", 2, F53),
+            ("feature_bytes", 1, None),
+            ("product_check_max", 1, None),
+        ):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < lo or (hi is not None and v > hi):
                 allowed = f"an integer in [{lo}, {hi}]" if hi else f"an integer >= {lo}"
-                raise ValueError(f"CpuOptions.{name}={v!r}; allowed: {allowed} (larger limits would "
-                                 "not be exact)" if hi else f"CpuOptions.{name}={v!r}; allowed: {allowed}")
+                raise ValueError(
+                    f"CpuOptions.{name}={v!r}; allowed: {allowed} (larger limits would not be exact)"
+                    if hi
+                    else f"CpuOptions.{name}={v!r}; allowed: {allowed}"
+                )
 
     def with_(self, **changes):
         return replace(self, **changes)

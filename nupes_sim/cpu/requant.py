@@ -1,4 +1,5 @@
 """Requantization on the CPU (ARITHMETIC.md §6): thresholds and rescale, row = channel."""
+
 import numpy as np
 from numba import prange
 
@@ -63,7 +64,7 @@ def requantize(values, requant, channel_axis, seed, tensor_id):
         return values.copy()
     shape = values.shape
     nch = shape[channel_axis] if values.ndim else 1
-    inner = int(np.prod(shape[channel_axis + 1:])) if values.ndim else 1
+    inner = int(np.prod(shape[channel_axis + 1 :])) if values.ndim else 1
     v = np.ascontiguousarray(values, dtype=np.int64).reshape(-1)
     if isinstance(requant, Thresholds):
         thr = np.ascontiguousarray(requant.thr, dtype=np.int64)
@@ -83,8 +84,20 @@ def requantize(values, requant, channel_axis, seed, tensor_id):
     for r in range(mult.shape[0]):
         m, s = int(mult[r]), int(shift[r])
         lim[r] = -1 if not 0 <= s <= 62 else ((2**62 - 1) // abs(m) if m else 2**62 - 1)
-    out, flag = _requant_rescale(v, mult, shift, lim, requant.zero_point, requant.qmin, requant.qmax,
-                                 requant.rounding, seed, tensor_id, max(inner, 1), max(nch, 1))
+    out, flag = _requant_rescale(
+        v,
+        mult,
+        shift,
+        lim,
+        requant.zero_point,
+        requant.qmin,
+        requant.qmax,
+        requant.rounding,
+        seed,
+        tensor_id,
+        max(inner, 1),
+        max(nch, 1),
+    )
     if flag.any():  # layers refuse such requantizers at construction (_check_requant_input)
         raise ValueError("rescale input beyond its |acc·m| < 2^62 precondition; the layer was not validated")
     return out.reshape(shape)

@@ -17,6 +17,7 @@ OMP_WAIT_POLICY=PASSIVE set by the user, or NUPES_OMP_PASSIVE=1 read by the comm
 removes that; it must run before the first parallel kernel loads libgomp, and it applies to
 every libgomp of the process (torch's too). Nothing is changed unless asked.
 """
+
 import os
 
 import numba
@@ -60,8 +61,14 @@ def pool():
     global _POOL
     if _POOL is None or _POOL[0] != os.getpid():
         from concurrent.futures import ThreadPoolExecutor
+
         setter = blas_local_setter()
         n = max(1, numba.get_num_threads())
-        _POOL = (os.getpid(), ThreadPoolExecutor(n, thread_name_prefix="nupes-gemm",
-                                                 initializer=(lambda: setter(1)) if setter else None), n)
+        _POOL = (
+            os.getpid(),
+            ThreadPoolExecutor(
+                n, thread_name_prefix="nupes-gemm", initializer=(lambda: setter(1)) if setter else None
+            ),
+            n,
+        )
     return _POOL[1], _POOL[2]

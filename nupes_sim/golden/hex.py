@@ -1,4 +1,5 @@
 """Hex export of golden files ($readmemh-style, one two's complement word per line) and its reader."""
+
 import json
 import os
 
@@ -77,8 +78,10 @@ def _entry_note(golden, name, a, width):
         info = golden.layers[golden.layer_order[int(parts[1][:3])]]["info"]
         n = info.get("acc_width", 64)
         if n < 64 and a.size and int(a.max()) == 2 ** (n - 1):
-            return (f"holds 2^{n - 1} = 'never reached' (acc_max + 1): {width}-bit words (acc_width + 1); "
-                    f"a bench that declares {n} bits reads it as -2^{n - 1} and miscounts every code")
+            return (
+                f"holds 2^{n - 1} = 'never reached' (acc_max + 1): {width}-bit words (acc_width + 1); "
+                f"a bench that declares {n} bits reads it as -2^{n - 1} and miscounts every code"
+            )
     return None
 
 
@@ -94,9 +97,17 @@ def requant_table(golden, name):
     lo, hi = -(2 ** (n - 1)), 2 ** (n - 1) - 1
     rows = []
     for r in thr:
-        rows.append([{"threshold": int(t), "code_at_t": int(info["out_qmin"] + (r <= t).sum()),
-                      "code_at_t_minus_1": int(info["out_qmin"] + (r <= t - 1).sum())}
-                     for t in r if lo <= int(t) <= hi])
+        rows.append(
+            [
+                {
+                    "threshold": int(t),
+                    "code_at_t": int(info["out_qmin"] + (r <= t).sum()),
+                    "code_at_t_minus_1": int(info["out_qmin"] + (r <= t - 1).sum()),
+                }
+                for t in r
+                if lo <= int(t) <= hi
+            ]
+        )
     return rows
 
 
@@ -113,8 +124,10 @@ def export_hex(golden_path, out_dir, layers=None, vectors=None, headers=True):
     golden = read_golden(golden_path)
     out_dir = os.path.abspath(os.fspath(out_dir))
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
-        raise ValueError(f"hex folder {out_dir} exists and is not empty; give a new or empty folder "
-                         f"(stale files of an earlier export would sit next to the new manifest)")
+        raise ValueError(
+            f"hex folder {out_dir} exists and is not empty; give a new or empty folder "
+            f"(stale files of an earlier export would sit next to the new manifest)"
+        )
     names = golden.layer_order
     keys = {layer_key(i, n): n for i, n in enumerate(names)}
     lsel = set(names) if layers is None else {keys.get(x, x) for x in layers}
@@ -136,7 +149,11 @@ def export_hex(golden_path, out_dir, layers=None, vectors=None, headers=True):
         entries = []
         for name, a, width, signed in hex_tensors(golden):
             parts = name.split("/")
-            lname = keys.get(parts[1]) if parts[0] == "layers" else (keys.get(parts[2]) if len(parts) > 3 else None)
+            lname = (
+                keys.get(parts[1])
+                if parts[0] == "layers"
+                else (keys.get(parts[2]) if len(parts) > 3 else None)
+            )
             if parts[0] == "vectors" and int(parts[1]) not in vsel:
                 continue
             if lname is not None and lname not in lsel:
@@ -144,10 +161,16 @@ def export_hex(golden_path, out_dir, layers=None, vectors=None, headers=True):
             fname = name.replace("/", "__") + ".hex"
             with open(os.path.join(tmp_dir, fname), "w") as fh:
                 fh.write(_hex_lines(a, width, signed))
-            e = {"tensor": name, "file": fname, "shape": list(a.shape), "width": int(width),
-                 "signed": bool(signed), "order": "C (row-major, last index fastest), one word per line",
-                 "encoding": "two's complement hex" if signed else "unsigned hex",
-                 "sha256": sha256_array(np.asarray(a, np.int64))}
+            e = {
+                "tensor": name,
+                "file": fname,
+                "shape": list(a.shape),
+                "width": int(width),
+                "signed": bool(signed),
+                "order": "C (row-major, last index fastest), one word per line",
+                "encoding": "two's complement hex" if signed else "unsigned hex",
+                "sha256": sha256_array(np.asarray(a, np.int64)),
+            }
             note = _entry_note(golden, name, a, width)
             if note:
                 e["note"] = note
@@ -167,11 +190,19 @@ def export_hex(golden_path, out_dir, layers=None, vectors=None, headers=True):
                     fh.write(layer_header(golden, i, layout))
                 d["header"] = hname
             lays[key] = d
-        manifest = {"schema": SCHEMA + "-hex", "schema_version": SCHEMA_VERSION,
-                    "source": os.path.basename(golden_path), "model_hash": golden.attrs["model_hash"],
-                    "n_vectors": golden.attrs["n_vectors"], "vectors_exported": sorted(vsel),
-                    "layer_order": golden.layer_order, "layers_exported": [n for n in names if n in lsel],
-                    "input_shape": golden.attrs["input_shape"], "layers": lays, "tensors": entries}
+        manifest = {
+            "schema": SCHEMA + "-hex",
+            "schema_version": SCHEMA_VERSION,
+            "source": os.path.basename(golden_path),
+            "model_hash": golden.attrs["model_hash"],
+            "n_vectors": golden.attrs["n_vectors"],
+            "vectors_exported": sorted(vsel),
+            "layer_order": golden.layer_order,
+            "layers_exported": [n for n in names if n in lsel],
+            "input_shape": golden.attrs["input_shape"],
+            "layers": lays,
+            "tensors": entries,
+        }
         with open(os.path.join(tmp_dir, "manifest.json"), "w") as fh:
             json.dump(manifest, fh, indent=1)
             fh.flush()

@@ -1,10 +1,13 @@
 """Bit packing of weight codes in golden files (the `weight_codes_packed` datasets)."""
+
 import numpy as np
 
-PACKING = ("little-endian bitstream: element i (C order of weight_codes) occupies bits "
-           "[i*b, (i+1)*b) of the stream, stream bit j is bit (j mod 8) of byte j//8 "
-           "(element 0 in the low bits of byte 0); each field is a b-bit two's complement "
-           "value (signed codes) or b-bit unsigned value; unused high bits of the last byte are 0")
+PACKING = (
+    "little-endian bitstream: element i (C order of weight_codes) occupies bits "
+    "[i*b, (i+1)*b) of the stream, stream bit j is bit (j mod 8) of byte j//8 "
+    "(element 0 in the low bits of byte 0); each field is a b-bit two's complement "
+    "value (signed codes) or b-bit unsigned value; unused high bits of the last byte are 0"
+)
 
 
 def pack_codes(codes, bits):

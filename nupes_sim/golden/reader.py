@@ -1,6 +1,7 @@
 """Strict golden-file reader: validates everything (schema, exact set of groups/datasets/
 attributes, SHA-256 of every dataset, model hash, code ranges, shapes) and raises
 `GoldenFormatError` naming the problem and where; it never returns partial results."""
+
 import datetime
 import hashlib
 import json
@@ -54,14 +55,30 @@ def _expect_members(path, where, group, want):
     have = _names(group)
     if have != set(want):
         missing, extra = sorted(set(want) - have), sorted(have - set(want))
-        _fail(path, where, f"missing {missing}" if missing and not extra else
-              f"unexpected {extra}" if extra and not missing else f"missing {missing}, unexpected {extra}")
+        _fail(
+            path,
+            where,
+            f"missing {missing}"
+            if missing and not extra
+            else f"unexpected {extra}"
+            if extra and not missing
+            else f"missing {missing}, unexpected {extra}",
+        )
 
 
 # root attributes and their stored types (h5check.attr kinds)
-ROOT_KINDS = {"schema": "str", "schema_version": "int", "package_version": "str", "created": "str",
-              "model_hash": "str", "seeds": "str", "n_vectors": "int", "layer_order": "str",
-              "input_shape": "int_vector", "backend": "str"}
+ROOT_KINDS = {
+    "schema": "str",
+    "schema_version": "int",
+    "package_version": "str",
+    "created": "str",
+    "model_hash": "str",
+    "seeds": "str",
+    "n_vectors": "int",
+    "layer_order": "str",
+    "input_shape": "int_vector",
+    "backend": "str",
+}
 BACKENDS = ("numpy", "cpu", "cuda")
 MAX_VECTORS = 10**7
 _HEX = set("0123456789abcdef")
@@ -124,8 +141,9 @@ def read_golden(path, strict=True):
     except FileNotFoundError:
         raise GoldenFormatError(f"{path}: no such file") from None
     except Exception as e:  # HDF5/h5py/json errors of corrupt files: one clear error type
-        raise GoldenFormatError(f"{path}: {_LOC['where']}: unreadable or corrupt golden file "
-                                f"({type(e).__name__}: {e})") from None
+        raise GoldenFormatError(
+            f"{path}: {_LOC['where']}: unreadable or corrupt golden file ({type(e).__name__}: {e})"
+        ) from None
 
 
 def _py(v):
@@ -151,8 +169,12 @@ def _read(path, strict):
             if "schema" not in f.attrs or h5attr(f, "schema", "str", "/") != SCHEMA:
                 _fail(path, where, f"schema attribute is {_py(f.attrs.get('schema'))!r}; expected {SCHEMA!r}")
             if "schema_version" not in f.attrs or h5attr(f, "schema_version", "int", "/") != SCHEMA_VERSION:
-                _fail(path, where, f"schema_version {_py(f.attrs.get('schema_version'))!r} is not supported "
-                                   f"(this reader reads version {SCHEMA_VERSION}, an int64)")
+                _fail(
+                    path,
+                    where,
+                    f"schema_version {_py(f.attrs.get('schema_version'))!r} is not supported "
+                    f"(this reader reads version {SCHEMA_VERSION}, an int64)",
+                )
             names = set(f.attrs.keys())
             if names != set(ROOT_ATTRS):
                 missing, extra = sorted(set(ROOT_ATTRS) - names), sorted(names - set(ROOT_ATTRS))
@@ -176,7 +198,11 @@ def _read(path, strict):
             _fail(path, where, str(e))
         mh = model_hash(graph)
         if str(attrs["model_hash"]) != mh:
-            _fail(path, "/ (model_hash)", f"attribute {attrs['model_hash']!r} does not match the stored model ({mh})")
+            _fail(
+                path,
+                "/ (model_hash)",
+                f"attribute {attrs['model_hash']!r} does not match the stored model ({mh})",
+            )
         order = _json_attr(path, f, "layer_order", list)
         if order != [n.name for n in graph.nodes]:
             _fail(path, "/ (layer_order)", "does not match the stored model's layer order")
@@ -206,8 +232,10 @@ def _read(path, strict):
                 info = json.loads(h5attr(g, "info", "str", w), parse_constant=_no_constant)
             except (H5StructureError, json.JSONDecodeError, RecursionError, ValueError) as e:
                 _fail(path, w + " (info)", f"not a JSON string ({type(e).__name__})")
-            dss = {k: _read_ds(path, w, g, k, strict, want_ds[k].shape, want_ds[k].dtype.newbyteorder("<").str)
-                   for k in sorted(want_ds)}
+            dss = {
+                k: _read_ds(path, w, g, k, strict, want_ds[k].shape, want_ds[k].dtype.newbyteorder("<").str)
+                for k in sorted(want_ds)
+            }
             if strict:
                 if info != json.loads(canonical_json(want_info)):
                     _fail(path, w + " (info)", "layer description does not match the stored model")
@@ -236,7 +264,11 @@ def _read(path, strict):
                 _fail(path, f"{w}/input", f"shape {x.shape}; input_shape attribute says {in_shape}")
             if strict and irange and x.size and (x.min() < irange[0] or x.max() > irange[1]):
                 bad = int(x.min()) if x.min() < irange[0] else int(x.max())
-                _fail(path, f"{w}/input", f"code {bad} outside the input format range [{irange[0]}, {irange[1]}]")
+                _fail(
+                    path,
+                    f"{w}/input",
+                    f"code {bad} outside the input format range [{irange[0]}, {irange[1]}]",
+                )
             stages = {}
             for li, (key, n) in enumerate(zip(lkeys, graph.nodes)):
                 lw = f"{w}/{key}"
@@ -249,8 +281,11 @@ def _read(path, strict):
                 for s in names:
                     a = _read_ds(path, lw, sg, s, strict, shapes[n.name])
                     if a.shape != shapes[n.name]:
-                        _fail(path, f"{lw}/{s}", f"shape {a.shape}; the model gives {shapes[n.name]} for "
-                                                 f"input shape {in_shape}")
+                        _fail(
+                            path,
+                            f"{lw}/{s}",
+                            f"shape {a.shape}; the model gives {shapes[n.name]} for input shape {in_shape}",
+                        )
                     r = stage_range(graph, li, s) if strict else None
                     if r and a.size and (a.min() < r[0] or a.max() > r[1]):
                         bad = int(a.min()) if a.min() < r[0] else int(a.max())

@@ -1,5 +1,6 @@
 """The golden-file schema (docs/GOLDEN.md): names, keys, version, and what each layer and
 stage holds — taken from the layers' own description (nupes_sim/layers/base.py)."""
+
 import numpy as np
 
 from ..graph import INPUT
@@ -7,8 +8,18 @@ from ..versions import GOLDEN_SCHEMA_VERSION
 
 SCHEMA = "nupes-sim-golden"
 SCHEMA_VERSION = GOLDEN_SCHEMA_VERSION
-ROOT_ATTRS = ("schema", "schema_version", "package_version", "created", "model_hash", "seeds", "n_vectors",
-              "layer_order", "input_shape", "backend")
+ROOT_ATTRS = (
+    "schema",
+    "schema_version",
+    "package_version",
+    "created",
+    "model_hash",
+    "seeds",
+    "n_vectors",
+    "layer_order",
+    "input_shape",
+    "backend",
+)
 STAGES = ("acc_exact", "acc", "out")  # every stage name, in execution order
 
 
@@ -41,6 +52,7 @@ def stage_names(layer):
 
 # ---- code ranges ---------------------------------------------------------------------------
 
+
 def input_range(graph):
     """(qmin, qmax) allowed for the graph's input codes (intersection over its direct readers,
     looking through pass-through layers such as MaxPool2d/Flatten), or None if no layer
@@ -66,8 +78,10 @@ def input_range(graph):
 def _in_ranges(graph, i, irange):
     """(lo, hi) or None of each input of node i (the graph input: `irange`)."""
     names = [n.name for n in graph.nodes]
-    return tuple(irange if src == INPUT else out_code_range(graph, names.index(src), irange)
-                 for src in graph.nodes[i].inputs)
+    return tuple(
+        irange if src == INPUT else out_code_range(graph, names.index(src), irange)
+        for src in graph.nodes[i].inputs
+    )
 
 
 def out_code_range(graph, i, irange=False):
@@ -100,6 +114,19 @@ def random_inputs(graph, n, seed, input_shape):
     return rng.integers(r[0], r[1] + 1, (n,) + tuple(input_shape), dtype=np.int64)
 
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "ROOT_ATTRS", "STAGES", "GoldenFormatError", "layer_key", "vector_key",
-           "layer_params", "stage_names", "input_range", "out_code_range", "stage_range", "stage_shapes",
-           "random_inputs"]
+__all__ = [
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "ROOT_ATTRS",
+    "STAGES",
+    "GoldenFormatError",
+    "layer_key",
+    "vector_key",
+    "layer_params",
+    "stage_names",
+    "input_range",
+    "out_code_range",
+    "stage_range",
+    "stage_shapes",
+    "random_inputs",
+]

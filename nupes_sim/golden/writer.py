@@ -1,4 +1,5 @@
 """Golden-file writer: runs every vector through a backend and streams all stages to HDF5."""
+
 import datetime
 
 import numpy as np

@@ -5,6 +5,7 @@ ranges, output shape, golden-file parameters, what feeds an output element) and 
 `LAYER_TYPES`; mac.py the multiply-accumulate layers, elementwise.py, pool.py and layout.py
 the others. Every public name of those modules is importable from here.
 """
+
 from .base import *  # noqa: F401,F403
 from .base import __all__ as _base_all
 from .elementwise import *  # noqa: F401,F403

@@ -31,6 +31,7 @@ its ``__all__``), one kernel per backend (``OPS`` in nupes_sim/oracle.py, nupes_
 cuda/backend.py), and tests; tests/test_layer_protocol.py checks that every registered type
 has all three kernels and a consistent self-description.
 """
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,17 +94,30 @@ class Accumulator:
 
 # ---- real formats in layer.meta (host only) ---------------------------------------------
 
+
 def format_meta(fmt):
     """JSON-able description of a real-valued format (None stays None); see `meta` on layers."""
     if fmt is None:
         return None
     if isinstance(fmt, PowerFormat):
-        return {"kind": "power", "bits": int(fmt.bits), "signed": bool(fmt.signed), "exponent": float(fmt.exponent),
-                "scale": np.asarray(fmt.scale, np.float64).tolist(), "scale_shape": list(fmt.scale.shape),
-                "granularity": fmt.granularity, "group_size": int(fmt.group_size)}
+        return {
+            "kind": "power",
+            "bits": int(fmt.bits),
+            "signed": bool(fmt.signed),
+            "exponent": float(fmt.exponent),
+            "scale": np.asarray(fmt.scale, np.float64).tolist(),
+            "scale_shape": list(fmt.scale.shape),
+            "granularity": fmt.granularity,
+            "group_size": int(fmt.group_size),
+        }
     if isinstance(fmt, UniformFormat):
-        return {"kind": "uniform", "bits": int(fmt.bits), "signed": bool(fmt.signed), "scale": float(fmt.scale),
-                "zero_point": int(fmt.zero_point)}
+        return {
+            "kind": "uniform",
+            "bits": int(fmt.bits),
+            "signed": bool(fmt.signed),
+            "scale": float(fmt.scale),
+            "zero_point": int(fmt.zero_point),
+        }
     raise TypeError(f"unknown format type {type(fmt).__name__}")
 
 
@@ -125,6 +139,7 @@ def meta_format(layer, key):
 
 # ---- requantization -----------------------------------------------------------------------
 
+
 def out_range(requant, acc):
     """(lo, hi) of a stage's output values: the requantized code range or the accumulator's."""
     if requant is None:
@@ -143,7 +158,9 @@ def build_requant(unit, out_fmt, acc, rounding=DEFAULT, relu=False, clip_max=Non
     if isinstance(out_fmt, UniformFormat):
         if clip_max is not None:
             raise ValueError("clip_max (ReLU6) is only folded into threshold requantization")
-        return rescale_table(unit, out_fmt, acc.width, mult_bits, rounding, relu, exact=acc.overflow == "exact")
+        return rescale_table(
+            unit, out_fmt, acc.width, mult_bits, rounding, relu, exact=acc.overflow == "exact"
+        )
     raise TypeError(f"out_fmt must be a PowerFormat, UniformFormat or None, got {type(out_fmt).__name__}")
 
 
@@ -154,8 +171,10 @@ def check_requant_input(name, requant, acc, bound):
         return
     limit = bound if acc.overflow == "exact" else min(bound, 2 ** (acc.width - 1))
     if limit * maxabs(requant.multiplier) >= 2**62:
-        raise ValueError(f"{name}: rescale needs |acc|·multiplier < 2^62, but |acc| can reach {limit}; "
-                         "lower mult_bits (or use wrap/saturate instead of exact)")
+        raise ValueError(
+            f"{name}: rescale needs |acc|·multiplier < 2^62, but |acc| can reach {limit}; "
+            "lower mult_bits (or use wrap/saturate instead of exact)"
+        )
 
 
 def check_requant(requant):
@@ -165,25 +184,45 @@ def check_requant(requant):
 
 # ---- pieces of golden_params (docs/GOLDEN.md) ------------------------------------------------
 
+
 def requant_params(rq):
     """(datasets, info) describing a requantizer (or none) for hardware."""
     if rq is None:
         return {}, {"requant": "none"}
     if isinstance(rq, Thresholds):
-        return ({"thresholds": rq.thr},
-                {"requant": "thresholds", "out_qmin": int(rq.qmin), "out_qmax": int(rq.qmax),
-                 "threshold_rule": "code = out_qmin + #{j : acc >= thresholds[row, j]}, row = channel if one "
-                                   "row per channel else 0"})
-    return ({"multiplier": rq.multiplier, "shift": rq.shift},
-            {"requant": "rescale", "out_qmin": int(rq.qmin), "out_qmax": int(rq.qmax),
-             "zero_point": int(rq.zero_point), "rescale_rounding": ROUNDING_NAMES[int(rq.rounding)],
-             "rescale_rounding_id": int(rq.rounding), "mult_bits": int(rq.mult_bits),
-             "rescale_rule": "code = clamp(round_shift(acc*multiplier[row], shift[row]) + zero_point, qmin, qmax)"})
+        return (
+            {"thresholds": rq.thr},
+            {
+                "requant": "thresholds",
+                "out_qmin": int(rq.qmin),
+                "out_qmax": int(rq.qmax),
+                "threshold_rule": "code = out_qmin + #{j : acc >= thresholds[row, j]}, row = channel if one "
+                "row per channel else 0",
+            },
+        )
+    return (
+        {"multiplier": rq.multiplier, "shift": rq.shift},
+        {
+            "requant": "rescale",
+            "out_qmin": int(rq.qmin),
+            "out_qmax": int(rq.qmax),
+            "zero_point": int(rq.zero_point),
+            "rescale_rounding": ROUNDING_NAMES[int(rq.rounding)],
+            "rescale_rounding_id": int(rq.rounding),
+            "mult_bits": int(rq.mult_bits),
+            "rescale_rule": "code = clamp(round_shift(acc*multiplier[row], shift[row]) + zero_point, qmin, qmax)",
+        },
+    )
 
 
 def range_info(r):
-    return {"bits": int(r.bits), "signed": bool(r.signed), "qmin": int(r.qmin), "qmax": int(r.qmax),
-            "kind": type(r).__name__}
+    return {
+        "bits": int(r.bits),
+        "signed": bool(r.signed),
+        "qmin": int(r.qmin),
+        "qmax": int(r.qmax),
+        "kind": type(r).__name__,
+    }
 
 
 def acc_info(a):
@@ -201,6 +240,7 @@ def table_info(prefix, t):
 
 
 # ---- geometry helpers ----------------------------------------------------------------------
+
 
 def pair(name, v):
     if isinstance(v, (int, np.integer)):
@@ -235,6 +275,7 @@ def check_rank(name, shape, ndim, what):
 
 
 # ---- the protocol ------------------------------------------------------------------------------
+
 
 class Layer:
     """Defaults of the layer protocol (module doc); subclasses override what applies."""
@@ -292,12 +333,41 @@ class AccLayer(Layer):
     def _acc_params(self):
         """golden_params common to every accumulating layer (requant datasets, settings)."""
         ds, info = requant_params(self.requant)
-        info.update(unit=unit_info(self.unit), seed=int(self.seed), tensor_id=int(self.tensor_id),
-                    **acc_info(self.acc))
+        info.update(
+            unit=unit_info(self.unit),
+            seed=int(self.seed),
+            tensor_id=int(self.tensor_id),
+            **acc_info(self.acc),
+        )
         return ds, info
 
 
-__all__ = ["Layer", "AccLayer", "Accumulator", "LAYER_TYPES", "register", "is_layer", "OVERFLOW_MODES",
-           "INT64_LIMIT", "ACC_STAGES", "OUT_STAGES", "format_meta", "format_from_meta", "meta_format", "out_range",
-           "build_requant", "check_requant", "check_requant_input", "requant_params", "range_info", "acc_info",
-           "unit_info", "table_info", "pair", "window", "window_codes", "check_rank", "maxabs"]
+__all__ = [
+    "Layer",
+    "AccLayer",
+    "Accumulator",
+    "LAYER_TYPES",
+    "register",
+    "is_layer",
+    "OVERFLOW_MODES",
+    "INT64_LIMIT",
+    "ACC_STAGES",
+    "OUT_STAGES",
+    "format_meta",
+    "format_from_meta",
+    "meta_format",
+    "out_range",
+    "build_requant",
+    "check_requant",
+    "check_requant_input",
+    "requant_params",
+    "range_info",
+    "acc_info",
+    "unit_info",
+    "table_info",
+    "pair",
+    "window",
+    "window_codes",
+    "check_rank",
+    "maxabs",
+]

@@ -1,4 +1,5 @@
 """Element-wise layers: the residual Add (docs/ARITHMETIC.md §8)."""
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,8 +44,10 @@ class Add(AccLayer):
     def __post_init__(self):
         check_requant(self.requant)
         if self.a_table.unit != self.b_table.unit:
-            raise ValueError(f"{self.name}: the two inputs must decode to the same grid "
-                             f"(units {self.a_table.unit} and {self.b_table.unit})")
+            raise ValueError(
+                f"{self.name}: the two inputs must decode to the same grid "
+                f"(units {self.a_table.unit} and {self.b_table.unit})"
+            )
         worst = maxabs(self.a_table.lut) + maxabs(self.b_table.lut)
         if worst >= 2**62:
             raise ValueError(f"{self.name}: decoded values too large (>= 2^62)")
@@ -52,16 +55,35 @@ class Add(AccLayer):
         check_requant_input(self.name, self.requant, self.acc, worst)
 
     @classmethod
-    def build(cls, name, a_fmt, b_fmt, frac_bits=12, acc=None, out_fmt=None, relu=False, clip_max=None,
-              rounding=DEFAULT, requant_rounding=None, mult_bits=31, seed=0, tensor_id=0):
+    def build(
+        cls,
+        name,
+        a_fmt,
+        b_fmt,
+        frac_bits=12,
+        acc=None,
+        out_fmt=None,
+        relu=False,
+        clip_max=None,
+        rounding=DEFAULT,
+        requant_rounding=None,
+        mult_bits=31,
+        seed=0,
+        tensor_id=0,
+    ):
         acc = acc or Accumulator()
         at = decode_table(a_fmt, frac_bits, rounding, seed, tensor_id)
         bt = decode_table(b_fmt, frac_bits, rounding, seed, tensor_id + 1)
         if isinstance(a_fmt, UniformFormat) or isinstance(b_fmt, UniformFormat):
             raise TypeError("residual add aligns power-format inputs; both must be PowerFormat")
         rq = build_requant(at.unit, out_fmt, acc, requant_rounding or rounding, relu, clip_max, mult_bits)
-        meta = {"a_format": format_meta(a_fmt), "b_format": format_meta(b_fmt), "out_format": format_meta(out_fmt),
-                "relu": bool(relu), "clip_max": None if clip_max is None else float(clip_max)}
+        meta = {
+            "a_format": format_meta(a_fmt),
+            "b_format": format_meta(b_fmt),
+            "out_format": format_meta(out_fmt),
+            "relu": bool(relu),
+            "clip_max": None if clip_max is None else float(clip_max),
+        }
         return cls(name, a_fmt.range, b_fmt.range, at, bt, acc, rq, at.unit, tensor_id, seed, meta)
 
     # ---- layer protocol (base.py) ----
@@ -78,12 +100,18 @@ class Add(AccLayer):
     def golden_params(self):
         ds, info = self._acc_params()
         ds["a_lut"], ds["b_lut"] = self.a_table.lut, self.b_table.lut
-        info.update(a_range=range_info(self.a_range), b_range=range_info(self.b_range),
-                    **table_info("a_lut", self.a_table), **table_info("b_lut", self.b_table))
+        info.update(
+            a_range=range_info(self.a_range),
+            b_range=range_info(self.b_range),
+            **table_info("a_lut", self.a_table),
+            **table_info("b_lut", self.b_table),
+        )
         return ds, info
 
     def feeding(self, multi, inputs, input_names):
-        return dict(a=int(inputs[0][multi]), b=int(inputs[1][multi]), a_from=input_names[0], b_from=input_names[1])
+        return dict(
+            a=int(inputs[0][multi]), b=int(inputs[1][multi]), a_from=input_names[0], b_from=input_names[1]
+        )
 
     def float_reference(self, inputs):
         a, ra = _decode(self, "a_format", self.a_table, self.a_range, inputs[0])

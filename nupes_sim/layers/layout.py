@@ -1,4 +1,5 @@
 """Layout layers: they move codes, never change them (Flatten)."""
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,8 +27,11 @@ class Flatten(Layer):
     def feeding(self, multi, inputs, input_names):
         x = inputs[0]
         flat = int(np.ravel_multi_index(multi, self.out_shape([x.shape])))
-        return dict(input=input_names[0], source_index=[int(v) for v in np.unravel_index(flat, x.shape)],
-                    source_value=int(x.reshape(-1)[flat]))
+        return dict(
+            input=input_names[0],
+            source_index=[int(v) for v in np.unravel_index(flat, x.shape)],
+            source_value=int(x.reshape(-1)[flat]),
+        )
 
 
 __all__ = ["Flatten"]

@@ -4,6 +4,7 @@ A layer holds only integers (codes, LUTs, thresholds, multipliers, bias) plus th
 reals that explain them (units), so hardware, golden files and every backend see the same
 tables. Builders (`Linear.build`, `Conv2d.build`) make the tables from formats.
 """
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,7 +81,10 @@ class MacLayer(AccLayer):
         if self.datapath == "operand":
             if self.w_table is None or self.x_table is None:
                 raise ValueError(f"{self.name}: the operand datapath needs w_table and x_table")
-            if self.w_table.lut.shape[1] != self.w_range.n_codes or self.x_table.lut.shape[1] != self.x_range.n_codes:
+            if (
+                self.w_table.lut.shape[1] != self.w_range.n_codes
+                or self.x_table.lut.shape[1] != self.x_range.n_codes
+            ):
                 raise ValueError(f"{self.name}: decode tables do not cover the code ranges")
         else:
             if self.p_table is None:
@@ -127,8 +131,10 @@ class MacLayer(AccLayer):
             w = self.w_table.lut[self.w_table_index, qw - self.w_range.qmin]
             wmax, xmax = maxabs(w), maxabs(self.x_table.lut)  # exact (Python ints)
             if wmax * xmax >= 2**62:
-                raise ValueError(f"{self.name}: a single product can reach {wmax * xmax} >= 2^62; "
-                                 "lower the fractional bits")
+                raise ValueError(
+                    f"{self.name}: a single product can reach {wmax * xmax} >= 2^62; "
+                    "lower the fractional bits"
+                )
             return np.abs(w) * xmax  # no -2^63 left when xmax > 0 (wmax < 2^62)
         mags = self.p_table.lut  # (T, L)
         if maxabs(mags) >= 2**62:
@@ -149,12 +155,15 @@ class MacLayer(AccLayer):
         so that the simulator can hold every exact sum in int64 (docs/ARITHMETIC.md §4).
         """
         mp = self.max_abs_product()
-        bound = np.array([abs(int(b)) + int(np.sum(row, dtype=object)) for b, row in zip(self.bias, mp)],
-                         dtype=object)
+        bound = np.array(
+            [abs(int(b)) + int(np.sum(row, dtype=object)) for b, row in zip(self.bias, mp)], dtype=object
+        )
         worst = int(bound.max()) if bound.size else 0
         if worst >= INT64_LIMIT:
-            raise ValueError(f"{self.name}: the worst-case accumulator magnitude {worst} does not fit "
-                             "int64 (below 2^63-1); lower the fractional bits or split the layer")
+            raise ValueError(
+                f"{self.name}: the worst-case accumulator magnitude {worst} does not fit "
+                "int64 (below 2^63-1); lower the fractional bits or split the layer"
+            )
         return bound.astype(np.int64)
 
     # ---- layer protocol (base.py) ----
@@ -167,24 +176,45 @@ class MacLayer(AccLayer):
 
         ds, info = self._acc_params()
         codes_dtype = np.int8 if self.w_range.qmax <= 127 else np.int16  # unsigned 8-bit codes reach 255
-        ds.update(weight_codes=self.w_codes.astype(codes_dtype), weight_codes_packed=pack_codes(self.w_codes, self.w_range.bits),
-                  weight_table_index=self.w_table_index, bias=self.bias)
-        info.update(datapath=self.datapath, weight_range=range_info(self.w_range), input_range=range_info(self.x_range),
-                    packing=PACKING, packed_bits=int(self.w_range.bits), bound_max=int(self.bound.max(initial=0)))
+        ds.update(
+            weight_codes=self.w_codes.astype(codes_dtype),
+            weight_codes_packed=pack_codes(self.w_codes, self.w_range.bits),
+            weight_table_index=self.w_table_index,
+            bias=self.bias,
+        )
+        info.update(
+            datapath=self.datapath,
+            weight_range=range_info(self.w_range),
+            input_range=range_info(self.x_range),
+            packing=PACKING,
+            packed_bits=int(self.w_range.bits),
+            bound_max=int(self.bound.max(initial=0)),
+        )
         if self.datapath == "operand":
             ds["w_lut"], ds["x_lut"] = self.w_table.lut, self.x_table.lut
-            info.update(table_info("w_lut", self.w_table), **table_info("x_lut", self.x_table),
-                        w_lut_qmin=int(self.w_table.qmin), x_lut_qmin=int(self.x_table.qmin))
+            info.update(
+                table_info("w_lut", self.w_table),
+                **table_info("x_lut", self.x_table),
+                w_lut_qmin=int(self.w_table.qmin),
+                x_lut_qmin=int(self.x_table.qmin),
+            )
         else:
             pt = self.p_table
             ds["p_lut"] = pt.lut
-            info.update(table_info("p_lut", pt), p_lut_by_product=bool(pt.by_product), p_lut_mx=int(pt.mx),
-                        p_lut_channel_factor=None if pt.channel_factor is None else unit_info(pt.channel_factor))
+            info.update(
+                table_info("p_lut", pt),
+                p_lut_by_product=bool(pt.by_product),
+                p_lut_mx=int(pt.mx),
+                p_lut_channel_factor=None if pt.channel_factor is None else unit_info(pt.channel_factor),
+            )
         return ds, info
 
     def param_width(self, name):
-        return {"weight_codes": (int(self.w_range.bits), bool(self.w_range.signed)),
-                "weight_codes_packed": (8, False), "bias": (int(self.acc.width), True)}.get(name)
+        return {
+            "weight_codes": (int(self.w_range.bits), bool(self.w_range.signed)),
+            "weight_codes_packed": (8, False),
+            "bias": (int(self.acc.width), True),
+        }.get(name)
 
     def float_reference(self, inputs):
         """(float64 exact sum in accumulator LSBs, reference kind): operands decoded with the
@@ -196,7 +226,9 @@ class MacLayer(AccLayer):
         O = self.out_channels
         qw = self.w_codes.reshape(O, -1).astype(np.int64)
         if real:
-            w = wf.decode_real(qw, wf.scale_index(self.w_codes.shape))  # not w_table_index: product tables may be shared
+            w = wf.decode_real(
+                qw, wf.scale_index(self.w_codes.shape)
+            )  # not w_table_index: product tables may be shared
             bias_real = (self.meta or {}).get("bias_real")
             b = np.zeros(O) if bias_real is None else np.asarray(bias_real, np.float64)
         else:
@@ -212,15 +244,15 @@ class MacLayer(AccLayer):
             y = np.empty((R, Og))
             rb, cb = oracle.blocks(R, Og, K)
             for r0 in range(0, R, rb):
-                c, v = cols[r0:r0 + rb], valid[r0:r0 + rb]
+                c, v = cols[r0 : r0 + rb], valid[r0 : r0 + rb]
                 if real:
-                    y[r0:r0 + rb] = np.where(v, xf.decode_real(c), 0.0) @ w[row0:row0 + Og].T
+                    y[r0 : r0 + rb] = np.where(v, xf.decode_real(c), 0.0) @ w[row0 : row0 + Og].T
                     continue
                 for o0 in range(0, Og, cb):
                     ch = oracle._ChannelView(sub, slice(o0, min(o0 + cb, Og)))
-                    cu = cu_all[row0 + o0:row0 + o0 + ch.out_channels]
+                    cu = cu_all[row0 + o0 : row0 + o0 + ch.out_channels]
                     p = oracle._mac_products(ch, c, v).astype(np.float64) * cu[:, None]  # (rb, cb, K)
-                    y[r0:r0 + rb, o0:o0 + ch.out_channels] = p.sum(axis=-1)
+                    y[r0 : r0 + rb, o0 : o0 + ch.out_channels] = p.sum(axis=-1)
             return y
 
         y = self._reference_sum(inputs[0], prods_sum, b, oracle)
@@ -228,7 +260,9 @@ class MacLayer(AccLayer):
         return y / (cu if y.ndim == 2 else cu[:, None, None]), "real formats" if real else "LUT values x unit"
 
 
-def _tables_for(w_fmt, x_fmt, datapath, w_frac_bits, x_frac_bits, product_frac_bits, rounding, seed, tensor_id):
+def _tables_for(
+    w_fmt, x_fmt, datapath, w_frac_bits, x_frac_bits, product_frac_bits, rounding, seed, tensor_id
+):
     if datapath == "operand":
         wt = decode_table(w_fmt, w_frac_bits, rounding, seed, tensor_id)
         xt = decode_table(x_fmt, x_frac_bits, rounding, seed, tensor_id + 1)
@@ -240,25 +274,65 @@ def _tables_for(w_fmt, x_fmt, datapath, w_frac_bits, x_frac_bits, product_frac_b
     return dict(p_table=pt), (float(unit[0]) if w_fmt.granularity == "tensor" else unit)
 
 
-def _build(cls, name, w_codes, w_fmt, x_fmt, *, datapath="operand", w_frac_bits=12, x_frac_bits=8,
-           product_frac_bits=16, bias=None, acc=None, out_fmt=None, relu=False, clip_max=None,
-           rounding=DEFAULT, requant_rounding=None, mult_bits=31, seed=0, tensor_id=0, **extra):
+def _build(
+    cls,
+    name,
+    w_codes,
+    w_fmt,
+    x_fmt,
+    *,
+    datapath="operand",
+    w_frac_bits=12,
+    x_frac_bits=8,
+    product_frac_bits=16,
+    bias=None,
+    acc=None,
+    out_fmt=None,
+    relu=False,
+    clip_max=None,
+    rounding=DEFAULT,
+    requant_rounding=None,
+    mult_bits=31,
+    seed=0,
+    tensor_id=0,
+    **extra,
+):
     acc = acc or Accumulator()
     check_choice("datapath", datapath, DATAPATHS)
     w_codes = np.asarray(w_codes)
-    tables, unit = _tables_for(w_fmt, x_fmt, datapath, w_frac_bits, x_frac_bits, product_frac_bits,
-                               rounding, seed, tensor_id)
+    tables, unit = _tables_for(
+        w_fmt, x_fmt, datapath, w_frac_bits, x_frac_bits, product_frac_bits, rounding, seed, tensor_id
+    )
     idx = w_fmt.scale_index(w_codes.shape)
     if "p_table" in tables and tables["p_table"].channel_factor is not None:
         idx = np.zeros_like(idx)  # one shared product table; the scale lives in `unit`
     b = None if bias is None else bias_table(bias, unit, acc.width, rounding, seed, tensor_id + 2)
     rq = build_requant(unit, out_fmt, acc, requant_rounding or rounding, relu, clip_max, mult_bits)
-    meta = {"w_format": format_meta(w_fmt), "x_format": format_meta(x_fmt), "out_format": format_meta(out_fmt),
-            "bias_real": None if bias is None else np.asarray(bias, np.float64).reshape(-1).tolist(),
-            "relu": bool(relu), "clip_max": None if clip_max is None else float(clip_max)}
-    return cls(name=name, w_codes=w_codes, w_range=w_fmt.range, x_range=x_fmt.range, datapath=datapath,
-               w_table_index=idx, acc=acc, bias=b, requant=rq, unit=unit, tensor_id=tensor_id,
-               seed=seed, meta=meta, **tables, **extra)
+    meta = {
+        "w_format": format_meta(w_fmt),
+        "x_format": format_meta(x_fmt),
+        "out_format": format_meta(out_fmt),
+        "bias_real": None if bias is None else np.asarray(bias, np.float64).reshape(-1).tolist(),
+        "relu": bool(relu),
+        "clip_max": None if clip_max is None else float(clip_max),
+    }
+    return cls(
+        name=name,
+        w_codes=w_codes,
+        w_range=w_fmt.range,
+        x_range=x_fmt.range,
+        datapath=datapath,
+        w_table_index=idx,
+        acc=acc,
+        bias=b,
+        requant=rq,
+        unit=unit,
+        tensor_id=tensor_id,
+        seed=seed,
+        meta=meta,
+        **tables,
+        **extra,
+    )
 
 
 @register
@@ -279,8 +353,12 @@ class Linear(MacLayer):
 
     def feeding(self, multi, inputs, input_names):
         b, o = multi
-        return dict(input=input_names[0], input_row=inputs[0][b].tolist(),
-                    weight_row=self.w_codes.reshape(self.out_channels, -1)[o].tolist(), bias=int(self.bias[o]))
+        return dict(
+            input=input_names[0],
+            input_row=inputs[0][b].tolist(),
+            weight_row=self.w_codes.reshape(self.out_channels, -1)[o].tolist(),
+            bias=int(self.bias[o]),
+        )
 
     def _reference_sum(self, x, prods_sum, b, oracle):
         return prods_sum(x.astype(np.int64), np.ones(x.shape, bool), self, 0) + b
@@ -297,9 +375,15 @@ class Conv2d(MacLayer):
     groups: int = 1
 
     def __post_init__(self):
-        self.stride, self.padding, self.dilation = (pair(n, v) for n, v in (
-            ("stride", self.stride), ("padding", self.padding), ("dilation", self.dilation)))
-        for n, v, lo in (("stride", self.stride, 1), ("padding", self.padding, 0), ("dilation", self.dilation, 1)):
+        self.stride, self.padding, self.dilation = (
+            pair(n, v)
+            for n, v in (("stride", self.stride), ("padding", self.padding), ("dilation", self.dilation))
+        )
+        for n, v, lo in (
+            ("stride", self.stride, 1),
+            ("padding", self.padding, 0),
+            ("dilation", self.dilation, 1),
+        ):
             for x in v:
                 check_int(f"{self.name}.{n}", x, lo, None)
         check_int(f"{self.name}.groups", self.groups, 1, None)
@@ -332,8 +416,13 @@ class Conv2d(MacLayer):
 
     def golden_params(self):
         ds, info = super().golden_params()
-        info.update(stride=list(self.stride), padding=list(self.padding), dilation=list(self.dilation),
-                    groups=int(self.groups), kernel=list(self.w_codes.shape[2:]))
+        info.update(
+            stride=list(self.stride),
+            padding=list(self.padding),
+            dilation=list(self.dilation),
+            groups=int(self.groups),
+            kernel=list(self.w_codes.shape[2:]),
+        )
         return ds, info
 
     def feeding(self, multi, inputs, input_names):
@@ -343,9 +432,17 @@ class Conv2d(MacLayer):
         rows = window(oh, self.stride[0], self.padding[0], self.dilation[0], kh)
         cols = window(ow, self.stride[1], self.padding[1], self.dilation[1], kw)
         vals = [window_codes(inputs[0], b, c, rows, cols) for c in range(g * Cg, (g + 1) * Cg)]
-        return dict(input=input_names[0], batch=b, channels=[g * Cg, (g + 1) * Cg], rows=rows, cols=cols,
-                    window_codes=vals, weight_codes=self.w_codes[o].tolist(), bias=int(self.bias[o]),
-                    note="window_codes[c][i][j]; None = padding tap (adds 0)")
+        return dict(
+            input=input_names[0],
+            batch=b,
+            channels=[g * Cg, (g + 1) * Cg],
+            rows=rows,
+            cols=cols,
+            window_codes=vals,
+            weight_codes=self.w_codes[o].tolist(),
+            bias=int(self.bias[o]),
+            note="window_codes[c][i][j]; None = padding tap (adds 0)",
+        )
 
     def _reference_sum(self, x, prods_sum, b, oracle):
         O, Cg, kh, kw = self.w_codes.shape
@@ -355,15 +452,16 @@ class Conv2d(MacLayer):
         Og = O // self.groups
         y = np.empty((B, ho, wo, O))
         for r0, r1 in oracle.conv_row_blocks(self, B, ho, wo):  # output rows are independent
-            cols, valid = oracle.im2col(x.astype(np.int64), (kh, kw), self.stride, self.padding, self.dilation, pad,
-                                        (r0, r1))
+            cols, valid = oracle.im2col(
+                x.astype(np.int64), (kh, kw), self.stride, self.padding, self.dilation, pad, (r0, r1)
+            )
             n = B * (r1 - r0) * wo
             for g in range(self.groups):
                 sub = oracle._group_view(self, g, Og)
-                c = cols[:, :, :, g * Cg:(g + 1) * Cg].reshape(n, -1)
-                v = valid[:, :, :, g * Cg:(g + 1) * Cg].reshape(n, -1)
-                yg = prods_sum(c, v, sub, g * Og) + b[g * Og:(g + 1) * Og]
-                y[:, r0:r1, :, g * Og:(g + 1) * Og] = yg.reshape(B, r1 - r0, wo, Og)
+                c = cols[:, :, :, g * Cg : (g + 1) * Cg].reshape(n, -1)
+                v = valid[:, :, :, g * Cg : (g + 1) * Cg].reshape(n, -1)
+                yg = prods_sum(c, v, sub, g * Og) + b[g * Og : (g + 1) * Og]
+                y[:, r0:r1, :, g * Og : (g + 1) * Og] = yg.reshape(B, r1 - r0, wo, Og)
         return y.transpose(0, 3, 1, 2)
 
 

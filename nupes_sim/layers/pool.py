@@ -1,4 +1,5 @@
 """Pooling layers: MaxPool2d on codes, AvgPool2d through the accumulator (docs/ARITHMETIC.md §8)."""
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,7 +41,9 @@ def _pool_feeding(name, multi, x, kernel, stride, padding):
     b, c, oh, ow = multi
     rows = window(oh, stride[0], padding[0], 1, kernel[0])
     cols = window(ow, stride[1], padding[1], 1, kernel[1])
-    return dict(input=name, batch=b, channel=c, rows=rows, cols=cols, window_codes=window_codes(x, b, c, rows, cols))
+    return dict(
+        input=name, batch=b, channel=c, rows=rows, cols=cols, window_codes=window_codes(x, b, c, rows, cols)
+    )
 
 
 @register
@@ -114,8 +117,22 @@ class AvgPool2d(AccLayer):
         check_requant_input(self.name, self.requant, self.acc, worst)
 
     @classmethod
-    def build(cls, name, x_fmt, frac_bits=12, acc=None, kernel=None, stride=None, window=None,
-              out_fmt=None, rounding=DEFAULT, requant_rounding=None, mult_bits=31, seed=0, tensor_id=0):
+    def build(
+        cls,
+        name,
+        x_fmt,
+        frac_bits=12,
+        acc=None,
+        kernel=None,
+        stride=None,
+        window=None,
+        out_fmt=None,
+        rounding=DEFAULT,
+        requant_rounding=None,
+        mult_bits=31,
+        seed=0,
+        tensor_id=0,
+    ):
         acc = acc or Accumulator()
         xt = decode_table(x_fmt, frac_bits, rounding, seed, tensor_id)
         if kernel is not None:
@@ -123,9 +140,13 @@ class AvgPool2d(AccLayer):
             window = k[0] * k[1]
         if window is None:
             raise ValueError(f"{name}: global average pooling needs window = H*W of its input")
-        rq = build_requant(xt.unit / window, out_fmt, acc, requant_rounding or rounding, False, None, mult_bits)
+        rq = build_requant(
+            xt.unit / window, out_fmt, acc, requant_rounding or rounding, False, None, mult_bits
+        )
         meta = {"x_format": format_meta(x_fmt), "out_format": format_meta(out_fmt)}
-        return cls(name, x_fmt.range, xt, acc, kernel, stride, rq, window, xt.unit / window, tensor_id, seed, meta)
+        return cls(
+            name, x_fmt.range, xt, acc, kernel, stride, rq, window, xt.unit / window, tensor_id, seed, meta
+        )
 
     def check_input(self, x):
         """Validate input codes (B, C, H, W) for every backend; returns (kernel, stride)."""
@@ -139,8 +160,10 @@ class AvgPool2d(AccLayer):
         kernel = self.kernel or tuple(shape[2:])
         stride = self.stride or kernel
         if kernel[0] * kernel[1] != self.window:
-            raise ValueError(f"{self.name}: window {kernel} has {kernel[0] * kernel[1]} elements; "
-                             f"the requant tables were built for {self.window}")
+            raise ValueError(
+                f"{self.name}: window {kernel} has {kernel[0] * kernel[1]} elements; "
+                f"the requant tables were built for {self.window}"
+            )
         return kernel, stride
 
     # ---- layer protocol (base.py) ----
@@ -156,9 +179,13 @@ class AvgPool2d(AccLayer):
     def golden_params(self):
         ds, info = self._acc_params()
         ds["x_lut"] = self.x_table.lut
-        info.update(input_range=range_info(self.x_range), kernel=None if self.kernel is None else list(self.kernel),
-                    stride=None if self.stride is None else list(self.stride), window=int(self.window),
-                    **table_info("x_lut", self.x_table))
+        info.update(
+            input_range=range_info(self.x_range),
+            kernel=None if self.kernel is None else list(self.kernel),
+            stride=None if self.stride is None else list(self.stride),
+            window=int(self.window),
+            **table_info("x_lut", self.x_table),
+        )
         return ds, info
 
     def feeding(self, multi, inputs, input_names):
@@ -173,7 +200,9 @@ class AvgPool2d(AccLayer):
         out = np.empty(x.shape[:2] + (ho, wo))
         for i in range(ho):
             for j in range(wo):
-                out[:, :, i, j] = v[:, :, i * s[0]:i * s[0] + k[0], j * s[1]:j * s[1] + k[1]].mean(axis=(2, 3))
+                out[:, :, i, j] = v[:, :, i * s[0] : i * s[0] + k[0], j * s[1] : j * s[1] + k[1]].mean(
+                    axis=(2, 3)
+                )
         return out / self.unit, "real formats" if r else "LUT values x unit"
 
 

@@ -4,6 +4,7 @@ Integers only (int64; no floats, no fastmath). The scalar rules are nupes_sim.pr
 transformer.prims, compiled here with numba.njit from their own bytecode. Pure data movement
 (embedding lookup, element-wise table lookup, layout ops) is NumPy indexing: no arithmetic.
 """
+
 import numpy as np
 from numba import njit, prange
 
@@ -61,14 +62,54 @@ def _rq_args(requant):
         mono = bool(thr.shape[1] < 2 or (np.diff(thr, axis=1) >= 0).all())
         return (RQ_THR, thr, mono, requant.qmin, 0, 0, 0, 0, 0, 0)
     assert isinstance(requant, Rescale)
-    return (RQ_RESCALE, empty, True, 0, int(requant.multiplier[0]), int(requant.shift[0]), requant.zero_point,
-            requant.qmin, requant.qmax, requant.rounding)
+    return (
+        RQ_RESCALE,
+        empty,
+        True,
+        0,
+        int(requant.multiplier[0]),
+        int(requant.shift[0]),
+        requant.zero_point,
+        requant.qmin,
+        requant.qmax,
+        requant.rounding,
+    )
 
 
 # ---- MatMul -------------------------------------------------------------------------------------------
 @njit(parallel=True)
-def _matmul(a, b, dp, alut, aq0, blut, bq0, plut, by_product, mx1, mode, width, tile, lo, hi,
-            kind, thr, mono, qmin, m, sh, zp, rlo, rhi, rmode, seed, tid, exact, acc, out):
+def _matmul(
+    a,
+    b,
+    dp,
+    alut,
+    aq0,
+    blut,
+    bq0,
+    plut,
+    by_product,
+    mx1,
+    mode,
+    width,
+    tile,
+    lo,
+    hi,
+    kind,
+    thr,
+    mono,
+    qmin,
+    m,
+    sh,
+    zp,
+    rlo,
+    rhi,
+    rmode,
+    seed,
+    tid,
+    exact,
+    acc,
+    out,
+):
     """a (G, M, K), b (G, K, N) codes -> (G, M, N); products k ascending, §4 accumulator."""
     G, M, K = a.shape
     N = b.shape[2]
@@ -114,8 +155,16 @@ def matmul(layer, a, b):
     B = np.ascontiguousarray(bk, np.int64).reshape(G, K, N)
     z1 = np.zeros(1, np.int64)
     if layer.datapath == "operand":
-        args = (0, np.ascontiguousarray(layer.a_table.lut[0], np.int64), layer.a_range.qmin,
-                np.ascontiguousarray(layer.b_table.lut[0], np.int64), layer.b_range.qmin, z1, False, 0)
+        args = (
+            0,
+            np.ascontiguousarray(layer.a_table.lut[0], np.int64),
+            layer.a_range.qmin,
+            np.ascontiguousarray(layer.b_table.lut[0], np.int64),
+            layer.b_range.qmin,
+            z1,
+            False,
+            0,
+        )
     else:
         pt = layer.p_table
         args = (1, z1, 0, z1, 0, np.ascontiguousarray(pt.lut[0], np.int64), bool(pt.by_product), pt.mx + 1)
@@ -123,17 +172,59 @@ def matmul(layer, a, b):
     exact, acc, out = (np.empty(size, np.int64) for _ in range(3))
     ac = layer.acc
     if size:
-        _matmul(A, B, *args, _MODES[ac.overflow], ac.width, ac.tile, ac.lo, ac.hi, *_rq_args(layer.requant),
-                layer.seed, layer.tensor_id, exact, acc, out)
+        _matmul(
+            A,
+            B,
+            *args,
+            _MODES[ac.overflow],
+            ac.width,
+            ac.tile,
+            ac.lo,
+            ac.hi,
+            *_rq_args(layer.requant),
+            layer.seed,
+            layer.tensor_id,
+            exact,
+            acc,
+            out,
+        )
     shape = lead + (M, N)
-    return dict(acc_exact=exact.reshape(shape), acc=acc.reshape(shape),
-                out=(out if layer.requant is not None else acc.copy()).reshape(shape))
+    return dict(
+        acc_exact=exact.reshape(shape),
+        acc=acc.reshape(shape),
+        out=(out if layer.requant is not None else acc.copy()).reshape(shape),
+    )
 
 
 # ---- Softmax ------------------------------------------------------------------------------------------
 @njit(parallel=True)
-def _softmax(x, keep, lut, pbits, prmode, mode, width, lo, hi, kind, thr, mono, qmin, m, sh, zp, rlo, rhi,
-             rmode, seed, tid, exact, acc, prob, out):
+def _softmax(
+    x,
+    keep,
+    lut,
+    pbits,
+    prmode,
+    mode,
+    width,
+    lo,
+    hi,
+    kind,
+    thr,
+    mono,
+    qmin,
+    m,
+    sh,
+    zp,
+    rlo,
+    rhi,
+    rmode,
+    seed,
+    tid,
+    exact,
+    acc,
+    prob,
+    out,
+):
     R, T = x.shape
     for r in prange(R):
         qm = 0
@@ -171,21 +262,64 @@ def softmax(layer, x, mask=None):
     prob, out = np.empty(size, np.int64), np.empty(size, np.int64)
     ac = layer.acc
     if size:
-        _softmax(np.ascontiguousarray(x, np.int64).reshape(R, T), np.ascontiguousarray(keep).reshape(R, T),
-                 layer.exp_lut, layer.prob_bits, layer.prob_rounding, _MODES[ac.overflow], ac.width, ac.lo, ac.hi,
-                 *_rq_args(layer.requant), layer.seed, layer.tensor_id, exact, acc, prob, out)
+        _softmax(
+            np.ascontiguousarray(x, np.int64).reshape(R, T),
+            np.ascontiguousarray(keep).reshape(R, T),
+            layer.exp_lut,
+            layer.prob_bits,
+            layer.prob_rounding,
+            _MODES[ac.overflow],
+            ac.width,
+            ac.lo,
+            ac.hi,
+            *_rq_args(layer.requant),
+            layer.seed,
+            layer.tensor_id,
+            exact,
+            acc,
+            prob,
+            out,
+        )
     else:
         exact[:] = 0
         acc[:] = 0
     rows = x.shape[:-1]
-    return dict(acc_exact=exact.reshape(rows), acc=acc.reshape(rows), prob=prob.reshape(x.shape),
-                out=(out if layer.requant is not None else prob.copy()).reshape(x.shape))
+    return dict(
+        acc_exact=exact.reshape(rows),
+        acc=acc.reshape(rows),
+        prob=prob.reshape(x.shape),
+        out=(out if layer.requant is not None else prob.copy()).reshape(x.shape),
+    )
 
 
 # ---- LayerNorm ----------------------------------------------------------------------------------------
 @njit(parallel=True)
-def _layernorm(x, lut, q0, eps, R, G, Bt, mrmode, kind, thr, mono, qmin, m, sh, zp, rlo, rhi, rmode, seed, tid,
-               mean, inv, y, out):
+def _layernorm(
+    x,
+    lut,
+    q0,
+    eps,
+    R,
+    G,
+    Bt,
+    mrmode,
+    kind,
+    thr,
+    mono,
+    qmin,
+    m,
+    sh,
+    zp,
+    rlo,
+    rhi,
+    rmode,
+    seed,
+    tid,
+    mean,
+    inv,
+    y,
+    out,
+):
     rows, C = x.shape
     num = C << (2 * R)  # < 2^62 (LayerNorm construction)
     for r in prange(rows):
@@ -215,16 +349,41 @@ def layernorm(layer, x):
     mean, inv = np.empty(rows, np.int64), np.empty(rows, np.int64)
     y, out = np.empty(x.size, np.int64), np.empty(x.size, np.int64)
     if rows:
-        _layernorm(np.ascontiguousarray(x, np.int64).reshape(rows, C),
-                   np.ascontiguousarray(layer.x_table.lut[0], np.int64), layer.x_range.qmin, layer.eps_int,
-                   layer.inv_frac_bits, layer.gamma, layer.beta, layer.mean_rounding, *_rq_args(layer.requant),
-                   layer.seed, layer.tensor_id, mean, inv, y, out)
+        _layernorm(
+            np.ascontiguousarray(x, np.int64).reshape(rows, C),
+            np.ascontiguousarray(layer.x_table.lut[0], np.int64),
+            layer.x_range.qmin,
+            layer.eps_int,
+            layer.inv_frac_bits,
+            layer.gamma,
+            layer.beta,
+            layer.mean_rounding,
+            *_rq_args(layer.requant),
+            layer.seed,
+            layer.tensor_id,
+            mean,
+            inv,
+            y,
+            out,
+        )
     lead = x.shape[:-1]
-    return dict(mean=mean.reshape(lead), inv=inv.reshape(lead), y=y.reshape(x.shape),
-                out=(out if layer.requant is not None else y.copy()).reshape(x.shape))
+    return dict(
+        mean=mean.reshape(lead),
+        inv=inv.reshape(lead),
+        y=y.reshape(x.shape),
+        out=(out if layer.requant is not None else y.copy()).reshape(x.shape),
+    )
 
 
 # Lookups and layout ops: no arithmetic, the oracle's NumPy indexing is the implementation.
-OPS = {MatMul: matmul, Softmax: softmax, LayerNorm: layernorm, Embedding: _oracle.embedding,
-       ElementwiseTable: _oracle.elementwise, Reshape: _oracle.reshape, Transpose: _oracle.transpose,
-       Slice: _oracle.slice_, PadMask: _oracle.padmask}
+OPS = {
+    MatMul: matmul,
+    Softmax: softmax,
+    LayerNorm: layernorm,
+    Embedding: _oracle.embedding,
+    ElementwiseTable: _oracle.elementwise,
+    Reshape: _oracle.reshape,
+    Transpose: _oracle.transpose,
+    Slice: _oracle.slice_,
+    PadMask: _oracle.padmask,
+}

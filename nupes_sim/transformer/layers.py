@@ -2,6 +2,7 @@
 every backend applies. Builders make the tables from formats; construction proves every
 intermediate fits int64 (Python integers) or raises ValueError naming the cause.
 """
+
 import math
 from dataclasses import dataclass, field
 
@@ -36,15 +37,20 @@ def _check_requant(name, rq):
     if rq is not None and not isinstance(rq, (Thresholds, Rescale)):
         raise TypeError(f"{name}: requant must be Thresholds, Rescale or None, got {type(rq).__name__}")
     if isinstance(rq, Thresholds) and rq.thr.shape[0] != 1:
-        raise ValueError(f"{name}: a transformer op's thresholds have one row (per tensor), got {rq.thr.shape[0]}")
+        raise ValueError(
+            f"{name}: a transformer op's thresholds have one row (per tensor), got {rq.thr.shape[0]}"
+        )
     if isinstance(rq, Rescale) and rq.multiplier.shape[0] != 1:
-        raise ValueError(f"{name}: a transformer op's rescale has one multiplier, got {rq.multiplier.shape[0]}")
+        raise ValueError(
+            f"{name}: a transformer op's rescale has one multiplier, got {rq.multiplier.shape[0]}"
+        )
 
 
 def _check_rescale_input(name, rq, limit):
     if isinstance(rq, Rescale) and limit * int(rq.multiplier[0]) >= _I62:
-        raise ValueError(f"{name}: rescale needs |value|·multiplier < 2^62 but |value| can reach {limit}; "
-                         "lower mult_bits")
+        raise ValueError(
+            f"{name}: rescale needs |value|·multiplier < 2^62 but |value| can reach {limit}; lower mult_bits"
+        )
 
 
 def _requant_for(unit, out_fmt, bound, rounding, mult_bits=31):
@@ -77,7 +83,9 @@ class Embedding:
     def __post_init__(self):
         self.codes = np.asarray(self.codes)
         if self.codes.ndim != 2 or self.codes.shape[0] < 1:
-            raise ValueError(f"{self.name}: the embedding table must be (vocab, channels), got {self.codes.shape}")
+            raise ValueError(
+                f"{self.name}: the embedding table must be (vocab, channels), got {self.codes.shape}"
+            )
         self.out_range.check_codes(f"{self.name}.codes", self.codes)
         self.codes = np.ascontiguousarray(self.codes, np.int64)
 
@@ -103,7 +111,9 @@ class Embedding:
         bad = (idx < 0) | (idx >= V)
         if bad.any():
             pos = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise ValueError(f"{self.name}: token index {int(idx[pos])} at position {pos} is outside [0, {V - 1}]")
+            raise ValueError(
+                f"{self.name}: token index {int(idx[pos])} at position {pos} is outside [0, {V - 1}]"
+            )
         return idx.astype(np.int64)
 
 
@@ -122,8 +132,10 @@ class ElementwiseTable:
     def __post_init__(self):
         self.table = np.asarray(self.table)
         if self.table.shape != (self.in_range.n_codes,):
-            raise ValueError(f"{self.name}: the table needs {self.in_range.n_codes} entries (one per input "
-                             f"code), got shape {self.table.shape}")
+            raise ValueError(
+                f"{self.name}: the table needs {self.in_range.n_codes} entries (one per input "
+                f"code), got shape {self.table.shape}"
+            )
         self.out_range.check_codes(f"{self.name}.table", self.table)
         self.table = np.ascontiguousarray(self.table, np.int64)
 
@@ -131,8 +143,12 @@ class ElementwiseTable:
     def build(cls, name, in_fmt, out_fmt, function, rounding=DEFAULT, seed=0, tensor_id=0):
         fname, _ = T.resolve_function(function)
         table = T.elementwise_table(in_fmt, out_fmt, function, rounding, seed, tensor_id)
-        meta = {"in_format": format_meta(in_fmt), "out_format": format_meta(out_fmt), "function": fname,
-                "rounding": rounding}
+        meta = {
+            "in_format": format_meta(in_fmt),
+            "out_format": format_meta(out_fmt),
+            "function": fname,
+            "rounding": rounding,
+        }
         return cls(name, in_fmt.range, out_fmt.range, table, meta)
 
 
@@ -186,23 +202,47 @@ class MatMul:
             ma, mb = self.a_range.max_magnitude, self.b_range.max_magnitude
             need = ma * mb + 1 if self.p_table.by_product else ma * (self.p_table.mx + 1) + mb + 1
             if self.p_table.lut.shape[1] < need or self.p_table.mx < mb:
-                raise ValueError(f"{self.name}: p_table has {self.p_table.lut.shape[1]} entries; needs {need}")
+                raise ValueError(
+                    f"{self.name}: p_table has {self.p_table.lut.shape[1]} entries; needs {need}"
+                )
             top = _maxabs(self.p_table.lut)
         if top >= _I62:
-            raise ValueError(f"{self.name}: a single product can reach {top} >= 2^62; lower the fractional bits")
+            raise ValueError(
+                f"{self.name}: a single product can reach {top} >= 2^62; lower the fractional bits"
+            )
         self.max_product = top
         bound = top * self.k_max
         if bound >= _I63:
-            raise ValueError(f"{self.name}: k_max·max|product| = {bound} does not fit int64; lower k_max or the "
-                             "fractional bits")
+            raise ValueError(
+                f"{self.name}: k_max·max|product| = {bound} does not fit int64; lower k_max or the "
+                "fractional bits"
+            )
         self.bound = np.array([bound], np.int64)
         limit = bound if self.acc.overflow == "exact" else min(bound, 2 ** (self.acc.width - 1))
         _check_rescale_input(self.name, self.requant, limit)
 
     @classmethod
-    def build(cls, name, a_fmt, b_fmt, *, k_max, datapath="operand", a_frac_bits=12, b_frac_bits=12,
-              product_frac_bits=16, acc=None, out_fmt=None, alpha=1.0, transpose_b=False, rounding=DEFAULT,
-              requant_rounding=None, mult_bits=31, seed=0, tensor_id=0):
+    def build(
+        cls,
+        name,
+        a_fmt,
+        b_fmt,
+        *,
+        k_max,
+        datapath="operand",
+        a_frac_bits=12,
+        b_frac_bits=12,
+        product_frac_bits=16,
+        acc=None,
+        out_fmt=None,
+        alpha=1.0,
+        transpose_b=False,
+        rounding=DEFAULT,
+        requant_rounding=None,
+        mult_bits=31,
+        seed=0,
+        tensor_id=0,
+    ):
         """alpha > 0 is a real factor folded into the requantization (e.g. 1/sqrt(d_head))."""
         acc = acc or Accumulator()
         T.check_format("a_fmt", a_fmt)
@@ -219,10 +259,27 @@ class MatMul:
         else:
             raise ValueError(f"{name}: datapath={datapath!r}; choose one of {list(DATAPATHS)}")
         rq = build_requant(unit * alpha, out_fmt, acc, requant_rounding or rounding, False, None, mult_bits)
-        meta = {"a_format": format_meta(a_fmt), "b_format": format_meta(b_fmt), "out_format": format_meta(out_fmt),
-                "alpha": float(alpha)}
-        return cls(name, a_fmt.range, b_fmt.range, datapath, acc, k_max, requant=rq, unit=unit * alpha,
-                   transpose_b=transpose_b, tensor_id=tensor_id, seed=seed, meta=meta, **tabs)
+        meta = {
+            "a_format": format_meta(a_fmt),
+            "b_format": format_meta(b_fmt),
+            "out_format": format_meta(out_fmt),
+            "alpha": float(alpha),
+        }
+        return cls(
+            name,
+            a_fmt.range,
+            b_fmt.range,
+            datapath,
+            acc,
+            k_max,
+            requant=rq,
+            unit=unit * alpha,
+            transpose_b=transpose_b,
+            tensor_id=tensor_id,
+            seed=seed,
+            meta=meta,
+            **tabs,
+        )
 
     def no_overflow_possible(self):
         return int(self.bound[0]) <= self.acc.hi
@@ -235,8 +292,10 @@ class MatMul:
             raise ValueError(f"{self.name}: inputs must have the same rank >= 2, got {a.shape} and {b.shape}")
         bk = np.swapaxes(b, -1, -2) if self.transpose_b else b
         if a.shape[:-2] != bk.shape[:-2] or a.shape[-1] != bk.shape[-2]:
-            raise ValueError(f"{self.name}: shapes {a.shape} and {b.shape} do not multiply "
-                             f"(transpose_b={self.transpose_b})")
+            raise ValueError(
+                f"{self.name}: shapes {a.shape} and {b.shape} do not multiply "
+                f"(transpose_b={self.transpose_b})"
+            )
         if a.shape[-1] > self.k_max:
             raise ValueError(f"{self.name}: shared dimension {a.shape[-1]} exceeds k_max={self.k_max}")
         return bk, a.shape[-1]
@@ -278,7 +337,9 @@ class Softmax:
             raise TypeError(f"{self.name}: acc must be an Accumulator")
         self.exp_lut = np.ascontiguousarray(self.exp_lut, np.int64)
         if self.exp_lut.shape != (self.x_range.n_codes,):
-            raise ValueError(f"{self.name}: exp_lut needs {self.x_range.n_codes} entries, got {self.exp_lut.shape}")
+            raise ValueError(
+                f"{self.name}: exp_lut needs {self.x_range.n_codes} entries, got {self.exp_lut.shape}"
+            )
         check_int(f"{self.name}.exp_frac_bits", self.exp_frac_bits, 0, 40)
         check_int(f"{self.name}.prob_bits", self.prob_bits, 0, 40)
         check_int(f"{self.name}.max_len", self.max_len, 1, None)
@@ -290,11 +351,15 @@ class Softmax:
             raise ValueError(f"{self.name}: exp_lut entries must be >= 0")
         emax = int(self.exp_lut.max())
         if int(self.exp_lut[0]) < 1:
-            raise ValueError(f"{self.name}: exp_lut[0] (the row maximum) must be >= 1 so a kept row sums to >= 1")
+            raise ValueError(
+                f"{self.name}: exp_lut[0] (the row maximum) must be >= 1 so a kept row sums to >= 1"
+            )
         self.bound = np.array([emax * self.max_len], np.int64) if emax * self.max_len < _I63 else None
         if emax * self.max_len > self.acc.hi:
-            raise ValueError(f"{self.name}: max_len·max(exp_lut) = {emax * self.max_len} exceeds the "
-                             f"{self.acc.width}-bit sum accumulator ({self.acc.hi}); the sum must provably fit")
+            raise ValueError(
+                f"{self.name}: max_len·max(exp_lut) = {emax * self.max_len} exceeds the "
+                f"{self.acc.width}-bit sum accumulator ({self.acc.hi}); the sum must provably fit"
+            )
         if emax << self.prob_bits >= _I62:
             raise ValueError(f"{self.name}: exp·2^prob_bits can reach {emax << self.prob_bits} >= 2^62")
         if self.prob_rounding == 6 and emax * self.max_len >= 2**31:
@@ -302,15 +367,45 @@ class Softmax:
         _check_rescale_input(self.name, self.requant, 1 << self.prob_bits)
 
     @classmethod
-    def build(cls, name, x_fmt, out_fmt=None, *, max_len, exp_frac_bits=15, prob_bits=15, acc=None,
-              causal=False, masked=False, rounding=DEFAULT, prob_rounding=DEFAULT, requant_rounding=None,
-              mult_bits=31, seed=0, tensor_id=0):
+    def build(
+        cls,
+        name,
+        x_fmt,
+        out_fmt=None,
+        *,
+        max_len,
+        exp_frac_bits=15,
+        prob_bits=15,
+        acc=None,
+        causal=False,
+        masked=False,
+        rounding=DEFAULT,
+        prob_rounding=DEFAULT,
+        requant_rounding=None,
+        mult_bits=31,
+        seed=0,
+        tensor_id=0,
+    ):
         acc = acc or Accumulator(32, "saturate")
         lut = T.exp_table(x_fmt, exp_frac_bits, rounding, seed, tensor_id)
         rq = _requant_for(2.0**-prob_bits, out_fmt, 1 << prob_bits, requant_rounding or rounding, mult_bits)
         meta = {"x_format": format_meta(x_fmt), "out_format": format_meta(out_fmt)}
-        return cls(name, x_fmt.range, lut, exp_frac_bits, prob_bits, acc, max_len, mode_id(prob_rounding, HOST_MODES), rq,
-                   causal, masked, tensor_id, seed, meta)
+        return cls(
+            name,
+            x_fmt.range,
+            lut,
+            exp_frac_bits,
+            prob_bits,
+            acc,
+            max_len,
+            mode_id(prob_rounding, HOST_MODES),
+            rq,
+            causal,
+            masked,
+            tensor_id,
+            seed,
+            meta,
+        )
 
     def no_overflow_possible(self):
         return True
@@ -329,8 +424,10 @@ class Softmax:
                 raise ValueError(f"{self.name}: masked=True needs a mask input (batch, {tk})")
             m = np.asarray(mask)
             if m.shape != (x.shape[0], tk) or m.dtype.kind not in "iub":
-                raise ValueError(f"{self.name}: mask must be integer/bool of shape {(x.shape[0], tk)}, "
-                                 f"got {m.dtype} {m.shape}")
+                raise ValueError(
+                    f"{self.name}: mask must be integer/bool of shape {(x.shape[0], tk)}, "
+                    f"got {m.dtype} {m.shape}"
+                )
             keep &= (m != 0).reshape((x.shape[0],) + (1,) * (x.ndim - 2) + (tk,))
         elif mask is not None:
             raise ValueError(f"{self.name}: got a mask input but masked=False")
@@ -384,23 +481,47 @@ class LayerNorm:
             raise ValueError(f"{self.name}: x_table must be (1, {self.x_range.n_codes})")
         # every intermediate, in Python integers (ARITHMETIC.md §14 table of widths)
         xm = _maxabs(self.x_table.lut)
-        widths = {"S = ΣX": C * xm, "V = ΣD²": C * (2 * xm) ** 2,
-                  "V + C·eps_int": C * (2 * xm) ** 2 + C * self.eps_int, "C·2^(2R)": C << (2 * R)}
-        zmax = (_isqrt_ceil(C) << R)  # |Z| <= sqrt(C)·2^R
+        widths = {
+            "S = ΣX": C * xm,
+            "V = ΣD²": C * (2 * xm) ** 2,
+            "V + C·eps_int": C * (2 * xm) ** 2 + C * self.eps_int,
+            "C·2^(2R)": C << (2 * R),
+        }
+        zmax = _isqrt_ceil(C) << R  # |Z| <= sqrt(C)·2^R
         widths["Y = Z·G + B"] = zmax * _maxabs(self.gamma) + _maxabs(self.beta)
         for what, v in widths.items():
             if v >= _I62:
-                raise ValueError(f"{self.name}: intermediate {what} can reach {v} >= 2^62; lower the decode "
-                                 "fractional bits, inv_frac_bits or gamma_frac_bits")
+                raise ValueError(
+                    f"{self.name}: intermediate {what} can reach {v} >= 2^62; lower the decode "
+                    "fractional bits, inv_frac_bits or gamma_frac_bits"
+                )
         if self.mean_rounding == 6 and C >= 2**31:
             raise ValueError(f"{self.name}: stochastic mean rounding needs C < 2^31")
         self.y_bound = widths["Y = Z·G + B"]
         _check_rescale_input(self.name, self.requant, self.y_bound)
 
     @classmethod
-    def build(cls, name, x_fmt, out_fmt=None, *, channels, gamma=None, beta=None, eps=1e-5, x_frac_bits=None,
-              x_lut_bits=16, inv_frac_bits=None, gamma_bits=16, rounding=DEFAULT, mean_rounding=DEFAULT,
-              requant_rounding=None, mult_bits=31, seed=0, tensor_id=0):
+    def build(
+        cls,
+        name,
+        x_fmt,
+        out_fmt=None,
+        *,
+        channels,
+        gamma=None,
+        beta=None,
+        eps=1e-5,
+        x_frac_bits=None,
+        x_lut_bits=16,
+        inv_frac_bits=None,
+        gamma_bits=16,
+        rounding=DEFAULT,
+        mean_rounding=DEFAULT,
+        requant_rounding=None,
+        mult_bits=31,
+        seed=0,
+        tensor_id=0,
+    ):
         """x_frac_bits None: chosen so the largest decoded value has x_lut_bits magnitude bits;
         inv_frac_bits None: the largest R with C·2^(2R) < 2^62; gamma_frac_bits from gamma_bits."""
         T.check_format("x_fmt", x_fmt)
@@ -418,11 +539,30 @@ class LayerNorm:
         unit = 2.0 ** -(inv_frac_bits + Fg)
         ybound = (_isqrt_ceil(C) << inv_frac_bits) * _maxabs(G) + _maxabs(B)
         rq = _requant_for(unit, out_fmt, ybound, requant_rounding or rounding, mult_bits)
-        meta = {"x_format": format_meta(x_fmt), "out_format": format_meta(out_fmt), "eps": float(eps),
-                "gamma_real": g.tolist(), "beta_real": (np.zeros(C) if beta is None else
-                                                         np.asarray(beta, np.float64).reshape(-1)).tolist()}
-        return cls(name, x_fmt.range, xt, C, E, inv_frac_bits, Fg, G, B, mode_id(mean_rounding, HOST_MODES), rq, unit,
-                   tensor_id, seed, meta)
+        meta = {
+            "x_format": format_meta(x_fmt),
+            "out_format": format_meta(out_fmt),
+            "eps": float(eps),
+            "gamma_real": g.tolist(),
+            "beta_real": (np.zeros(C) if beta is None else np.asarray(beta, np.float64).reshape(-1)).tolist(),
+        }
+        return cls(
+            name,
+            x_fmt.range,
+            xt,
+            C,
+            E,
+            inv_frac_bits,
+            Fg,
+            G,
+            B,
+            mode_id(mean_rounding, HOST_MODES),
+            rq,
+            unit,
+            tensor_id,
+            seed,
+            meta,
+        )
 
     def check_input(self, x):
         self.x_range.check_codes(f"{self.name} input", x)
@@ -498,5 +638,17 @@ class PadMask:
 
 LAYER_TYPES = (Embedding, ElementwiseTable, MatMul, Softmax, LayerNorm, Reshape, Transpose, Slice, PadMask)
 
-__all__ = ["Embedding", "ElementwiseTable", "MatMul", "Softmax", "LayerNorm", "Reshape", "Transpose", "Slice",
-           "PadMask", "LAYER_TYPES", "PowerFormat", "UniformFormat"]
+__all__ = [
+    "Embedding",
+    "ElementwiseTable",
+    "MatMul",
+    "Softmax",
+    "LayerNorm",
+    "Reshape",
+    "Transpose",
+    "Slice",
+    "PadMask",
+    "LAYER_TYPES",
+    "PowerFormat",
+    "UniformFormat",
+]

@@ -3,6 +3,7 @@
 Independent of transformer.prims: divisions and square roots use Python integers
 (fractions.Fraction, math.isqrt); accumulation reuses the oracle's `accumulate`.
 """
+
 import math
 from fractions import Fraction
 
@@ -28,12 +29,14 @@ HALF = Fraction(1, 2)
 def accumulate(products, bias, acc):
     """nupes_sim.oracle.accumulate (§4), imported late: nupes_sim.oracle registers these ops."""
     from ..oracle import accumulate as f
+
     return f(products, bias, acc)
 
 
 def requantize(values, requant, channel_axis, seed, tensor_id):
     """nupes_sim.oracle.requantize (§6), imported late for the same reason."""
     from ..oracle import requantize as f
+
     return f(values, requant, channel_axis, seed, tensor_id)
 
 
@@ -150,5 +153,14 @@ def padmask(layer, ids):
     return dict(out=(ids != layer.pad_id).astype(np.int64))
 
 
-OPS = {Embedding: embedding, ElementwiseTable: elementwise, MatMul: matmul, Softmax: softmax,
-       LayerNorm: layernorm, Reshape: reshape, Transpose: transpose, Slice: slice_, PadMask: padmask}
+OPS = {
+    Embedding: embedding,
+    ElementwiseTable: elementwise,
+    MatMul: matmul,
+    Softmax: softmax,
+    LayerNorm: layernorm,
+    Reshape: reshape,
+    Transpose: transpose,
+    Slice: slice_,
+    PadMask: padmask,
+}

@@ -4,6 +4,7 @@ Plain Python over integers only; `compile_all(decorator)` re-binds each function
 namespace of its compiled siblings (numba.njit for the CPU, cuda.jit(device=True) for the
 GPU). The oracle does not use these: it computes with Python integers and Fractions.
 """
+
 import types
 
 from ..primitives import CEIL, FLOOR, HALF_AWAY, HALF_EVEN, HALF_UP, TOWARD_ZERO

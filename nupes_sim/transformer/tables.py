@@ -3,6 +3,7 @@
 Every float that feeds a transformer op's integers is computed here, once, and rounded by
 a named mode; the layers then hold only integers (plus the host reals that explain them).
 """
+
 import math
 
 import numpy as np
@@ -39,8 +40,9 @@ def resolve_function(fn):
     """(name, float64 function) for a FUNCTIONS name or a user callable."""
     if isinstance(fn, str):
         if fn not in FUNCTIONS:
-            raise ValueError(f"function={fn!r} is not a built-in; choose one of {sorted(FUNCTIONS)} "
-                             "or pass a callable")
+            raise ValueError(
+                f"function={fn!r} is not a built-in; choose one of {sorted(FUNCTIONS)} or pass a callable"
+            )
         return fn, FUNCTIONS[fn]
     if not callable(fn):
         raise TypeError(f"function must be a name or a callable, got {type(fn).__name__}")
@@ -73,15 +75,18 @@ def exp_table(x_fmt, frac_bits, rounding=DEFAULT, seed=0, tensor_id=0):
 
     e[0] = 2^F exactly; the table is non-increasing for every mode but stochastic."""
     if not isinstance(x_fmt, UniformFormat):
-        raise TypeError("softmax scores must be in a UniformFormat (so x_i - x_max = s·(q_i - q_max) exactly)")
+        raise TypeError(
+            "softmax scores must be in a UniformFormat (so x_i - x_max = s·(q_i - q_max) exactly)"
+        )
     F = check_int("exp_frac_bits", frac_bits, 0, 40)
     d = np.arange(x_fmt.range.n_codes, dtype=np.float64)
     return round_float(np.exp(-x_fmt.scale * d) * 2.0**F, rounding, seed, tensor_id)
 
 
 # ---- LayerNorm (§14) ---------------------------------------------------------------------------
-def layernorm_tables(gamma, beta, channels, inv_frac_bits, gamma_frac_bits, rounding=DEFAULT, seed=0,
-                     tensor_id=0):
+def layernorm_tables(
+    gamma, beta, channels, inv_frac_bits, gamma_frac_bits, rounding=DEFAULT, seed=0, tensor_id=0
+):
     """G = R(γ·2^Fg), B = R(β·2^(R+Fg)) per channel (int64), Y = Z·G + B in units 2^-(R+Fg)."""
     g = np.ones(channels) if gamma is None else np.asarray(gamma, np.float64).reshape(-1)
     b = np.zeros(channels) if beta is None else np.asarray(beta, np.float64).reshape(-1)
@@ -98,7 +103,9 @@ def eps_table(eps, x_unit, rounding=DEFAULT):
         raise ValueError(f"eps={eps!r} must be finite and >= 0")
     v = eps / (x_unit * x_unit)
     if v >= 2.0**52:
-        raise ValueError(f"eps={eps} is {v:.3g} squared decode LSBs (limit 2^52); lower the decode fractional bits")
+        raise ValueError(
+            f"eps={eps} is {v:.3g} squared decode LSBs (limit 2^52); lower the decode fractional bits"
+        )
     return max(1, int(round_float(np.array([v]), rounding)[0]))
 
 
@@ -109,5 +116,17 @@ def frac_bits_for(max_abs, bits, lo=0, hi=40):
     return int(min(hi, max(lo, bits - 1 - math.floor(math.log2(max_abs)))))
 
 
-__all__ = ["FUNCTIONS", "gelu_erf", "gelu_tanh", "silu", "relu", "resolve_function", "elementwise_table",
-           "exp_table", "layernorm_tables", "eps_table", "frac_bits_for", "mode_id"]
+__all__ = [
+    "FUNCTIONS",
+    "gelu_erf",
+    "gelu_tanh",
+    "silu",
+    "relu",
+    "resolve_function",
+    "elementwise_table",
+    "exp_table",
+    "layernorm_tables",
+    "eps_table",
+    "frac_bits_for",
+    "mode_id",
+]

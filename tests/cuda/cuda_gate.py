@@ -6,6 +6,7 @@ tests/cuda runs in its own pytest process (``make test``): under the CUDA simula
 numba-cuda, or without a GPU outside the simulator, the backend tests skip with the reason;
 NUPES_REQUIRE_CUDA=1 turns those skips into failures (the GPU machine check sets it).
 """
+
 import os
 
 import pytest
@@ -18,6 +19,7 @@ def cuda_unavailable_reason():
     """None when the cuda backend can run here, else why not."""
     try:
         from nupes_sim.cuda import backend
+
         backend.ensure_available()
     except RuntimeError as e:
         return str(e)

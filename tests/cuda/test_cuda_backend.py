@@ -5,6 +5,7 @@ shapes, since every simulated thread costs ~0.3 ms) and on the hardware on a GPU
 (cuda/gpu_check.sh). Every case runs under two launch configurations (threads per block,
 GEMM tile shapes) plus the forced sequential MAC kernel: results must not depend on them.
 """
+
 import os
 import subprocess
 import sys
@@ -29,6 +30,7 @@ def cb():
     if _REASON is not None:
         require_or_skip(_REASON)
     from nupes_sim.cuda import backend
+
     return backend
 
 
@@ -39,8 +41,10 @@ except Exception:  # noqa: BLE001 - absent on this branch / not built
 
 # Two launch configurations (odd sizes on purpose: K and N tails, partial blocks) and the
 # default one (256 threads, used once per test on the simulator: it is slow there).
-LAUNCHES = [dict(threads=32, gemm=dict(BM=8, BN=8, BK=4, TM=2, TN=2)),
-            dict(threads=7, gemm=dict(BM=6, BN=4, BK=3, TM=3, TN=1))]
+LAUNCHES = [
+    dict(threads=32, gemm=dict(BM=8, BN=8, BK=4, TM=2, TN=2)),
+    dict(threads=7, gemm=dict(BM=6, BN=4, BK=3, TM=3, TN=1)),
+]
 ROUNDINGS = sorted(HOST_MODES)  # table roundings
 RESCALE_ROUNDINGS = sorted(RESCALE_MODES)  # + double_round
 
@@ -56,8 +60,10 @@ def check(cb, layer, *inputs, default_launch=False):
         for k in want:
             assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape, (k, kw)
             bad = np.flatnonzero(got[k] != want[k])
-            assert bad.size == 0, f"{layer.name} {k} {kw}: {bad.size} mismatches, first at {bad[:5]}: " \
-                                  f"got {got[k].reshape(-1)[bad[:5]]}, want {want[k].reshape(-1)[bad[:5]]}"
+            assert bad.size == 0, (
+                f"{layer.name} {k} {kw}: {bad.size} mismatches, first at {bad[:5]}: "
+                f"got {got[k].reshape(-1)[bad[:5]]}, want {want[k].reshape(-1)[bad[:5]]}"
+            )
     if CPU is not None:
         got = CPU.run_layer(layer, *inputs)
         for k in want:
@@ -84,15 +90,22 @@ def _requant(rng, kind, acc):
     if kind == "none":
         return dict(out_fmt=None)
     if kind == "thr":
-        return dict(out_fmt=_pfmt(rng, int(rng.integers(2, 5)), bool(rng.integers(2))), relu=bool(rng.integers(2)),
-                    requant_rounding=str(rng.choice([r for r in ROUNDINGS if r != "stochastic"])))
+        return dict(
+            out_fmt=_pfmt(rng, int(rng.integers(2, 5)), bool(rng.integers(2))),
+            relu=bool(rng.integers(2)),
+            requant_rounding=str(rng.choice([r for r in ROUNDINGS if r != "stochastic"])),
+        )
     zp_signed = bool(rng.integers(2))
     b = int(rng.integers(3, 9))
     lo = -(2 ** (b - 1)) if zp_signed else 0
-    return dict(out_fmt=UniformFormat(b, zp_signed, float(rng.choice([0.05, 0.5, 2.0])),
-                                      int(rng.integers(lo, lo + 2 ** (b - 1)))),
-                requant_rounding="stochastic" if kind == "stochastic" else str(rng.choice(RESCALE_ROUNDINGS)),
-                mult_bits=int(rng.choice([8, 15, 31])), relu=bool(rng.integers(2)))
+    return dict(
+        out_fmt=UniformFormat(
+            b, zp_signed, float(rng.choice([0.05, 0.5, 2.0])), int(rng.integers(lo, lo + 2 ** (b - 1)))
+        ),
+        requant_rounding="stochastic" if kind == "stochastic" else str(rng.choice(RESCALE_ROUNDINGS)),
+        mult_bits=int(rng.choice([8, 15, 31])),
+        relu=bool(rng.integers(2)),
+    )
 
 
 def mac_layer(seed, conv, datapath, overflow, rq):
@@ -102,13 +115,20 @@ def mac_layer(seed, conv, datapath, overflow, rq):
         try:
             if conv:
                 groups = int(rng.choice([1, 2]))
-                O, Cg, kh, kw = 2 * int(rng.integers(1, 3)), int(rng.integers(1, 3)), int(rng.integers(1, 4)), int(rng.integers(1, 3))
+                O, Cg, kh, kw = (
+                    2 * int(rng.integers(1, 3)),
+                    int(rng.integers(1, 3)),
+                    int(rng.integers(1, 4)),
+                    int(rng.integers(1, 3)),
+                )
                 shape = (O, Cg, kh, kw)
             else:
                 O, K = int(rng.integers(1, 6)), int(rng.integers(1, 10))
                 shape = (O, K)
             K = int(np.prod(shape[1:]))
-            gran = str(rng.choice(["tensor", "channel", "group"] if datapath == "operand" else ["tensor", "channel"]))
+            gran = str(
+                rng.choice(["tensor", "channel", "group"] if datapath == "operand" else ["tensor", "channel"])
+            )
             wbits = int(rng.integers(2, 6))
             wf = _pfmt(rng, wbits, True, gran, O, K)
             if datapath == "operand" and rng.integers(3) == 0:
@@ -123,15 +143,29 @@ def mac_layer(seed, conv, datapath, overflow, rq):
             acc = Accumulator(width, overflow, int(rng.choice([0, 0, 1, 2, 3, 5])))
             bias = rng.uniform(-1, 1, O) * float(rng.choice([0, 0.1, 2]))
             w = rng.integers(wf.range.qmin, wf.range.qmax + 1, shape)
-            kw_ = dict(datapath=datapath, w_frac_bits=int(rng.integers(2, 12)), x_frac_bits=int(rng.integers(2, 10)),
-                       product_frac_bits=int(rng.integers(4, 16)), bias=bias, acc=acc,
-                       rounding=str(rng.choice(ROUNDINGS)), seed=int(rng.integers(0, 2**32)),
-                       tensor_id=int(rng.integers(0, 1000)), **_requant(rng, rq, acc))
+            kw_ = dict(
+                datapath=datapath,
+                w_frac_bits=int(rng.integers(2, 12)),
+                x_frac_bits=int(rng.integers(2, 10)),
+                product_frac_bits=int(rng.integers(4, 16)),
+                bias=bias,
+                acc=acc,
+                rounding=str(rng.choice(ROUNDINGS)),
+                seed=int(rng.integers(0, 2**32)),
+                tensor_id=int(rng.integers(0, 1000)),
+                **_requant(rng, rq, acc),
+            )
             if conv:
-                kw_.update(stride=tuple(int(v) for v in rng.integers(1, 3, 2)), padding=tuple(int(v) for v in rng.integers(0, 3, 2)),
-                           dilation=tuple(int(v) for v in rng.integers(1, 3, 2)), groups=groups)
+                kw_.update(
+                    stride=tuple(int(v) for v in rng.integers(1, 3, 2)),
+                    padding=tuple(int(v) for v in rng.integers(0, 3, 2)),
+                    dilation=tuple(int(v) for v in rng.integers(1, 3, 2)),
+                    groups=groups,
+                )
                 w = rng.integers(wf.range.qmin, wf.range.qmax + 1, (O, Cg, kh, kw))
-                x = rng.integers(xf.range.qmin, xf.range.qmax + 1, (int(rng.integers(1, 3)), Cg * groups, 4, 5))
+                x = rng.integers(
+                    xf.range.qmin, xf.range.qmax + 1, (int(rng.integers(1, 3)), Cg * groups, 4, 5)
+                )
 
                 def build(**k):
                     return Conv2d.build("conv", w, wf, xf, **dict(kw_, **k))
@@ -140,6 +174,7 @@ def mac_layer(seed, conv, datapath, overflow, rq):
 
                 def build(**k):
                     return Linear.build("fc", w, wf, xf, **dict(kw_, **k))
+
             L = build()
             if overflow != "exact" and rng.integers(4):
                 # an accumulator a few bits narrower than the worst case, so clamps/wraps happen
@@ -154,8 +189,12 @@ def mac_layer(seed, conv, datapath, overflow, rq):
     raise AssertionError("no valid random layer")
 
 
-CASES = [(dp, ov, rq) for dp in ("operand", "product") for ov in ("wrap", "saturate", "exact")
-         for rq in ("none", "thr", "rescale", "stochastic")]
+CASES = [
+    (dp, ov, rq)
+    for dp in ("operand", "product")
+    for ov in ("wrap", "saturate", "exact")
+    for rq in ("none", "thr", "rescale", "stochastic")
+]
 
 
 @pytest.mark.parametrize("dp,ov,rq", CASES)
@@ -194,8 +233,17 @@ def test_int64_gemm_path_and_default_launch(cb):
     w = rng.integers(-31, 32, (3, 6))
     x = rng.integers(0, 64, (2, 6))
     for dp in ("operand", "product"):
-        L = Linear.build("big", w, wf, xf, datapath=dp, w_frac_bits=24, x_frac_bits=24, product_frac_bits=40,
-                         acc=Accumulator(40, "wrap"))
+        L = Linear.build(
+            "big",
+            w,
+            wf,
+            xf,
+            datapath=dp,
+            w_frac_bits=24,
+            x_frac_bits=24,
+            product_frac_bits=40,
+            acc=Accumulator(40, "wrap"),
+        )
         assert int(L.bound.max()) >= 2**31
         cb.STATS.clear()
         check(cb, L, x, default_launch=(dp == "operand"))
@@ -208,8 +256,16 @@ def test_add_pools_flatten_graph(cb):
         af, bf = _pfmt(rng, 4, True), _pfmt(rng, 3, False)
         acc = Accumulator(int(rng.choice([8, 10, 16])), ov, i)
         for rq in ("none", "thr", "stochastic"):
-            A = Add.build("add", af, bf, frac_bits=int(rng.integers(4, 9)), acc=acc, tensor_id=5, seed=9,
-                          **_requant(rng, rq, acc))
+            A = Add.build(
+                "add",
+                af,
+                bf,
+                frac_bits=int(rng.integers(4, 9)),
+                acc=acc,
+                tensor_id=5,
+                seed=9,
+                **_requant(rng, rq, acc),
+            )
             a = rng.integers(af.range.qmin, af.range.qmax + 1, (2, 3, 2, 3))
             b = rng.integers(bf.range.qmin, bf.range.qmax + 1, (2, 3, 2, 3))
             check(cb, A, a, b)
@@ -220,8 +276,18 @@ def test_add_pools_flatten_graph(cb):
             window = None if kernel else 20
             rq = _requant(rng, ("thr", "rescale", "stochastic")[i], acc)
             rq.pop("relu", None)
-            P = AvgPool2d.build("avg", xf, frac_bits=int(rng.integers(4, 12)), acc=acc, kernel=kernel, stride=stride,
-                                window=window, tensor_id=3, seed=1, **rq)
+            P = AvgPool2d.build(
+                "avg",
+                xf,
+                frac_bits=int(rng.integers(4, 12)),
+                acc=acc,
+                kernel=kernel,
+                stride=stride,
+                window=window,
+                tensor_id=3,
+                seed=1,
+                **rq,
+            )
             check(cb, P, x)
     x = rng.integers(-7, 8, (2, 3, 5, 4))
     for kernel, stride, pad in (((2, 2), None, (0, 0)), ((3, 3), (2, 1), (1, 1)), ((2, 3), (1, 1), (1, 0))):
@@ -229,10 +295,24 @@ def test_add_pools_flatten_graph(cb):
     check(cb, Flatten("fl"), x)
     # a small graph through Graph.run(backend='cuda'), every stage compared
     wf, xf = _pfmt(rng, 4, True), _pfmt(rng, 4, False)
-    conv = Conv2d.build("c1", rng.integers(-7, 8, (2, 1, 2, 2)), wf, xf, padding=1, acc=Accumulator(16, "saturate"),
-                        out_fmt=_pfmt(rng, 4, False), relu=True)
-    g = Graph([conv, MaxPool2d("p1", 2), Flatten("f"),
-               Linear.build("fc", rng.integers(-7, 8, (3, 2 * 2 * 3)), wf, xf, acc=Accumulator(20, "wrap"))])
+    conv = Conv2d.build(
+        "c1",
+        rng.integers(-7, 8, (2, 1, 2, 2)),
+        wf,
+        xf,
+        padding=1,
+        acc=Accumulator(16, "saturate"),
+        out_fmt=_pfmt(rng, 4, False),
+        relu=True,
+    )
+    g = Graph(
+        [
+            conv,
+            MaxPool2d("p1", 2),
+            Flatten("f"),
+            Linear.build("fc", rng.integers(-7, 8, (3, 2 * 2 * 3)), wf, xf, acc=Accumulator(20, "wrap")),
+        ]
+    )
     x = rng.integers(0, 16, (2, 1, 4, 5))
     want = g.run(x, backend="numpy", intermediates=True)
     got = g.run(x, backend="cuda", intermediates=True)
@@ -256,12 +336,15 @@ def test_input_validation_matches_oracle(cb):
 
 def test_empty_batch(cb):
     wf, xf = PowerFormat(4, True, 0.5, 1.0), PowerFormat(4, False, 0.5, 1.0)
-    L = Linear.build("fc", np.ones((2, 3), int), wf, xf, out_fmt=UniformFormat(8, True, 0.1), requant_rounding="stochastic")
+    L = Linear.build(
+        "fc", np.ones((2, 3), int), wf, xf, out_fmt=UniformFormat(8, True, 0.1), requant_rounding="stochastic"
+    )
     check(cb, L, np.zeros((0, 3), np.int64))
 
 
 def test_ensure_available_names_the_cause(monkeypatch):
     from nupes_sim.cuda import _compat, backend
+
     monkeypatch.setattr(_compat, "numba_cuda_installed", lambda: False)
     with pytest.raises(RuntimeError, match="numba-cuda"):
         backend.ensure_available()
@@ -269,6 +352,7 @@ def test_ensure_available_names_the_cause(monkeypatch):
     if not _compat.numba_cuda_installed():
         pytest.skip("numba-cuda is not installed")
     from numba import cuda
+
     monkeypatch.setattr(cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match=r"is_available\(\) is False"):
         backend.ensure_available()
@@ -280,16 +364,21 @@ def test_repo_root_first_does_not_shadow_nvidia_cuda():
     """`python -c` from the repository root puts cuda/ first on sys.path as a top-level `cuda`:
     NVIDIA's cuda namespace (cuda.bindings) and numba.cuda must still import."""
     from nupes_sim.cuda import _compat
+
     if not _compat.numba_cuda_installed():
         require_or_skip("numba-cuda is not installed")
     for name in ("bindings", "core", "pathfinder"):
         assert not (ROOT / "cuda" / name).exists(), f"cuda/{name} would shadow NVIDIA's cuda.{name}"
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    code = ("import sys; assert sys.path[0] in ('', %r); import cuda, cuda.bindings; "
-            "from numba import cuda as nc; import nupes_sim.cuda.kernels as k; "
-            "from nupes_sim import primitives as P; assert k.PRIMITIVE_NAMES == P.NAMES; "
-            "print(cuda.bindings.__name__, nc.__name__, len(k.PRIMITIVE_NAMES))" % str(ROOT))
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys; assert sys.path[0] in ('', %r); import cuda, cuda.bindings; "
+        "from numba import cuda as nc; import nupes_sim.cuda.kernels as k; "
+        "from nupes_sim import primitives as P; assert k.PRIMITIVE_NAMES == P.NAMES; "
+        "print(cuda.bindings.__name__, nc.__name__, len(k.PRIMITIVE_NAMES))" % str(ROOT)
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "cuda.bindings numba.cuda 10" in r.stdout
 
@@ -298,16 +387,19 @@ def test_numpy_without_row_stack_imports_numba_cuda():
     """NumPy 2.5 removed np.row_stack, which numba-cuda 0.30.4 overloads at import: the shim in
     cuda/_compat.py must make the import work and leave np.vstack untouched."""
     from nupes_sim.cuda import _compat
+
     if not _compat.numba_cuda_installed():
         require_or_skip("numba-cuda is not installed")
-    code = ("import numpy as np\n"
-            "if hasattr(np, 'row_stack'): del np.row_stack\n"
-            "vstack = np.vstack\n"
-            "import nupes_sim.cuda.kernels as k\n"
-            "from nupes_sim.cuda import _compat as c\n"
-            "assert c.ROW_STACK_SHIM and np.vstack is vstack and np.row_stack is not vstack\n"
-            "assert (np.row_stack(([1], [2])) == [[1], [2]]).all()\n"
-            "print('ok')\n")
+    code = (
+        "import numpy as np\n"
+        "if hasattr(np, 'row_stack'): del np.row_stack\n"
+        "vstack = np.vstack\n"
+        "import nupes_sim.cuda.kernels as k\n"
+        "from nupes_sim.cuda import _compat as c\n"
+        "assert c.ROW_STACK_SHIM and np.vstack is vstack and np.row_stack is not vstack\n"
+        "assert (np.row_stack(([1], [2])) == [[1], [2]]).all()\n"
+        "print('ok')\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
 
@@ -317,9 +409,11 @@ def test_numpy_without_row_stack_imports_numba_cuda():
 # "SIMPLE" shapes next to guarded edge tiles), runs of 4 and 2 contiguous rows/columns per
 # thread, and the grouped block order with a partial last group (GROUP smaller than the
 # number of n tiles).
-TILINGS = [dict(BM=64, BN=32, BK=4, TM=8, TN=4, GROUP=2),  # SIMPLE, two runs of 4 rows
-           dict(BM=8, BN=8, BK=4, TM=2, TN=2, GROUP=3),  # SIMPLE, runs of 2
-           dict(BM=6, BN=4, BK=3, TM=3, TN=1, GROUP=2)]  # not SIMPLE: guarded loads only
+TILINGS = [
+    dict(BM=64, BN=32, BK=4, TM=8, TN=4, GROUP=2),  # SIMPLE, two runs of 4 rows
+    dict(BM=8, BN=8, BK=4, TM=2, TN=2, GROUP=3),  # SIMPLE, runs of 2
+    dict(BM=6, BN=4, BK=3, TM=3, TN=1, GROUP=2),
+]  # not SIMPLE: guarded loads only
 
 
 @pytest.mark.parametrize("dp", ["operand", "product"])

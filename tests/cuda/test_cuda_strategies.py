@@ -1,6 +1,7 @@
 """The CUDA backend driven by the shared hypothesis strategies of the CPU tests
 (tests/strategies.py), with a smaller example budget (every simulated thread is slow), and
 per-channel threshold rows on conv and grouped conv (a wrong row index must show)."""
+
 import dataclasses
 
 import numpy as np
@@ -24,6 +25,7 @@ def cb():
     if _REASON is not None:
         require_or_skip(_REASON)
     from nupes_sim.cuda import backend
+
     return backend
 
 
@@ -64,8 +66,18 @@ def test_per_channel_requant_rows_on_conv(cb, groups, kind):
     wf = PowerFormat(4, True, 0.7, 0.08)
     xf = PowerFormat(4, False, 0.7, 0.05)
     out = PowerFormat(4, False, 0.7, 0.3) if kind == "thresholds" else UniformFormat(8, True, 0.01, 3)
-    layer = Conv2d.build("c", w, wf, xf, groups=groups, padding=1, acc=Accumulator(24, "wrap"), out_fmt=out,
-                         w_frac_bits=8, x_frac_bits=6)
+    layer = Conv2d.build(
+        "c",
+        w,
+        wf,
+        xf,
+        groups=groups,
+        padding=1,
+        acc=Accumulator(24, "wrap"),
+        out_fmt=out,
+        w_frac_bits=8,
+        x_frac_bits=6,
+    )
     units = layer.unit * np.array([0.25, 1.0, 4.0, 16.0])
     if kind == "thresholds":
         rq = threshold_table(units, out, 24, "half_even", relu=True)

@@ -2,6 +2,7 @@
 launched with, without a GPU: NVVM only. Runs in a normal (non-simulator) process, because
 the CUDA simulator has no compiler. Skips with the reason only if numba-cuda or NVVM is absent
 (NUPES_REQUIRE_CUDA=1: fails instead)."""
+
 import re
 
 import pytest
@@ -26,6 +27,7 @@ def ptx():
 
 def test_every_kernel_compiles(ptx):
     from nupes_sim.cuda import kernels
+
     names = [n for n, _, _ in kernels.ptx_cases()]
     assert sorted(ptx) == sorted(names)
     for name, text in ptx.items():

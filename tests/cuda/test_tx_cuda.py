@@ -1,5 +1,6 @@
 """numba.cuda kernels of the transformer ops == the oracle, bit for bit, under two launch
 shapes (runs under NUMBA_ENABLE_CUDASIM=1 in `make test`, on hardware via cuda/gpu_check.sh)."""
+
 import sys
 from pathlib import Path
 
@@ -22,6 +23,7 @@ def cb():
     if _REASON is not None:
         require_or_skip(_REASON)
     from nupes_sim.cuda import backend
+
     return backend
 
 
@@ -43,6 +45,7 @@ def test_cuda_equals_oracle(cb, op):
     @given(ALL_CASES[op]())
     def run(case):
         same(cb, *case)
+
     run()
 
 

@@ -1,5 +1,6 @@
 """The transformer kernels compile to PTX for sm_90 without a GPU and use no floating point
 (a normal, non-simulator process, as tests/cuda/test_ptx.py)."""
+
 import re
 
 import pytest
@@ -24,6 +25,7 @@ def ptx():
 
 def test_every_transformer_kernel_compiles_without_floats(ptx):
     from nupes_sim.cuda import transformer
+
     assert sorted(ptx) == sorted(n for n, _, _ in transformer.ptx_cases())
     pat = re.compile(r"^\s*(?:@%p\d+\s+)?[a-z]+(?:\.[a-z0-9]+)*\.(?:f16|f32|f64|bf16)\b", re.M)
     for name, text in ptx.items():

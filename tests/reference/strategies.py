@@ -1,4 +1,5 @@
 """Reusable hypothesis strategies for quantizer tests (weights, specs)."""
+
 import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -18,7 +19,9 @@ def weight_matrices(draw, max_rows=6, max_groups=4, group_sizes=(1, 2, 3, 4), ze
     K = g * draw(st.integers(1, max_groups))
     # magnitudes 0 or in [1e-20, 1e3]: |w|^a stays a normal float64 for every a in [0.05, 4]
     # (far smaller maxima are rejected by the quantizer, see test_unrepresentable_scale_is_an_error)
-    mags = st.one_of(st.just(0.0), st.builds(lambda m, s: s * m, st.floats(1e-20, 1e3), st.sampled_from([-1.0, 1.0])))
+    mags = st.one_of(
+        st.just(0.0), st.builds(lambda m, s: s * m, st.floats(1e-20, 1e3), st.sampled_from([-1.0, 1.0]))
+    )
     w = draw(hnp.arrays(np.float64, (C, K), elements=mags))
     if zeros and draw(st.booleans()):
         w[draw(st.integers(0, C - 1))] = 0.0

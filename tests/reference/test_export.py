@@ -1,4 +1,5 @@
 """Exporter: folded + quantized torch model -> integer graph, against its float64 twin."""
+
 import numpy as np
 import pytest
 import torch
@@ -37,8 +38,9 @@ def test_integer_graph_matches_fake_quant(datapath):
     model = power_rtn(fold_batchnorm(toy_model()))
     torch.manual_seed(1)
     x = torch.randn(24, 1, 8, 8)
-    cfg = ExportConfig(datapath=datapath, act_exponent=0.7 if datapath == "product" else None,
-                       acc=Accumulator(48, "exact"))
+    cfg = ExportConfig(
+        datapath=datapath, act_exponent=0.7 if datapath == "product" else None, acc=Accumulator(48, "exact")
+    )
     ex = export_model(model, x, cfg)
     ref, vals = ex.fake_quant(x, return_values=True)
     r = ex.graph.run(ex.encode_input(x.numpy()), backend="numpy", intermediates=True)
@@ -65,7 +67,10 @@ def test_integer_graph_matches_fake_quant(datapath):
     xin = r.stages[ex.graph.nodes[-2].name]["out"]
     w, wfmt = ex.weights[ex.ops[-1].name]
     xr = ex.formats[ex.ops[-2].out].decode_real(xin)
-    ref_fc = xr @ wfmt.decode_real(w, wfmt.scale_index(w.shape)).T + ex.ops[-1].module.bias.detach().double().numpy()
+    ref_fc = (
+        xr @ wfmt.decode_real(w, wfmt.scale_index(w.shape)).T
+        + ex.ops[-1].module.bias.detach().double().numpy()
+    )
     err = np.abs(r.output - ref_fc / fc.unit)
     if datapath == "operand":
         X = xr * 2.0**fc.x_table.frac_bits
@@ -80,9 +85,12 @@ def test_integer_graph_matches_fake_quant(datapath):
 def _pre_relu_acc(ex, x):
     """Exact float value of the first layer in accumulator LSBs (before requantization)."""
     import torch.nn.functional as F
+
     op = ex.ops[0]
     w, fmt = ex.weights[op.name]
-    wd = torch.from_numpy(fmt.decode_real(w.reshape(w.shape[0], -1), fmt.scale_index(w.shape)).reshape(w.shape))
+    wd = torch.from_numpy(
+        fmt.decode_real(w.reshape(w.shape[0], -1), fmt.scale_index(w.shape)).reshape(w.shape)
+    )
     xin = torch.from_numpy(ex.input_format.decode_real(ex.encode_input(x.numpy())))
     m = op.module
     y = F.conv2d(xin, wd, m.bias.detach().double(), m.stride, m.padding, m.dilation, m.groups)
@@ -93,8 +101,10 @@ def _layer_bound(layer):
     """Worst-case |acc - exact| in LSBs over all inputs (ARITHMETIC.md §9, maximized over x)."""
     if layer.datapath == "product":
         return 0.5 + layer.k / 2
-    Wt = layer.w_table.lut[layer.w_table_index, layer.w_codes.reshape(layer.out_channels, -1).astype(np.int64)
-                           - layer.w_range.qmin]
+    Wt = layer.w_table.lut[
+        layer.w_table_index,
+        layer.w_codes.reshape(layer.out_channels, -1).astype(np.int64) - layer.w_range.qmin,
+    ]
     xmax = np.abs(layer.x_table.lut).max() + 0.5
     return float((0.5 + 0.5 * (np.abs(Wt).sum(1) + layer.k * xmax)).max()) * (1 + 1e-9)
 

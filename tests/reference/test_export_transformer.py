@@ -1,6 +1,7 @@
 """Transformer exporter: tiny CharTransformer / MiniLM-shaped models -> integer graph, against
 the float64 fake-quant twin and the float model; the oracle and the CPU backend agree on a
 sample bit for bit (every stage of every node)."""
+
 import numpy as np
 import pytest
 import torch
@@ -61,8 +62,15 @@ def test_charlm_refuses_long_sequences(charlm):
 
 def test_minilm_shaped_export_with_padding_mask():
     torch.manual_seed(0)
-    model = MiniLM(vocab_size=20, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                   intermediate_size=32, max_position_embeddings=8, layer_norm_eps=1e-12).eval()
+    model = MiniLM(
+        vocab_size=20,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=8,
+        layer_norm_eps=1e-12,
+    ).eval()
     qm = _quantized(model)
     ids = torch.randint(1, 20, (6, 8), generator=torch.Generator().manual_seed(2))
     ids[0, 5:] = 0  # padded

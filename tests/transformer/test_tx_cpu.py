@@ -1,4 +1,5 @@
 """The Numba CPU kernels of the transformer ops == the oracle, bit for bit (every stage)."""
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -15,8 +16,10 @@ def same(layer, inputs):
     for k in want:
         assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape, k
         bad = np.flatnonzero(got[k] != want[k])
-        assert bad.size == 0, f"{layer.name} {k}: {bad.size} mismatches at {bad[:5]}: got " \
-                              f"{got[k].reshape(-1)[bad[:5]]}, want {want[k].reshape(-1)[bad[:5]]}"
+        assert bad.size == 0, (
+            f"{layer.name} {k}: {bad.size} mismatches at {bad[:5]}: got "
+            f"{got[k].reshape(-1)[bad[:5]]}, want {want[k].reshape(-1)[bad[:5]]}"
+        )
 
 
 @pytest.mark.parametrize("op", sorted(ALL_CASES))
@@ -24,6 +27,7 @@ def test_cpu_equals_oracle(op):
     @given(ALL_CASES[op]())
     def run(case):
         same(*case)
+
     run()
 
 

@@ -1,6 +1,7 @@
 """The transformer ops' oracle against the contract (ARITHMETIC.md §10-§16): worked examples,
 every stage re-derived from its definition with Python integers, exhaustive tables for
 b <= 8, boundary cases and the derived float64 error bounds."""
+
 import math
 from fractions import Fraction
 
@@ -37,8 +38,13 @@ IDS = sorted(MODES[n] for n in HOST_MODES)  # double_round is a rescale rule onl
 
 # ---- §12 round_div and isqrt ------------------------------------------------------------------
 WORKED = {  # round_div(-7, 2) = -3.5 and round_div(5, 4) = 1.25, round_div(6, 4) = 1.5, per mode
-    P.HALF_EVEN: (-4, 1, 2), P.HALF_AWAY: (-4, 1, 2), P.HALF_UP: (-3, 1, 2), P.FLOOR: (-4, 1, 1),
-    P.CEIL: (-3, 2, 2), P.TOWARD_ZERO: (-3, 1, 1)}
+    P.HALF_EVEN: (-4, 1, 2),
+    P.HALF_AWAY: (-4, 1, 2),
+    P.HALF_UP: (-3, 1, 2),
+    P.FLOOR: (-4, 1, 1),
+    P.CEIL: (-3, 2, 2),
+    P.TOWARD_ZERO: (-3, 1, 1),
+}
 
 
 @pytest.mark.parametrize("mode", sorted(WORKED))
@@ -61,7 +67,10 @@ def test_round_div_exhaustive_small():
 def test_round_div_stochastic_rule():
     # rem/d = 1/4: up iff 2^32/4 > r, i.e. r < 2^30
     assert round_div(5, 4, P.STOCHASTIC, 2**30 - 1) == 2 and round_div(5, 4, P.STOCHASTIC, 2**30) == 1
-    assert prims.round_div(5, 4, P.STOCHASTIC, 2**30 - 1) == 2 and prims.round_div(5, 4, P.STOCHASTIC, 2**30) == 1
+    assert (
+        prims.round_div(5, 4, P.STOCHASTIC, 2**30 - 1) == 2
+        and prims.round_div(5, 4, P.STOCHASTIC, 2**30) == 1
+    )
 
 
 @given(st.integers(0, 2**63 - 1))
@@ -108,9 +117,12 @@ def _scalar_encode(fmt, y, mode):
 @pytest.mark.parametrize("fn", sorted(TT.FUNCTIONS))
 @pytest.mark.parametrize("bits", range(2, 9))
 def test_elementwise_tables_exhaustive(fn, bits):
-    scalar = {"gelu": lambda x: 0.5 * x * (1 + math.erf(x / math.sqrt(2))),
-              "gelu_tanh": lambda x: 0.5 * x * (1 + math.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))),
-              "silu": lambda x: x / (1 + math.exp(-x)), "relu": lambda x: max(x, 0.0)}[fn]
+    scalar = {
+        "gelu": lambda x: 0.5 * x * (1 + math.erf(x / math.sqrt(2))),
+        "gelu_tanh": lambda x: 0.5 * x * (1 + math.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))),
+        "silu": lambda x: x / (1 + math.exp(-x)),
+        "relu": lambda x: max(x, 0.0),
+    }[fn]
     fins = [power(bits, True, 0.5, 4.0), UniformFormat(bits, True, 6.0 / 2**bits, 0)]
     fouts = [power(bits, True, 1.5, 4.0), UniformFormat(bits, False, 4.0 / 2**bits, 1)]
     for fin in fins:
@@ -127,7 +139,9 @@ def test_elementwise_tables_exhaustive(fn, bits):
 def test_elementwise_relu_worked_example_and_user_function():
     layer = ElementwiseTable.build("r", UniformFormat(4, True, 0.5), UniformFormat(4, False, 0.5), "relu")
     assert oracle.run_layer(layer, np.array([-3, 5]))["out"].tolist() == [0, 5]
-    sq = ElementwiseTable.build("sq", UniformFormat(4, True, 0.5), UniformFormat(4, False, 0.25), lambda x: x * x)
+    sq = ElementwiseTable.build(
+        "sq", UniformFormat(4, True, 0.5), UniformFormat(4, False, 0.25), lambda x: x * x
+    )
     assert oracle.run_layer(sq, np.array([-3, 2]))["out"].tolist() == [9, 4]
     with pytest.raises(ValueError, match="built-in"):
         ElementwiseTable.build("x", UniformFormat(4, True, 0.5), UniformFormat(4, False, 0.5), "tanhh")
@@ -153,8 +167,10 @@ def _matmul_direct(layer, a, b):
         for k in range(K):
             qa, qb = int(a[i[:-1] + (k,)]), int(bk[i[:-2] + (k, i[-1])])
             if layer.datapath == "operand":
-                ps.append(int(layer.a_table.lut[0, qa - layer.a_range.qmin]) *
-                          int(layer.b_table.lut[0, qb - layer.b_range.qmin]))
+                ps.append(
+                    int(layer.a_table.lut[0, qa - layer.a_range.qmin])
+                    * int(layer.b_table.lut[0, qb - layer.b_range.qmin])
+                )
             else:
                 pt = layer.p_table
                 idx = abs(qa) * abs(qb) if pt.by_product else abs(qa) * (pt.mx + 1) + abs(qb)
@@ -170,7 +186,7 @@ def _matmul_direct(layer, a, b):
             s = 0
             for t0 in range(0, K, t):
                 part = 0
-                for p in ps[t0:t0 + t]:
+                for p in ps[t0 : t0 + t]:
                     part = min(max(part + p, acc.lo), acc.hi)
                 s = min(max(s + part, acc.lo), acc.hi) if acc.tile else part
             res[i] = s
@@ -234,10 +250,15 @@ def _softmax_direct(layer, x, mask):
         for j in ks:
             fr = Fraction(e[j] << layer.prob_bits, s)
             fl, rem = math.floor(fr), fr - math.floor(fr)
-            up = {P.HALF_EVEN: rem > Fraction(1, 2) or (rem == Fraction(1, 2) and fl % 2 == 1),
-                  P.HALF_AWAY: rem >= Fraction(1, 2), P.HALF_UP: rem >= Fraction(1, 2), P.FLOOR: False,
-                  P.CEIL: rem > 0, P.TOWARD_ZERO: False,
-                  P.STOCHASTIC: rem > Fraction(int(words[row + (j,)]), 2**32)}[layer.prob_rounding]
+            up = {
+                P.HALF_EVEN: rem > Fraction(1, 2) or (rem == Fraction(1, 2) and fl % 2 == 1),
+                P.HALF_AWAY: rem >= Fraction(1, 2),
+                P.HALF_UP: rem >= Fraction(1, 2),
+                P.FLOOR: False,
+                P.CEIL: rem > 0,
+                P.TOWARD_ZERO: False,
+                P.STOCHASTIC: rem > Fraction(int(words[row + (j,)]), 2**32),
+            }[layer.prob_rounding]
             prob[row + (j,)] = fl + up
     return sums, prob
 
@@ -288,8 +309,14 @@ def test_softmax_sum_reaches_the_accumulator_limit():
         oracle.run_layer(sm, np.zeros((1, 128), np.int64))
 
 
-@given(st.integers(2, 8), st.sampled_from([0.05, 0.2, 1.0]), st.integers(4, 16), st.integers(4, 16),
-       st.integers(0, 2**32 - 1), st.booleans())
+@given(
+    st.integers(2, 8),
+    st.sampled_from([0.05, 0.2, 1.0]),
+    st.integers(4, 16),
+    st.integers(4, 16),
+    st.integers(0, 2**32 - 1),
+    st.booleans(),
+)
 def test_softmax_float_bound(bits, s, F, Pb, seed, causal):
     xf = UniformFormat(bits, True, s)
     sm = Softmax.build("sm", xf, max_len=9, exp_frac_bits=F, prob_bits=Pb, causal=causal)
@@ -388,7 +415,9 @@ def test_layout_ops():
     assert heads.shape == (2, 3, 2, 4)
     t = oracle.run_layer(Transpose("t", 1, 2), heads)["out"]
     assert t.shape == (2, 2, 3, 4) and t.flags.c_contiguous and (t == heads.transpose(0, 2, 1, 3)).all()
-    merged = oracle.run_layer(Reshape("m", (0, 0, -1)), oracle.run_layer(Transpose("t", 1, 2), t)["out"])["out"]
+    merged = oracle.run_layer(Reshape("m", (0, 0, -1)), oracle.run_layer(Transpose("t", 1, 2), t)["out"])[
+        "out"
+    ]
     assert (merged == x).all()
     assert (oracle.run_layer(Slice("s", 2, 4, 8), x)["out"] == x[:, :, 4:8]).all()
     assert oracle.run_layer(PadMask("p", 0), np.array([[5, 0]]))["out"].tolist() == [[1, 0]]
@@ -412,15 +441,26 @@ def attention_graph(C=8, H=2, T=4, masked=False):
     av = MatMul.build("av", prob_fmt, pf, k_max=T, out_fmt=pf, datapath="product")
     gelu = ElementwiseTable.build("gelu", pf, pf, "gelu")
     res = Add.build("res", pf, pf, frac_bits=12, out_fmt=pf)
-    nodes = [Node(tok, ("input",)), Node(pos, ("input",)), Node(add, ("tok", "pos")), Node(ln, ("emb",)),
-             Node(Reshape("heads", (0, 0, H, D)), ("ln",)), Node(Transpose("bh", 1, 2), ("heads",)),
-             Node(qk, ("bh", "bh"))]
+    nodes = [
+        Node(tok, ("input",)),
+        Node(pos, ("input",)),
+        Node(add, ("tok", "pos")),
+        Node(ln, ("emb",)),
+        Node(Reshape("heads", (0, 0, H, D)), ("ln",)),
+        Node(Transpose("bh", 1, 2), ("heads",)),
+        Node(qk, ("bh", "bh")),
+    ]
     if masked:
         nodes += [Node(PadMask("mask", 0), ("input",)), Node(sm, ("qk", "mask"))]
     else:
         nodes += [Node(sm, ("qk",))]
-    nodes += [Node(av, ("sm", "bh")), Node(Transpose("bt", 1, 2), ("av",)), Node(Reshape("merge", (0, 0, -1)), ("bt",)),
-              Node(gelu, ("merge",)), Node(res, ("gelu", "emb"))]
+    nodes += [
+        Node(av, ("sm", "bh")),
+        Node(Transpose("bt", 1, 2), ("av",)),
+        Node(Reshape("merge", (0, 0, -1)), ("bt",)),
+        Node(gelu, ("merge",)),
+        Node(res, ("gelu", "emb")),
+    ]
     return Graph(nodes)
 
 

@@ -3,6 +3,7 @@
 Layers come from the public builders; configurations a builder refuses (a width proof
 fails) are rejected. Shapes stay tiny: the same cases run under the CUDA simulator.
 """
+
 import numpy as np
 from hypothesis import strategies as st
 from strategies import DETERMINISTIC, ROUNDINGS, _try, codes, power_format, uniform_format
@@ -43,8 +44,11 @@ def embedding_case(draw):
 def elementwise_case(draw):
     fin, fout = act_format(draw), act_format(draw)
     fn = draw(st.sampled_from(sorted(FUNCTIONS)))
-    layer = _try(lambda: ElementwiseTable.build("f", fin, fout, fn, rounding=draw(st.sampled_from(ROUNDINGS)),
-                                                seed=draw(st.integers(0, 9))))
+    layer = _try(
+        lambda: ElementwiseTable.build(
+            "f", fin, fout, fn, rounding=draw(st.sampled_from(ROUNDINGS)), seed=draw(st.integers(0, 9))
+        )
+    )
     x = draw(codes(fin.range, (2, draw(st.integers(0, 4)), 3)))
     return layer, (x,)
 
@@ -63,12 +67,26 @@ def matmul_case(draw):
     if isinstance(spec["out_fmt"], UniformFormat) and width > 62:
         spec = dict(out_fmt=None)
     tb = draw(st.booleans())
-    layer = _try(lambda: MatMul.build(
-        "mm", fa, fb, k_max=K + draw(st.integers(0, 3)), datapath=datapath, a_frac_bits=draw(st.integers(0, 14)),
-        b_frac_bits=draw(st.integers(0, 14)), product_frac_bits=draw(st.integers(0, 20)), acc=acc,
-        alpha=draw(st.sampled_from([1.0, 0.125, 0.35])), transpose_b=tb, rounding=draw(st.sampled_from(ROUNDINGS)),
-        mult_bits=min(31, 63 - width), seed=draw(st.integers(0, 2**32 - 1)), tensor_id=draw(st.integers(0, 99)),
-        **spec))
+    layer = _try(
+        lambda: MatMul.build(
+            "mm",
+            fa,
+            fb,
+            k_max=K + draw(st.integers(0, 3)),
+            datapath=datapath,
+            a_frac_bits=draw(st.integers(0, 14)),
+            b_frac_bits=draw(st.integers(0, 14)),
+            product_frac_bits=draw(st.integers(0, 20)),
+            acc=acc,
+            alpha=draw(st.sampled_from([1.0, 0.125, 0.35])),
+            transpose_b=tb,
+            rounding=draw(st.sampled_from(ROUNDINGS)),
+            mult_bits=min(31, 63 - width),
+            seed=draw(st.integers(0, 2**32 - 1)),
+            tensor_id=draw(st.integers(0, 99)),
+            **spec,
+        )
+    )
     lead = draw(st.sampled_from([(), (2,), (1, 2)]))
     M, N = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     a = draw(codes(fa.range, lead + (M, K)))
@@ -90,10 +108,23 @@ def softmax_case(draw):
     prob_rounding = draw(st.sampled_from(ROUNDINGS))
     spec = draw(out_spec())
     masked, causal = draw(st.booleans()), draw(st.booleans())
-    layer = _try(lambda: Softmax.build(
-        "sm", xf, max_len=max_len, exp_frac_bits=F, prob_bits=draw(st.integers(0, 20)), acc=acc, causal=causal,
-        masked=masked, rounding=draw(st.sampled_from(ROUNDINGS)), prob_rounding=prob_rounding,
-        seed=draw(st.integers(0, 2**32 - 1)), tensor_id=draw(st.integers(0, 99)), **spec))
+    layer = _try(
+        lambda: Softmax.build(
+            "sm",
+            xf,
+            max_len=max_len,
+            exp_frac_bits=F,
+            prob_bits=draw(st.integers(0, 20)),
+            acc=acc,
+            causal=causal,
+            masked=masked,
+            rounding=draw(st.sampled_from(ROUNDINGS)),
+            prob_rounding=prob_rounding,
+            seed=draw(st.integers(0, 2**32 - 1)),
+            tensor_id=draw(st.integers(0, 99)),
+            **spec,
+        )
+    )
     B, H = draw(st.integers(1, 2)), draw(st.integers(1, 2))
     tk = draw(st.integers(1, max_len))
     tq = draw(st.integers(1, tk)) if causal else draw(st.integers(1, 3))
@@ -122,12 +153,24 @@ def layernorm_case(draw):
     gamma = r.normal(1, 0.5, C) if draw(st.booleans()) else None
     beta = r.normal(0, 0.5, C) if draw(st.booleans()) else None
     spec = draw(out_spec())
-    layer = _try(lambda: LayerNorm.build(
-        "ln", xf, channels=C, gamma=gamma, beta=beta, eps=draw(st.sampled_from([1e-12, 1e-5, 0.1])),
-        x_lut_bits=draw(st.integers(4, 20)), inv_frac_bits=draw(st.one_of(st.none(), st.integers(0, 24))),
-        gamma_bits=draw(st.integers(1, 20)), rounding=draw(st.sampled_from(ROUNDINGS)),
-        mean_rounding=draw(st.sampled_from(ROUNDINGS)), seed=draw(st.integers(0, 2**32 - 1)),
-        tensor_id=draw(st.integers(0, 99)), **spec))
+    layer = _try(
+        lambda: LayerNorm.build(
+            "ln",
+            xf,
+            channels=C,
+            gamma=gamma,
+            beta=beta,
+            eps=draw(st.sampled_from([1e-12, 1e-5, 0.1])),
+            x_lut_bits=draw(st.integers(4, 20)),
+            inv_frac_bits=draw(st.one_of(st.none(), st.integers(0, 24))),
+            gamma_bits=draw(st.integers(1, 20)),
+            rounding=draw(st.sampled_from(ROUNDINGS)),
+            mean_rounding=draw(st.sampled_from(ROUNDINGS)),
+            seed=draw(st.integers(0, 2**32 - 1)),
+            tensor_id=draw(st.integers(0, 99)),
+            **spec,
+        )
+    )
     x = draw(codes(xf.range, (draw(st.integers(0, 2)), draw(st.integers(1, 3)), C)))
     if draw(st.booleans()) and x.size:
         x[0, 0] = x[0, 0, 0]  # a constant row: variance 0
@@ -139,5 +182,10 @@ def power(bits, signed, a, top):
     return PowerFormat(bits, signed, a, np.array([top**a / M]))
 
 
-ALL_CASES = {"embedding": embedding_case, "elementwise": elementwise_case, "matmul": matmul_case,
-             "softmax": softmax_case, "layernorm": layernorm_case}
+ALL_CASES = {
+    "embedding": embedding_case,
+    "elementwise": elementwise_case,
+    "matmul": matmul_case,
+    "softmax": softmax_case,
+    "layernorm": layernorm_case,
+}
