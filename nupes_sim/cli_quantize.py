@@ -1,0 +1,117 @@
+"""`nupes-sim quantize`: a float model (state dict, torch.export program, built-in) to a model file."""
+
+import os
+
+import numpy as np
+
+from .cli_checks import CliError, existing_file, int_in, output_folder_exists, refuse_overwrite
+from .cli_common import SEED, emit_json, lazy, say
+
+
+def cmd_quantize(args):
+    """Quantize a user's model (state dict + --arch, a torch.export .pt2, or the shipped
+    'fashion-resnet') and save the exported integer graph (nupes_sim.reference.pipeline)."""
+    pipeline = lazy("nupes_sim.reference.pipeline", "quantize_to_graph", "quantize")
+    from nupes_sim.reference.pipeline import load_calibration
+
+    from .serialize import save_model
+
+    if not args.calib:
+        raise CliError(
+            "--calib is required: activation formats are calibrated on a few inputs "
+            "(with --data-free the weights still ignore them)"
+        )
+    refuse_overwrite(
+        args.out,
+        [("model", args.model if os.path.exists(args.model) else None), ("calibration file", args.calib)],
+    )
+    output_folder_exists(args.out)
+    existing_file(args.calib, "calibration file")
+    calib = load_calibration(args.calib, args.dataset)
+    ex, report = pipeline(
+        args.model,
+        arch=args.arch,
+        calib=None if args.data_free else calib,
+        export_calib=calib,
+        method=args.method,
+        wbits=args.wbits,
+        abits=args.abits,
+        granularity=args.granularity,
+        group_size=args.group_size,
+        steps=args.steps,
+        datapath=args.datapath,
+        acc_width=args.acc_width,
+        overflow=args.overflow,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    hist = {
+        r["name"]: np.array([r["loss_before"], r["loss_after"]], np.float64)
+        for r in report["layers"]
+        if r.get("loss_before") is not None
+    }
+    save_model(ex.graph, args.out, input_shape=tuple(calib.shape[1:]), loss_history=hist)
+    say(
+        args,
+        f"wrote quantized model {args.out} ({len(ex.graph.nodes)} layers; input format: "
+        f"{ex.input_format.bits}-bit power, a={ex.input_format.exponent:.3f}, s={float(ex.input_format.scale[0]):.6g})",
+    )
+    emit_json(
+        args,
+        {
+            "out": args.out,
+            "layers": report["layers"],
+            "input_format": {
+                "bits": ex.input_format.bits,
+                "signed": ex.input_format.signed,
+                "exponent": ex.input_format.exponent,
+                "scale": float(ex.input_format.scale[0]),
+            },
+        },
+    )
+    return 0
+
+
+EXAMPLE = (
+    "nupes-sim quantize fashion-resnet --calib calib.npy --method nupes --wbits 4 --abits 8 --out model.h5\n"
+    "  nupes-sim quantize my_weights.pt --arch fashion-resnet --calib calib.h5 --data-free "
+    "--method powerquant --out model.h5"
+)
+
+
+def register(add):
+    sp = add(
+        "quantize",
+        "quantize a model and save its integer graph (nupes_sim.reference.pipeline)",
+        cmd_quantize,
+        EXAMPLE,
+    )
+    sp.add_argument(
+        "model", help="state dict (.pt, with --arch), torch.export program (.pt2), or 'fashion-resnet'"
+    )
+    sp.add_argument("--arch", help="built-in architecture of a state dict: fashion-resnet")
+    sp.add_argument("--calib", help="float calibration inputs (.npy or .h5), batch first")
+    sp.add_argument("--dataset", help="dataset name inside an .h5 calibration file")
+    sp.add_argument(
+        "--data-free",
+        action="store_true",
+        help="quantize weights data-free (calib only sets activation formats)",
+    )
+    sp.add_argument("--method", default="nupes", choices=("rtn", "powerquant", "gptq", "gptq_power", "nupes"))
+    sp.add_argument("--wbits", type=int_in(2, 8, "bits"), default=4, help="weight bits, 2 to 8 (default 4)")
+    sp.add_argument(
+        "--abits", type=int_in(2, 8, "bits"), default=8, help="activation bits, 2 to 8 (default 8)"
+    )
+    sp.add_argument("--granularity", default="channel", choices=("tensor", "channel", "group"))
+    sp.add_argument(
+        "--group-size",
+        type=int_in(1, None, "size"),
+        default=None,
+        help="input elements per weight scale with --granularity group",
+    )
+    sp.add_argument("--steps", type=int_in(0, 10**6, "steps"), default=None, help="NUPES steps per layer")
+    sp.add_argument("--datapath", default="operand", choices=("operand", "product"))
+    sp.add_argument("--acc-width", type=int_in(8, 64, "bits"), default=48, help="accumulator bits, 8 to 64")
+    sp.add_argument("--overflow", default="saturate", choices=("wrap", "saturate", "exact"))
+    sp.add_argument("--seed", type=SEED, default=0)
+    sp.add_argument("--out", required=True, help="model file to write (.h5)")
