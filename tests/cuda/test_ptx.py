@@ -6,23 +6,12 @@ the CUDA simulator has no compiler. Skips with the reason only if numba-cuda or 
 import re
 
 import pytest
-from cuda_gate import SIMULATOR, require_or_skip
+from cuda_gate import FLOAT_PTX, compile_ptx_or_skip
 
 
 @pytest.fixture(scope="module")
 def ptx():
-    if SIMULATOR:
-        pytest.skip("NUMBA_ENABLE_CUDASIM=1: the simulator cannot compile PTX (run this file without it)")
-    try:
-        from nupes_sim.cuda import kernels
-    except RuntimeError as e:
-        require_or_skip(str(e))
-    try:
-        return kernels.compile_all_ptx(cc=(9, 0))
-    except Exception as e:  # noqa: BLE001
-        if "NVVM" in str(e) or "libnvvm" in str(e).lower():
-            require_or_skip(f"NVVM is not available: {e}")
-        raise
+    return compile_ptx_or_skip("kernels")
 
 
 def test_every_kernel_compiles(ptx):
@@ -37,9 +26,8 @@ def test_every_kernel_compiles(ptx):
 
 def test_no_floating_point_in_kernels(ptx):
     """No float arithmetic or conversion anywhere (ARITHMETIC.md: floats stay on the host)."""
-    pat = re.compile(r"^\s*(?:@%p\d+\s+)?[a-z]+(?:\.[a-z0-9]+)*\.(?:f16|f32|f64|bf16)\b", re.M)
     for name, text in ptx.items():
-        bad = pat.findall(text)
+        bad = FLOAT_PTX.findall(text)
         assert not bad, f"{name}: float instructions {bad[:5]}"
 
 
