@@ -349,6 +349,7 @@ def _fused_variants(layer, inputs):
         for f32 in (True, False):
             for lim in (None, 2**12, 2**16):
                 opts = CpuOptions(
+                    int8=False,  # the float path (the int8 path: tests/test_cpu_int8.py)
                     one_hot=side,
                     use_float32=f32,
                     chunk_limit_f32=lim or 2**24,

@@ -12,7 +12,8 @@ import numpy as np
 from numba import prange
 
 from .. import primitives as P
-from .gemm import fused_plan
+from . import intmm
+from .gemm import decomposition, fused_plan, maxabs, weight_matrix
 from .jit import kernel
 from .kernels import count_ge, wrap
 from .options import note
@@ -120,13 +121,18 @@ def fused(layer, x, xmin, xmax, opts, conv=None):
         perm = np.arange(Cg * kh * kw).reshape(Cg, kh, kw).transpose(1, 2, 0).reshape(-1)
     else:
         perm = np.arange(layer.k)
-    plans = [fused_plan(layer, xmin, xmax, slice(g * Og, (g + 1) * Og), perm, opts) for g in range(groups)]
-    if any(p is None for p in plans):
-        return None
+    iplans = _int8_plans(layer, xmin, xmax, perm, groups, Og, opts)  # the rule: intmm.py
+    if iplans is None:
+        plans = [
+            fused_plan(layer, xmin, xmax, slice(g * Og, (g + 1) * Og), perm, opts) for g in range(groups)
+        ]
+        if any(p is None for p in plans):
+            return None
+        if conv and any(p[4].shape[1] != plans[0][4].shape[1] or p[3] is not plans[0][3] for p in plans):
+            return None  # the groups share one padded NHWC feature image
     xk = as_kernel_codes(x)
-    qmin = layer.x_range.qmin
     if conv:
-        _, Cg, kh, kw, (sh, sw), (ph, pw), (dh, dw), ho, wo = conv
+        ho, wo = conv[-2:]
         B = x.shape[0]
         N, Pn, shape = B * ho * wo, ho * wo, (B, O, ho, wo)
     else:
@@ -139,13 +145,116 @@ def fused(layer, x, xmin, xmax, opts, conv=None):
     acc = np.empty(N * O, np.int64)
     out = np.empty(N * O, np.int64) if do_thr else acc
     bias = np.ascontiguousarray(layer.bias, np.int64)
+    if iplans is not None:
+        _run_int8(layer, xk, conv, iplans, (N, Pn, O, Og), (mode, thr, do_thr), bias, (exact, acc, out), opts)
+    else:
+        _run_float(layer, xk, conv, plans, (N, Pn, O, Og), (mode, thr, do_thr), bias, (exact, acc, out), opts)
+    if layer.datapath == "product":
+        note("product_gemm")
+    exact, acc = exact.reshape(shape), acc.reshape(shape)
+    if do_thr:
+        out = out.reshape(shape)
+    else:
+        out = requantize(acc, rq, 1, layer.seed, layer.tensor_id)
+    return dict(acc_exact=exact, acc=acc, out=out)
+
+
+def _int8_plans(layer, xmin, xmax, perm, groups, Og, opts):
+    """intmm.plan for every group (one activation-side limb table), or None."""
+    if opts.int8 is False or intmm.available() is None:
+        return None
+    dec = decomposition(layer, xmin, xmax, opts)
+    if dec is None:
+        return None
+    G, H, cost = dec
+    bias_max = maxabs(np.asarray(layer.bias, np.int64))
+    plans = []
+    for g in range(groups):
+        Wt, _ = weight_matrix(layer, slice(g * Og, (g + 1) * Og), perm, H, cost, np.int64)
+        p = intmm.plan(layer, xmin, xmax, G, H, cost, Wt, bias_max, opts)
+        if p is None:
+            return None
+        plans.append(p)
+    return plans
+
+
+def _run_int8(layer, xk, conv, plans, dims, req, bias, outs, opts):
+    """The int8-limb GEMMs (exact by claim (I) of intmm.py) and the int64 output pass."""
+    torch = intmm.available()
+    N, Pn, O, Og = dims
+    mode, thr, do_thr = req
+    qmin = layer.x_range.qmin
+    ex, nwk = pool()
+    Ga = plans[0][0]
+    na, J = Ga.shape[0], Ga.shape[2]
+    note("gemm_int8")
+    if conv:
+        _, Cg, kh, kw, (sh, sw), (ph, pw), (dh, dw), ho, wo = conv
+        Bx, C, H, W = xk.shape
+        xp = np.zeros((na, Bx, H + 2 * ph, W + 2 * pw, C * J), np.int8)  # padded taps: 0
+        step = -(-Bx // nwk)
+        for f in [
+            ex.submit(_features_nhwc, xk, qmin, Ga[li], ph, pw, b0, min(Bx, b0 + step), xp[li])
+            for li in range(na)
+            for b0 in range(0, Bx, step)
+        ]:
+            f.result()
+    for g, (_, Bcat, wlm, bounds) in enumerate(plans):
+        nb = wlm.shape[1]
+        KJ = Bcat.shape[0]
+        if len(bounds) > 2:
+            note("chunked")
+        R = np.empty((len(bounds) - 1, na, N, nb, Og), np.int32)
+        rb = max(1, min(N, opts.feature_bytes // max(KJ * na, 1)))
+
+        def feats(li, s0, s1, r0, A, g=g):
+            if conv:
+                _features_im2col(
+                    xp[li], g * Cg, Cg, kh, kw, sh, sw, dh, dw, ho, wo, s0, A[li, s0 - r0 : s1 - r0]
+                )
+            else:
+                _features_linear(xk, qmin, Ga[li], s0, A[li, s0 - r0 : s1 - r0])
+
+        for r0 in range(0, N, rb):
+            r1 = min(N, r0 + rb)
+            A = np.empty((na, r1 - r0, KJ), np.int8)
+            sub = -(-(r1 - r0) // nwk)
+            for f in [
+                ex.submit(feats, li, s0, min(r1, s0 + sub), r0, A)
+                for li in range(na)
+                for s0 in range(r0, r1, sub)
+            ]:
+                f.result()
+            intmm.run_gemms(torch, A, Bcat, bounds, R, r0, nb)
+        intmm.finish_limbs(
+            R,
+            wlm,
+            bias[g * Og : (g + 1) * Og],
+            g * Og,
+            O,
+            Pn,
+            mode,
+            layer.acc.width,
+            thr,
+            layer.requant.qmin if do_thr else 0,
+            do_thr,
+            *outs,
+        )
+
+
+def _run_float(layer, xk, conv, plans, dims, req, bias, outs, opts):
+    """The exact float GEMMs of gemm.py ((E), (1), (3)) and the int64 output pass."""
+    N, Pn, O, Og = dims
+    mode, thr, do_thr = req
+    exact, acc, out = outs
+    rq = layer.requant
+    qmin = layer.x_range.qmin
     ex, nwk = pool()
     if conv:  # padded NHWC features of all groups, J values per channel
+        _, Cg, kh, kw, (sh, sw), (ph, pw), (dh, dw), ho, wo = conv
         J = plans[0][4].shape[1]
         dt = plans[0][3]
-        if any(p[4].shape[1] != J or p[3] is not dt for p in plans):
-            return None
-        Bx, C, H, W = x.shape
+        Bx, C, H, W = xk.shape
         xp = np.zeros((Bx, H + 2 * ph, W + 2 * pw, C * J), dt)
         step = -(-Bx // nwk)
         for f in [
@@ -192,11 +301,3 @@ def fused(layer, x, xmin, xmax, opts, conv=None):
             acc,
             out,
         )
-    if layer.datapath == "product":
-        note("product_gemm")
-    exact, acc = exact.reshape(shape), acc.reshape(shape)
-    if do_thr:
-        out = out.reshape(shape)
-    else:
-        out = requantize(acc, rq, 1, layer.seed, layer.tensor_id)
-    return dict(acc_exact=exact, acc=acc, out=out)

@@ -236,6 +236,19 @@ def cut_chunks(costT, limit, max_chunks):
     return bounds, n
 
 
+def weight_matrix(layer, sl, perm, H, cost, dt):
+    """(Wt (K*J, O_sl) of dtype dt, costT (K, O_sl) int64) of (3) for output rows sl, k in the
+    order perm."""
+    O = layer.out_channels
+    qw = np.ascontiguousarray(layer.w_codes.reshape(O, -1)[sl])
+    tidx = np.ascontiguousarray(layer.w_table_index[sl])
+    K, J = qw.shape[1], H.shape[1]
+    Wt = np.empty((K * J, qw.shape[0]), dt)
+    costT = np.empty((K, qw.shape[0]), np.int64)
+    _wt_build(qw, tidx, perm, layer.w_range.n_codes, layer.w_range.qmin, H.astype(dt), cost, Wt, costT)
+    return Wt, costT
+
+
 def fused_plan(layer, xmin, xmax, sl, perm, opts):
     """Weights side of the fused path for output rows sl, k in the order perm:
     (Wt, bounds, n_chunks, dtype, Gf) by (3) and (1), or None."""
@@ -243,20 +256,16 @@ def fused_plan(layer, xmin, xmax, sl, perm, opts):
     if dec is None:
         return None
     G, H, cost = dec
-    O = layer.out_channels
-    qw = np.ascontiguousarray(layer.w_codes.reshape(O, -1)[sl])
-    tidx = np.ascontiguousarray(layer.w_table_index[sl])
-    K, J = qw.shape[1], G.shape[1]
+    K = len(perm)
     gmax = maxabs(G[xmin - layer.x_range.qmin : xmax - layer.x_range.qmin + 1])
     hmax = maxabs(H)
-    costT = np.empty((K, qw.shape[0]), np.int64)
+    J = G.shape[1]
     limits = {np.float32: opts.chunk_limit_f32, np.float64: opts.chunk_limit_f64}
     for dt in (np.float32, np.float64) if opts.use_float32 else (np.float64,):
         lim = limits[dt]
         if gmax >= lim or hmax >= lim:
             continue
-        Wt = np.empty((K * J, qw.shape[0]), dt)
-        _wt_build(qw, tidx, perm, layer.w_range.n_codes, layer.w_range.qmin, H.astype(dt), cost, Wt, costT)
+        Wt, costT = weight_matrix(layer, sl, perm, H, cost, dt)
         bounds, n = cut_chunks(costT, lim, opts.f32_max_chunks + 1 if dt is np.float32 else K + 1)
         if n > 0:
             return Wt, bounds[: n + 1] * J, n, dt, G.astype(dt)

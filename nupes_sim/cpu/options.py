@@ -25,7 +25,11 @@ class CpuOptions:
         lower them to force many chunks).
     feature_bytes: im2col / feature row blocks of about this size per worker task.
     product_check_max: largest host identity check (activation codes x weight keys) of a
-        product decomposition."""
+        product decomposition.
+    int8: the exact int8-limb GEMM path of the fused path (cpu/intmm.py): None (default) by
+        its rule (limb pairs <= int8_max_pairs), True wherever its proof applies, False never.
+    int8_max_pairs: the automatic rule's largest number of limb pairs (GEMMs per chunk).
+    int8_chunk_k: k-chunk of the int8 GEMMs (<= 2^16, claim (I); tests lower it)."""
 
     fast: bool = True
     fused: bool = True
@@ -37,11 +41,16 @@ class CpuOptions:
     chunk_limit_f64: int = F53
     feature_bytes: int = 4 << 20
     product_check_max: int = 1 << 22
+    int8: bool | None = None
+    int8_max_pairs: int = 9
+    int8_chunk_k: int = 1 << 16
 
     def __post_init__(self):
         for name in ("fast", "fused", "use_float32"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"CpuOptions.{name} must be a bool, got {getattr(self, name)!r}")
+        if self.int8 is not None and not isinstance(self.int8, bool):
+            raise TypeError(f"CpuOptions.int8 must be None, True or False, got {self.int8!r}")
         if self.one_hot not in (None, "weights", "activations"):
             raise ValueError(f"CpuOptions.one_hot={self.one_hot!r}; allowed: None, 'weights', 'activations'")
         for name, lo, hi in (
@@ -51,6 +60,8 @@ class CpuOptions:
             ("chunk_limit_f64", 2, F53),
             ("feature_bytes", 1, None),
             ("product_check_max", 1, None),
+            ("int8_max_pairs", 1, None),
+            ("int8_chunk_k", 1, 1 << 16),
         ):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < lo or (hi is not None and v > hi):

@@ -1,0 +1,173 @@
+"""Exact integer GEMMs on the CPU's int8 dot-product units (torch._int_mm: oneDNN, VNNI/AMX).
+
+Claim (I). Let A (N, Kc) and B (Kc, O) be int8 matrices with Kc <= 2^16. Then
+torch._int_mm(A, B) returns the exact integer product A @ B (int32).
+Proof: every true partial sum (the sum of any subset of the Kc products a·b) has magnitude
+<= Kc·128·128 = 2^30 < 2^31, so the exact result and every partial sum of any order or
+blocking is representable in int32. Implementations on x86 that feed the signed A through the
+unsigned VNNI port as A + 128 in [0, 255] and subtract 128·colsum(B) afterwards form partial
+sums of magnitude <= Kc·255·128 <= 2139095040 < 2^31 (and 128·colsum(B) <= 2^30): also
+representable. So no int32 operation can overflow, whatever the order. What (I) cannot cover
+from outside the library is a kernel that saturates narrower intermediates (the pre-VNNI
+vpmaddubsw pair sums saturate at int16); ``available()`` therefore probes the installed
+library once per process on the extreme operands (every sign combination of +-128/127 at
+Kc = 2^16, pairs 255·128 that would saturate int16, odd shapes) against int64 NumPy and the
+path is never used if one value differs. Tests force the path on and compare with the oracle.
+
+The layer's integer matrices (the features A[n, kJ+j] = G[x[n,k], j] and the weights
+B[kJ+j, o] = H[key(o,k), j] of gemm.py's decomposition (*); operand datapath: J = 1, the
+decoded values) are split into balanced base-256 limbs, v = sum_l 2^(8l)·v_l with
+v_l in [-128, 127] (d = ((r + 128) & 255) - 128, r <- (r - d) >> 8, exact in int64), as many
+limbs as the actual used values need (a table of <= 8 bits of magnitude: 1 limb; the product
+datapath's one-hot side (+-1): 1 limb). Then
+    A @ B = sum_{l, m} 2^(8(l+m)) · sum_chunks (A_l[:, chunk] @ B_m[chunk, :])
+with chunks of <= int8_chunk_k (<= 2^16) consecutive k, each limb GEMM exact by (I). The
+recombination is done in int64 (``_finish_limbs``); every partial sum there is bounded by
+T = max|bias| + sum_{l,m} 2^(8(l+m))·K'·max|A_l|·max|B_m| (K' = K·J), and the path is used
+only when T < 2^63 (checked on the host in Python integers), so no int64 operation
+overflows and the result is the exact sum. Like every fast path this gives the order-free
+sum: fused() runs it for wrap/exact accumulators, or saturate when no clamp can act.
+
+Path choice (``choose``): int8=False never; int8=True whenever (I) and T apply; int8=None
+(default) when additionally the limb pairs na·nb <= int8_max_pairs. Reason: measured on the
+project machine (AMD EPYC, AVX-512 VNNI) _int_mm runs 8-10x the float32 GEMM of the same
+shape, and the float path needs at least one float32 GEMM of the same K·J columns (float64,
+at half that speed, as soon as a product reaches 2^24), so up to about 9 limb pairs the
+int8 path is the faster one. Without torch (the 'reference' extra) the float path runs.
+"""
+
+import numpy as np
+from numba import prange
+
+from .. import primitives as P
+from .jit import kernel
+from .kernels import count_ge, wrap
+from .options import note
+
+CHUNK_MAX = 2**16  # (I): Kc·255·128 < 2^31
+_STATE = {}
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch if hasattr(torch, "_int_mm") else None
+
+
+def _probe(torch):
+    """True when _int_mm is exact on the cases (I) names (see the module docstring)."""
+    rng = np.random.default_rng(0)
+    cases = [(1, 1, 1), (3, 5, 7), (17, 33, 9), (2, CHUNK_MAX, 3)]
+    for v in (-128, 127):
+        for w in (-128, 127):
+            cases.append((np.full((2, CHUNK_MAX), v, np.int8), np.full((CHUNK_MAX, 3), w, np.int8)))
+    a = np.tile(np.array([127, -128], np.int8), (4, CHUNK_MAX // 2))  # int16 pair sums saturate
+    cases.append((a, np.tile(np.array([[-128], [127]], np.int8), (CHUNK_MAX // 2, 2))))
+    for c in cases:
+        if len(c) == 3:
+            A = rng.integers(-128, 128, c[:2]).astype(np.int8)
+            B = rng.integers(-128, 128, c[1:]).astype(np.int8)
+        else:
+            A, B = c
+        try:
+            r = torch._int_mm(torch.from_numpy(A), torch.from_numpy(B)).numpy()
+        except RuntimeError:
+            return False
+        if r.dtype != np.int32 or not np.array_equal(r, A.astype(np.int64) @ B.astype(np.int64)):
+            return False
+    return True
+
+
+def available():
+    """torch._int_mm, when it is importable and passed the probe in this process; else None."""
+    if "torch" not in _STATE:
+        torch = _torch()
+        _STATE["torch"] = torch if torch is not None and _probe(torch) else None
+        if torch is not None and _STATE["torch"] is None:
+            note("int8_probe_failed")
+    return _STATE["torch"]
+
+
+def limb_split(v):
+    """Balanced base-256 limbs (n, *v.shape) int8 of int64 v (|v| <= 2^62: the layer's tables):
+    v = sum_l 2^(8l) limbs[l], n the fewest that represent every value."""
+    r = np.asarray(v, np.int64).copy()
+    out = []
+    while True:
+        d = ((r + 128) & 255) - 128
+        out.append(d.astype(np.int8))
+        r = (r - d) >> 8  # exact: r - d is a multiple of 256
+        if not r.any():
+            return np.stack(out)
+
+
+@kernel(parallel=True)
+def finish_limbs(R, wlm, bias, o0, Otot, P_, mode, width, thr, qmin, do_thr, exact, acc, out):
+    """exact = bias + sum_{c,l,m} wlm[l, m]·R[c, l, n, m, o] (int64, no overflow: T < 2^63),
+    acc (wrap or identity) and the threshold codes, written at flat (b*Otot + o0 + o)*P_ + p
+    for row n = b*P_ + p, as fused._finish."""
+    C, na, N, nb, Og = R.shape
+    nthr = thr.shape[1]
+    BL = 64
+    nblk_img = (P_ + BL - 1) // BL
+    B = N // P_
+    for blk in prange(B * nblk_img):
+        b = blk // nblk_img
+        p0 = (blk - b * nblk_img) * BL
+        p1 = min(P_, p0 + BL)
+        for o in range(Og):
+            base = (b * Otot + o0 + o) * P_
+            row = 0 if thr.shape[0] == 1 else o0 + o
+            for p in range(p0, p1):
+                n = b * P_ + p
+                s = bias[o]
+                for c in range(C):
+                    for l in range(na):
+                        for m in range(nb):
+                            s += wlm[l, m] * np.int64(R[c, l, n, m, o])
+                i = base + p
+                exact[i] = s
+                a = wrap(s, width) if mode == P.WRAP else s
+                acc[i] = a
+                if do_thr:
+                    out[i] = qmin + count_ge(a, thr, row, nthr)
+
+
+def plan(layer, xmin, xmax, G, H, cost_key, Wt, bias_max, opts):
+    """(Ga (na, nq, J) int8 activation-side limbs, Bcat (K', nb*Og) int8 weight limbs side by
+    side, wlm (na, nb) int64, chunk bounds) for the int8 path, or None when it does not apply
+    (no exact _int_mm, T >= 2^63, or the auto rule prefers the float path)."""
+    if opts.int8 is False or available() is None:
+        return None
+    q0 = layer.x_range.qmin
+    Gu = np.zeros_like(G)
+    Gu[xmin - q0 : xmax - q0 + 1] = G[xmin - q0 : xmax - q0 + 1]  # only used codes count
+    Ga = limb_split(Gu)
+    Bl = limb_split(Wt)
+    na, nb = Ga.shape[0], Bl.shape[0]
+    if opts.int8 is None and na * nb > opts.int8_max_pairs:
+        return None
+    KJ, Og = Wt.shape
+    amax = [int(np.abs(Ga[i].astype(np.int64)).max(initial=0)) for i in range(na)]
+    bmax = [int(np.abs(Bl[i].astype(np.int64)).max(initial=0)) for i in range(nb)]
+    T = bias_max + sum((1 << 8 * (i + j)) * KJ * amax[i] * bmax[j] for i in range(na) for j in range(nb))
+    if T >= 2**63:
+        return None
+    wlm = np.array([[1 << 8 * (i + j) for j in range(nb)] for i in range(na)], np.int64)
+    Bcat = np.ascontiguousarray(Bl.transpose(1, 0, 2).reshape(KJ, nb * Og))
+    kc = opts.int8_chunk_k
+    bounds = list(range(0, KJ, kc)) + [KJ]
+    return Ga, Bcat, wlm, bounds
+
+
+def run_gemms(torch, A, Bcat, bounds, R, r0, nb):
+    """R[c, :, r0:r0+rows] = chunk c of A (na, rows, K') @ Bcat, exact by (I)."""
+    na, rows, _ = A.shape
+    Og = Bcat.shape[1] // nb
+    for c in range(len(bounds) - 1):
+        k0, k1 = bounds[c], bounds[c + 1]
+        a = A[:, :, k0:k1].reshape(na * rows, k1 - k0)
+        r = torch._int_mm(torch.from_numpy(np.ascontiguousarray(a)), torch.from_numpy(Bcat[k0:k1])).numpy()
+        R[c, :, r0 : r0 + rows] = r.reshape(na, rows, nb, Og)
