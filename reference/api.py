@@ -108,6 +108,7 @@ def quantize_model(
     batch_size=64,
     target=None,
     float_inputs=None,
+    input_fn=None,
 ):
     """Quantize the Linear/Conv2d weights of `model` (and optionally the inputs of those layers).
 
@@ -132,6 +133,11 @@ def quantize_model(
     report's loss_before/loss_after are that objective (same inputs, same target).
     float_inputs: an optional dict that caches the float network's layer inputs between
     calls on the same model and calibration batches (results.py shares it across methods).
+    input_fn: callable(name, qmodel) -> the quantized input of layer `name` on the calibration
+    data (rows in calibration order), called in execution order once the layers before it are
+    quantized; it replaces the captured sequential input, so the weights are optimized against
+    the activations it returns (export.ActivationWalk: the integer graph's). Needs calib and
+    mode='sequential'; abits must be None (the activations are input_fn's).
     Returns (qmodel, report).
     """
     t_start = time.perf_counter()
@@ -149,6 +155,10 @@ def quantize_model(
         raise ValueError(f"target={target!r} is not allowed; choose one of {list(TARGETS)} or None")
     if nupes_init not in ("powerquant", "gptq_power"):
         raise ValueError(f"nupes_init={nupes_init!r} is not allowed; choose 'powerquant' or 'gptq_power'")
+    if input_fn is not None and (abits is not None or mode != "sequential" or calib is None):
+        raise ValueError(
+            "input_fn needs calib, mode='sequential' and abits=None (it supplies the activations)"
+        )
     PowerQuantizer(wbits, True, 1.0, granularity, group_size)  # validates bits/granularity/group_size
     if abits is not None:
         PowerQuantizer(abits, True, 1.0, "tensor")
@@ -239,6 +249,13 @@ def quantize_model(
                 x_fp = fp_all.get(n)
                 if x_fp is not None and mode == "parallel":
                     x_q = x_fp
+                elif x_fp is not None and input_fn is not None:
+                    x_q = input_fn(n, qmodel)
+                    if x_q is None or tuple(x_q.shape) != tuple(x_fp.shape):
+                        raise ValueError(
+                            f"input_fn: layer {n!r} got {None if x_q is None else tuple(x_q.shape)}, "
+                            f"expected its calibration input shape {tuple(x_fp.shape)}"
+                        )
                 elif x_fp is not None:
                     # a tensor fed to several layers is computed before any of them runs, so
                     # quantizing one cannot change it for the others: capture it once

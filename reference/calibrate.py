@@ -4,7 +4,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .powerquant import ActivationFormat, calibrate_activation
+from nupes_sim.formats import PowerFormat
+
+from .activation import calibrate_activation, quantize_act
 from .quantizer import check_finite_tensor
 
 
@@ -87,22 +89,26 @@ def execution_order(model, modules, batch):
 
 
 class PowerActQuant(nn.Module):
-    """Fake power quantization of an activation (per-tensor scale, own exponent).
+    """Fake power quantization of an activation with a per-tensor PowerFormat (activation.py).
 
     Readable for export: `bits`, `signed`, `exponent`, `scale` (floats/ints), `qmin`, `qmax`.
-    Output dtype = input dtype; arithmetic is the exact float64 contract (quantizer.py).
+    Output dtype = input dtype; arithmetic is the exact float64 contract (formats.PowerFormat).
     """
 
-    def __init__(self, fmt: ActivationFormat):
+    def __init__(self, fmt: PowerFormat):
         super().__init__()
+        if fmt.granularity != "tensor":
+            raise ValueError(
+                f"PowerActQuant: activation formats are per tensor, got granularity={fmt.granularity!r}"
+            )
         self.fmt = fmt
 
     bits = property(lambda self: self.fmt.bits)
     signed = property(lambda self: self.fmt.signed)
     exponent = property(lambda self: self.fmt.exponent)
-    scale = property(lambda self: self.fmt.scale)
-    qmin = property(lambda self: self.fmt.quantizer.qmin)
-    qmax = property(lambda self: self.fmt.quantizer.qmax)
+    scale = property(lambda self: float(self.fmt.scale[0]))
+    qmin = property(lambda self: self.fmt.range.qmin)
+    qmax = property(lambda self: self.fmt.range.qmax)
 
     @classmethod
     def calibrate(cls, samples, bits=8, signed=None, exponent=None, seed=0, name="activation"):
@@ -110,9 +116,9 @@ class PowerActQuant(nn.Module):
         return cls(calibrate_activation(samples, bits, signed, exponent, seed=seed, name=name))
 
     def forward(self, x):
-        if not self.signed:
-            x = x.clamp_min(0)  # negative inputs saturate to code 0 in an unsigned format
-        return self.fmt.fake_quant(x).to(x.dtype)
+        return quantize_act(self.fmt, x).to(
+            device=x.device, dtype=x.dtype
+        )  # unsigned: negatives saturate to code 0
 
     def extra_repr(self):
         return f"bits={self.bits}, signed={self.signed}, exponent={self.exponent:.6g}, scale={self.scale:.6g}"

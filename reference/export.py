@@ -29,6 +29,11 @@ from nupes_sim.formats import PowerFormat
 from nupes_sim.graph import Graph, Node
 from nupes_sim.layers import Accumulator, Add, AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d
 
+from .activation import calibrate_activation, quantize_act
+
+# the exporter's historical name for the one activation calibrator (export_transformer uses it)
+calibrate_format = calibrate_activation
+
 SUPPORTED = "Conv2d, Linear, ReLU, ReLU6, residual add, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1), Flatten"
 _RELU_FUNCS = (F.relu, torch.relu)
 _ADD_FUNCS = (operator.add, torch.add)
@@ -60,36 +65,6 @@ def _frac_bits(max_abs, bits):
     if max_abs <= 0:
         return bits
     return int(min(40, max(0, bits - 1 - math.floor(math.log2(max_abs)))))
-
-
-def calibrate_format(samples, bits, signed, exponent=None, percentile=100.0):
-    """Per-tensor PowerFormat for activation samples (float64): scale from the (percentile)
-    max magnitude; exponent given, or the grid point in [0.25, 1.5] minimizing the MSE."""
-    x = np.asarray(samples, dtype=np.float64).ravel()
-    m = float(np.percentile(np.abs(x), percentile)) if x.size else 0.0
-    if m <= 0:
-        m = 1.0
-    M = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
-
-    def fmt(a):
-        return PowerFormat(bits, signed, a, m**a / M)
-
-    if exponent is not None:
-        return fmt(float(exponent))
-    sub = x if x.size <= 200_000 else x[np.random.default_rng(0).choice(x.size, 200_000, replace=False)]
-    best = None
-    for a in np.round(np.arange(0.25, 1.5001, 0.05), 4):
-        f = fmt(float(a))
-        err = float(np.mean((f.decode_real(f.encode(sub)) - sub) ** 2))
-        if best is None or err < best[0]:
-            best = (err, f)
-    return best[1]
-
-
-def quantize_act(fmt, t):
-    """Float64 fake quantization of a torch tensor with a PowerFormat (host rounding)."""
-    arr = t.detach().double().cpu().numpy()
-    return torch.from_numpy(fmt.decode_real(fmt.encode(arr)))
 
 
 @dataclass
@@ -266,38 +241,86 @@ def unsupported_error(bad):
     return f"cannot export {len(items)} op(s): " + "; ".join(items) + f"; supported: {SUPPORTED}"
 
 
-def export_model(model, calib, config=None, input_signed=None):
+class ActivationWalk:
+    """The exporter's op walk over the calibration inputs, one op at a time.
+
+    Each op runs in float64 on its decoded weights with every upstream value already
+    quantized, and the format of its output is calibrated (activation.calibrate_activation)
+    on exactly those values: the formats and fake-quant values of the integer graph.
+    `input_of(name)` advances the walk up to the mac op `name` and returns its fake-quant
+    input, so a weight quantizer can optimize layer `name` against the input the integer graph
+    will feed it; the ops before it must carry their quantized weights (nupes_quant) by then.
+    `finish()` runs the remaining ops (export_model builds the graph from its result).
+    """
+
+    def __init__(self, model, calib, config=None, input_signed=None):
+        self.cfg = cfg = config or ExportConfig()
+        self.model = model.eval()
+        self.ops, self.inp = _trace_ops(self.model)
+        calib = torch.as_tensor(calib).double()
+        signed_in = bool((calib < 0).any()) if input_signed is None else input_signed
+        self.formats = {
+            self.inp: calibrate_activation(
+                calib.numpy(), cfg.act_bits, signed_in, cfg.act_exponent, cfg.act_percentile, name="input"
+            )
+        }
+        self.vals = {self.inp: quantize_act(self.formats[self.inp], calib)}
+        self.weights, self.shapes, self.i = {}, {}, 0
+
+    def _step(self):
+        op, cfg = self.ops[self.i], self.cfg
+        if op.kind == "mac":
+            self.weights[op.name] = _weight_codes(op.module, op.name)
+        y = _apply(op, [self.vals[n] for n in op.inputs], self.weights)  # upstream already quantized
+        if op.kind in ("maxpool", "flatten"):
+            self.formats[op.out] = self.formats[op.inputs[0]]  # codes pass through unchanged
+        elif self.i < len(self.ops) - 1:
+            signed = not op.relu and bool((y < 0).any())
+            self.formats[op.out] = calibrate_activation(
+                y.numpy(),
+                cfg.act_bits,
+                signed,
+                cfg.act_exponent,
+                cfg.act_percentile,
+                name=f"{op.name}: output",
+            )
+        self.shapes[op.out] = tuple(y.shape)
+        self.vals[op.out] = (
+            quantize_act(self.formats[op.out], y)
+            if (op.out in self.formats and op.kind not in ("maxpool", "flatten"))
+            else y
+        )
+        self.i += 1
+
+    def input_of(self, name):
+        """Float64 fake-quant input of mac op `name` (None: no such op after the walk's position)."""
+        while self.i < len(self.ops):
+            op = self.ops[self.i]
+            if op.kind == "mac" and op.name == name:
+                return self.vals[op.inputs[0]]
+            self._step()
+        return None
+
+    def finish(self):
+        """(ops, input name, formats, weights, shapes) after running every op."""
+        while self.i < len(self.ops):
+            self._step()
+        return self.ops, self.inp, self.formats, self.weights, self.shapes
+
+
+def export_model(model, calib, config=None, input_signed=None, walk=None):
     """Export a folded, weight-quantized model to (integer graph, float64 fake-quant view).
 
     calib: float input batch (torch tensor) used to calibrate activation formats.
+    walk: an ActivationWalk of this model (for example the one that fed its weight
+    quantizers, see pipeline.quantize_for_export) to finish instead of starting a new one.
     """
-    cfg = config or ExportConfig()
-    model = model.eval()
-    ops, inp = _trace_ops(model)
-    weights = {op.name: _weight_codes(op.module, op.name) for op in ops if op.kind == "mac"}
-    calib = torch.as_tensor(calib).double()
-    # 1. activation formats, calibrated on the float64 run of the weight-quantized ops
-    signed_in = bool((calib < 0).any()) if input_signed is None else input_signed
-    formats = {
-        inp: calibrate_format(calib.numpy(), cfg.act_bits, signed_in, cfg.act_exponent, cfg.act_percentile)
-    }
-    shapes = {}
-    vals = {inp: quantize_act(formats[inp], calib)}
-    for i, op in enumerate(ops):
-        y = _apply(op, [vals[n] for n in op.inputs], weights)  # upstream already quantized
-        if op.kind in ("maxpool", "flatten"):
-            formats[op.out] = formats[op.inputs[0]]  # codes pass through unchanged
-        elif i < len(ops) - 1:
-            signed = not op.relu and bool((y < 0).any())
-            formats[op.out] = calibrate_format(
-                y.numpy(), cfg.act_bits, signed, cfg.act_exponent, cfg.act_percentile
-            )
-        shapes[op.out] = tuple(y.shape)
-        vals[op.out] = (
-            quantize_act(formats[op.out], y)
-            if (op.out in formats and op.kind not in ("maxpool", "flatten"))
-            else y
-        )
+    if walk is None:
+        walk = ActivationWalk(model, calib, config, input_signed)
+    elif config is not None and config is not walk.cfg:
+        raise ValueError("export_model: config differs from the walk's config; pass one of them")
+    cfg = walk.cfg
+    ops, inp, formats, weights, shapes = walk.finish()
     # 2. integer graph
     nodes = []
     for i, op in enumerate(ops):

@@ -175,6 +175,10 @@ def _check_calibration_fits(net, calib):
         ) from None
 
 
+#: calibration inputs used by quantize_to_graph (weights and activation formats alike)
+CALIB_ROWS = 256
+
+
 def quantize_to_graph(
     model,
     arch=None,
@@ -195,14 +199,15 @@ def quantize_to_graph(
 ):
     """(Exported, report): the model quantized by `method` and exported to integer layers.
 
-    calib: float inputs for the data-driven methods and for activation calibration; with
-    calib=None the weights are quantized data-free and `export_calib` must still give a few
-    inputs to calibrate activation formats (hardware needs activation codes).
+    calib: float inputs for the data-driven methods and for activation calibration (the first
+    CALIB_ROWS are used for both); data-driven methods optimize each layer against the
+    activations the integer graph computes (quantize_for_export). With calib=None the weights
+    are quantized data-free and `export_calib` must still give a few inputs to calibrate
+    activation formats (hardware needs activation codes).
     """
     from nupes_sim.layers import Accumulator
 
-    from .api import quantize_model
-    from .export import ExportConfig, _trace_ops, export_model
+    from .export import ExportConfig, _trace_ops
     from .fold import fold_batchnorm
 
     user = load_user_model(model, arch)
@@ -213,18 +218,6 @@ def quantize_to_graph(
     extra = {}
     if method == "nupes":
         extra["nupes_init"] = nupes_init or ("gptq_power" if calib is not None else "powerquant")
-    qmodel, report = quantize_model(
-        net,
-        method=method,
-        wbits=wbits,
-        calib=calib,
-        granularity=granularity,
-        group_size=group_size,
-        steps=steps,
-        seed=seed,
-        progress=progress,
-        **extra,
-    )
     act_calib = calib if calib is not None else export_calib
     if act_calib is None:
         raise ValueError("activation formats need a few calibration inputs (calib or export_calib)")
@@ -234,4 +227,58 @@ def quantize_to_graph(
         acc=Accumulator(acc_width, overflow),
         act_exponent=1.0 if method in ("rtn", "gptq") else None,
     )
-    return export_model(qmodel, act_calib[:256], cfg), report
+    return quantize_for_export(
+        net,
+        cfg,
+        act_calib[:CALIB_ROWS],
+        method=method,
+        wbits=wbits,
+        data_driven=calib is not None,
+        granularity=granularity,
+        group_size=group_size,
+        steps=steps,
+        seed=seed,
+        progress=progress,
+        **extra,
+    )
+
+
+def quantize_for_export(
+    net, cfg, calib, method="nupes", wbits=4, data_driven=True, activation_aware=True, **kw
+):
+    """(Exported, report): quantize the weights of a folded `net`, then export it with `cfg`.
+
+    calib: the calibration inputs of both the weight quantizer (when `data_driven`) and the
+    activation formats. activation_aware (data-driven methods): the exporter's walk
+    (export.ActivationWalk) drives the weight quantizer layer by layer, so every layer is
+    optimized against the fake-quant input the integer graph will feed it, with the formats the
+    graph will use (the walk is then finished into the graph); False: the weights see the float
+    network's activations (sequential), and the exporter calibrates the activations afterwards.
+    kw: more quantize_model arguments.
+    """
+    from .api import quantize_model
+    from .export import ActivationWalk, export_model
+
+    walk = {}
+
+    def input_fn(name, qmodel):
+        if "walk" not in walk:
+            walk["walk"] = ActivationWalk(qmodel, calib, cfg)
+        return walk["walk"].input_of(name)
+
+    aware = data_driven and activation_aware
+    qmodel, report = quantize_model(
+        net,
+        method=method,
+        wbits=wbits,
+        calib=calib if data_driven else None,
+        input_fn=input_fn if aware else None,
+        **kw,
+    )
+    report["activation_aware"] = aware
+    w = walk.get("walk")
+    if (
+        w is not None and w.model is not qmodel
+    ):  # pragma: no cover - quantize_model returns the model it quantized
+        raise RuntimeError("internal: the activation walk ran on another model")
+    return export_model(qmodel, calib, None if w else cfg, walk=w), report

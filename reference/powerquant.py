@@ -9,9 +9,8 @@ bits, so a local optimiser alone is not enough. `minimize_exponent` runs
 3. a bounded Brent search (scipy `minimize_scalar`, method='bounded') over ±fine_step
    around the best fine point,
 
-and returns the best point evaluated anywhere. Activations get their own exponent and a
-per-tensor scale calibrated the same way on data (`calibrate_activation`), or data-free
-from batch-norm statistics (`activation_from_batchnorm`).
+and returns the best point evaluated anywhere. Activation formats are calibrated in
+activation.py (one calibrator for the exporter and the optimizer).
 """
 
 from dataclasses import dataclass
@@ -113,87 +112,3 @@ def search_exponent(
         return sum(weight_error_np(w, q) / n for w, n in zip(ws, norms))
 
     return minimize_exponent(objective, bounds, grid_step, fine_step, xatol)
-
-
-# ---- activations -------------------------------------------------------------------------
-@dataclass
-class ActivationFormat:
-    """Per-tensor power format of an activation: codes [-M, M] (signed) or [0, 2^b-1]."""
-
-    bits: int
-    signed: bool
-    exponent: float
-    scale: float
-
-    @property
-    def quantizer(self):
-        return PowerQuantizer(self.bits, self.signed, self.exponent, "tensor")
-
-    def fake_quant(self, x):
-        """Float64 fake quantization of a torch tensor (exact contract arithmetic)."""
-        q = self.quantizer
-        s = torch.tensor([self.scale], dtype=torch.float64)
-        return q.decode(q.encode_float(x, s, "activation"), s)
-
-
-def calibrate_activation(
-    samples,
-    bits=8,
-    signed=None,
-    exponent=None,
-    bounds=SEARCH_BOUNDS,
-    percentile=100.0,
-    max_samples=200_000,
-    seed=0,
-    name="activation",
-):
-    """Exponent and per-tensor scale of an activation from calibration samples.
-
-    signed=None: unsigned if every sample is >= 0 (post-ReLU), else signed. The scale maps
-    the `percentile` of |x| to the largest code; the exponent is given or searched (grid +
-    refinement) to minimise the MSE on (a deterministic subsample of) the samples.
-    """
-    x = _as_np(samples).reshape(-1)
-    check_finite_tensor(name, x)
-    if signed is None:
-        signed = bool((x < 0).any())
-    if not signed and (x < 0).any():
-        raise ValueError(f"{name}: signed=False but the samples contain negative values")
-    if x.size > max_samples:
-        x = x[np.random.default_rng(seed).choice(x.size, max_samples, replace=False)]
-    m = float(np.percentile(np.abs(x), percentile)) if x.size else 0.0
-    if not m > 0:
-        m = 1.0
-    mm = np.array([m])
-
-    def fmt(a):
-        q = PowerQuantizer(bits, signed, a, "tensor")
-        return ActivationFormat(bits, signed, float(a), float((np.power(mm, np.float64(a)) / q.qmax)[0]))
-
-    if exponent is not None:
-        return fmt(exponent)
-
-    def objective(a):
-        f = fmt(a)
-        q = f.quantizer
-        s = np.array([f.scale])
-        d = q.decode_np(q.encode_np(x, s), s) - x
-        return float(np.mean(d * d))
-
-    return fmt(minimize_exponent(objective, bounds).exponent)
-
-
-def activation_from_batchnorm(bn, bits=8, relu=True, n_per_channel=4096, seed=0, **kw):
-    """Data-free activation format: the BN output of channel c is modelled as N(β_c, γ_c²)
-    (then ReLU'd if `relu`), sampled deterministically and calibrated like data."""
-    g = torch.Generator().manual_seed(seed)
-    beta = (
-        bn.bias.detach().double()
-        if bn.bias is not None
-        else torch.zeros(bn.num_features, dtype=torch.float64)
-    )
-    gamma = bn.weight.detach().double().abs() if bn.weight is not None else torch.ones_like(beta)
-    z = torch.randn(n_per_channel, beta.numel(), generator=g, dtype=torch.float64) * gamma + beta
-    if relu:
-        z = z.clamp_min(0)
-    return calibrate_activation(z, bits, signed=None if not relu else False, seed=seed, **kw)

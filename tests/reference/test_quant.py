@@ -11,12 +11,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
+from nupes_sim.reference.activation import calibrate_activation
 from nupes_sim.reference.api import quantize_model
 from nupes_sim.reference.calibrate import PowerActQuant
 from nupes_sim.reference.gptq import HessianAccumulator, PowerElement, gptq, gptq_layer
 from nupes_sim.reference.nupes import NupesConfig, dsq, nupes_layer, soft_decode, soft_power_weight
 from nupes_sim.reference.objective import LayerObjective
-from nupes_sim.reference.powerquant import calibrate_activation, search_exponent, weight_error_np
+from nupes_sim.reference.powerquant import search_exponent, weight_error_np
 from nupes_sim.reference.quantizer import PowerQuantizer
 from nupes_sim.reference.rtn import rtn_quantize
 
@@ -167,7 +168,7 @@ def test_network_search_shares_one_exponent_and_activation_calibration():
     assert 0.1 <= r.exponent <= 2.0 and math.isfinite(r.error)
     x = torch.relu(torch.randn(2000, dtype=torch.float64))
     f = calibrate_activation(x, 4)
-    assert not f.signed and f.quantizer.qmax == 15
+    assert not f.signed and f.range.qmax == 15
     assert calibrate_activation(torch.randn(100), 4).signed
     act = PowerActQuant(f)
     y = act(x)
