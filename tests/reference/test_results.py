@@ -5,7 +5,7 @@ import argparse
 import torch
 from torch import nn
 
-from nupes_sim.reference import results
+from nupes_sim.reference import results_render, results_run
 
 
 def test_method_rows_and_render_on_a_tiny_model(monkeypatch):
@@ -17,9 +17,9 @@ def test_method_rows_and_render_on_a_tiny_model(monkeypatch):
     def acc(m):
         return 100.0 * float((m(X).argmax(1) == y).float().mean())
 
-    monkeypatch.setattr(results, "SEEDS", (0, 1))
-    monkeypatch.setattr(results, "_CHECKPOINT", {"rows": {}, "save": None})
-    rows = results._method_rows(
+    monkeypatch.setattr(results_run, "SEEDS", (0, 1))
+    monkeypatch.setattr(results_run, "_CHECKPOINT", {"rows": {}, "save": None})
+    rows = results_run._method_rows(
         "toy",
         net,
         acc,
@@ -27,18 +27,18 @@ def test_method_rows_and_render_on_a_tiny_model(monkeypatch):
         [{"label": "W3 per-channel", "wbits": 3}],
         5,
     )
-    assert [r["method"] for r in rows] == [m[0] for m in results.METHODS]
-    one = {m[0] for m in results.METHODS if m[1] in results.ONE_SEED}
+    assert [r["method"] for r in rows] == [m[0] for m in results_run.METHODS]
+    one = {m[0] for m in results_run.METHODS if m[1] in results_run.ONE_SEED}
     for r in rows:
         assert r["n"] == (2 if r["data"] and r["method"] not in one else 1) and len(r["metrics"]) == r["n"]
     nupes = rows[-1]
     assert nupes["layers"] and all(x["after"] <= x["before"] for x in nupes["layers"])
     # resume: the checkpointed rows are reused, not recomputed
-    again = results._method_rows(
+    again = results_run._method_rows(
         "toy", net, lambda m: 1 / 0, lambda s: X, [{"label": "W3 per-channel", "wbits": 3}], 5
     )
     assert again == rows
-    text = results.render(
+    text = results_render.render(
         {"fashion": {"float": 100.0, "n_test": 200, "weight_only": rows}},
         argparse.Namespace(quick=True, steps=5),
         60.0,
@@ -54,7 +54,7 @@ def test_verdict_needs_the_difference_to_exceed_the_spread():
         dict(base, method="GPTQ (uniform, symmetric)", mean=90.0, std=0.3),
         dict(base, method="NUPES data-driven", mean=90.5, std=0.3),
     ]
-    assert "within the spread" in results._verdicts(rows, True, 2)[0]
+    assert "within the spread" in results_render._verdicts(rows, True, 2)[0]
     rows[1]["mean"] = 90.7
-    assert "→ NUPES wins" in results._verdicts(rows, True, 2)[0]
-    assert "**loses**" in results._verdicts(rows, False, 2)[0]  # lower is better: 90.7 is worse
+    assert "→ NUPES wins" in results_render._verdicts(rows, True, 2)[0]
+    assert "**loses**" in results_render._verdicts(rows, False, 2)[0]  # lower is better: 90.7 is worse

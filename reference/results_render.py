@@ -1,0 +1,241 @@
+"""The results generator's report: markdown tables, verdicts and per-layer tables."""
+
+import os
+import platform
+import statistics
+
+import torch
+
+from .results_run import COUNTS, SEEDS, TARGET
+
+# ------------------------------------------------------------------------------ report
+
+
+def _fmt(v, digits):
+    return f"{v:.{digits}f}"
+
+
+def _table(rows, metric_name, digits=2):
+    lines = [
+        f"| setting | method | {metric_name} (mean ± std) | seeds | seconds | exponent(s) min–median–max |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        m = _fmt(r["mean"], digits) + (f" ± {_fmt(r['std'], digits)}" if r["n"] > 1 else "")
+        lines.append(
+            f"| {r['setting']} | {r['method']} | {m} | {r['n']} | {r['seconds']:.1f} | {r['exponents']} |"
+        )
+    return lines
+
+
+def _verdicts(rows, higher_better, digits):
+    """Per setting: NUPES data-driven against every other row; a win (or loss) only when the
+    mean difference exceeds the sum of the two standard deviations, else 'within the spread'."""
+    out = []
+    sign = 1 if higher_better else -1
+    for setting in dict.fromkeys(r["setting"] for r in rows):
+        rs = [r for r in rows if r["setting"] == setting]
+        nupes = next((r for r in rs if r["method"] == "NUPES data-driven"), None)
+        if nupes is None:
+            continue
+        parts = []
+        for o in rs:
+            if o is nupes:
+                continue
+            d = sign * (nupes["mean"] - o["mean"])
+            spread = nupes["std"] + o["std"]
+            v = "wins" if d > spread else ("**loses**" if -d > spread else "within the spread")
+            parts.append((o, v, d, spread))
+        best = max(parts, key=lambda p: sign * p[0]["mean"])
+        won = sum(p[1] == "wins" for p in parts)
+        lost = [p[0]["method"] for p in parts if p[1] == "**loses**"]
+        tied = [p[0]["method"] for p in parts if p[1] == "within the spread"]
+        out.append(
+            f"- {setting}: NUPES data-driven {_fmt(nupes['mean'], digits)} ± {_fmt(nupes['std'], digits)}; "
+            f"best other: {best[0]['method']} {_fmt(best[0]['mean'], digits)} ± {_fmt(best[0]['std'], digits)} "
+            f"→ NUPES {best[1]}. Beats {won}/{len(parts)} rows by more than the spread"
+            + (f"; loses to {', '.join(lost)}" if lost else "")
+            + (f"; within the spread of {', '.join(tied)}" if tied else "")
+            + "."
+        )
+        g = next((r for r in rs if r["method"].startswith("GPTQ (uniform")), None)
+        if g:
+            out.append(
+                f"  Time: NUPES data-driven {nupes['seconds']:.1f}s = {nupes['seconds'] / g['seconds']:.1f}× "
+                f"GPTQ (uniform) ({g['seconds']:.1f}s), mean over seeds."
+            )
+    return out
+
+
+def _per_layer(rows):
+    """NUPES data-driven (seed 0) against its GPTQ-power start, per layer, same inputs and target."""
+    L = []
+    for r in rows:
+        if r["method"] != "NUPES data-driven" or not r.get("layers"):
+            continue
+        ls = r["layers"]
+        lower = sum(1 for x in ls if x["after"] < x["before"])
+        worse = sum(1 for x in ls if x["after"] > x["before"])
+        mv = {k: sum((x["moves"] or {}).get(k, 0) for x in ls) for k in ("0", "1", "2", "3+")}
+        tot = sum(mv.values()) or 1
+        red = sorted(1 - x["after"] / x["before"] for x in ls if x["before"] > 0)
+        L += [
+            f"#### {r['setting']}: NUPES vs its GPTQ-power start, per layer (seed 0)",
+            "",
+            f"Strictly lower on **{lower}/{len(ls)}** layers, higher on {worse} (≤ by construction); median "
+            f"reduction {100 * statistics.median(red):.1f} %. Code moves from the start, all layers: "
+            + ", ".join(f"|Δ| = {k}: {100 * v / tot:.2f} %" for k, v in mv.items())
+            + ".",
+            "",
+            "| layer | GPTQ-power loss | NUPES loss | change | exponent start → final | codes moved |",
+            "|---|---:|---:|---:|---|---:|",
+        ]
+        for x in ls:
+            n = sum(x["moves"].values()) if x["moves"] else 0
+            moved = f"{100 * (n - x['moves']['0']) / n:.1f} %" if n else "-"
+            ch = f"{100 * (x['after'] / x['before'] - 1):+.1f} %" if x["before"] > 0 else "-"
+            L.append(
+                f"| {x['name']} | {x['before']:.4e} | {x['after']:.4e} | {ch} | "
+                f"{x['exponent_init'] or 0:.4f} → {x['exponent'] or 0:.4f} | {moved} |"
+            )
+        L.append("")
+    return L
+
+
+def _activation_section(f):
+    L = [
+        "### Fashion-MNIST: weights and activations through the integer simulator",
+        "",
+        f"Top-1 % of the float64 fake-quant twin on the first {f['n_act']} test images (mean ± std over the "
+        "calibration seeds of the data-driven rows); `integer` is the Numba CPU simulator (48-bit saturating "
+        "accumulators) at seed 0 and `agreement` its fraction of top-1 predictions identical to the twin's. "
+        "Activations are power-quantized per tensor by the exporter (exponent searched on the 256 calibration "
+        "images; RTN rows use uniform activations, a = 1). `weights saw`: the activations the data-driven weight "
+        "quantizer optimized against: `float` (the float network's, sequential) or `graph` (the integer graph's "
+        "fake-quant activations, each layer fed by the exporter's walk with the formats the graph uses; "
+        "pipeline.quantize_for_export, what `nupes-sim quantize` runs).",
+        "",
+        "| setting | method | weights saw | fake-quant % (mean ± std) | seeds | integer % | agreement % | "
+        "overflows | quantize s | simulate s | act. exponents |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in f["rows"]:
+        m = f"{r['mean']:.2f}" + (f" ± {r['std']:.2f}" if r["n"] > 1 else "")
+        L.append(
+            f"| {r['setting']} | {r['method']} | {r['acts']} | {m} | {r['n']} | {r['integer']:.2f} | "
+            f"{r['agreement']:.2f} | {r['overflow']} | {r['seconds']:.1f} | {r['sim_seconds']:.1f} | "
+            f"{r['act_exponents']} |"
+        )
+    L.append("")
+    for setting in dict.fromkeys(r["setting"] for r in f["rows"]):
+        for method in dict.fromkeys(r["method"] for r in f["rows"] if r["acts"] == "graph"):
+            pair = {r["acts"]: r for r in f["rows"] if r["setting"] == setting and r["method"] == method}
+            if "float" in pair and "graph" in pair:
+                d = pair["graph"]["mean"] - pair["float"]["mean"]
+                spread = pair["graph"]["std"] + pair["float"]["std"]
+                v = "better" if d > spread else ("**worse**" if -d > spread else "within the spread")
+                L.append(
+                    f"- {setting} {method}: graph activations {d:+.2f} points against float activations "
+                    f"(spread {spread:.2f}) → {v}."
+                )
+    L.append("")
+    return L
+
+
+def render(results, args, seconds, pending=()):
+    L = [
+        "# Results",
+        "",
+        f"Generated by `python -m nupes_sim.reference.results{' --quick' if args.quick else ''}` "
+        f"(nupes-sim {__import__('nupes_sim').__version__}) on {platform.node() or 'this machine'}: "
+        f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, torch {torch.__version__}; "
+        f"this invocation took {seconds / 60:.1f} min and measured {COUNTS['measured']} rows"
+        + (
+            f"; **{COUNTS['reused']} rows were reused from an earlier run (--resume)**"
+            if COUNTS["reused"]
+            else "; no row was reused"
+        )
+        + ".",
+        "",
+    ]
+    if pending:
+        L += [f"**Incomplete run: not measured yet: {', '.join(pending)}.**", ""]
+    L += [
+        "Methods. Data-free rows (RTN, PowerQuant, NF RTN, NUPES data-free) are measured once; data-driven rows "
+        f"GPTQ uniform, GPTQ-power and NUPES data-driven once per calibration seed {list(SEEDS)}, shown as "
+        "mean ± std; the fake-quant data-driven baselines (GPTQ on the reference's asymmetric grid, k-means) "
+        "at seed 0 only (the 'seeds' column says so: their spread is not measured, so a verdict against them "
+        "uses NUPES's spread alone). Every data-driven row is "
+        f"sequential (a layer sees the inputs of the partly quantized network) with target '{TARGET}' (it matches "
+        "the float network's output from those inputs; objective.py), so all of them optimize the same layer "
+        f"objective. NUPES data-driven: {args.steps} dsq steps per layer from GPTQ-power (same seed), then exact "
+        "coordinate descent over the whole code range and an exponent refinement; it keeps its start where it does "
+        "not lower the layer loss. NUPES data-free: PowerQuant start, weight-error objective (no data-free "
+        "statistics yet: with that objective the nearest code is optimal, so only the exponent can change). "
+        "'[fake quant]' rows have no integer format in the simulator (a zero-point weight format and a codebook "
+        "format are separate work); NF is NormalFloat with absmax per channel/group, k-means is one 2^b-entry "
+        "codebook per output channel weighted by diag(XᵀX). A verdict is a win or a loss only when the mean "
+        "difference exceeds the sum of the two standard deviations. Symmetric signed codes [-M, M] for the power "
+        "and uniform formats; per-channel scales unless 'g64'/'g128'.",
+        "",
+    ]
+    if "fashion" in results:
+        f = results["fashion"]
+        L += [
+            "## Fashion-MNIST ResNet (top-1 %, higher is better)",
+            "",
+            f"Float: **{f['float']:.2f} %** on {f['n_test']} test images; calibration: 256 training images per seed.",
+            "",
+        ]
+        L += _table(f["weight_only"], "top-1 %") + [""] + _verdicts(f["weight_only"], True, 2) + [""]
+        L += _per_layer(f["weight_only"])
+    if "fashion_act" in results:
+        L += _activation_section(results["fashion_act"])
+    if "charlm" in results:
+        c = results["charlm"]
+        L += [
+            "## KJV character-level transformer (held-out perplexity, lower is better)",
+            "",
+            f"Float: **{c['float']:.4f}** on {c['held_out_chars']} held-out characters; calibration: 128 windows "
+            "per seed.",
+            "",
+        ]
+        L += (
+            _table(c["rows"], "perplexity", 3)
+            + [""]
+            + _verdicts(c["rows"], False, 3)
+            + [""]
+            + _per_layer(c["rows"])
+        )
+    if "minilm" in results:
+        m = results["minilm"]
+        L += [
+            "## all-MiniLM-L6-v2 (pretrained), all 36 linear layers",
+            "",
+            f"Mean cosine of the sentence embedding to the float model on {m['n_sentences']} KJV verses; "
+            "calibration: 128 other verses of 24 tokens per seed.",
+            "",
+        ]
+        L += (
+            _table(m["rows"], "cosine", 4)
+            + [""]
+            + _verdicts(m["rows"], True, 4)
+            + [""]
+            + _per_layer(m["rows"])
+        )
+    if "sweep" in results:
+        L += [
+            "### PowerQuant exponent sweep (Fashion-MNIST, data-free, top-1 % on the full test set)",
+            "",
+            "The data-free search minimizes the weight reconstruction error; this table shows how well that "
+            "proxies accuracy.",
+            "",
+            "| weight bits | exponent | top-1 % |",
+            "|---:|---|---:|",
+        ]
+        for r in results["sweep"]["rows"]:
+            L.append(f"| {r['wbits']} | {r['exponent']} | {r['top1']:.2f} |")
+        L.append("")
+    for name, err in results.get("_errors", {}).items():
+        L += [f"## {name}: not measured", "", f"    {err}", ""]
+    return "\n".join(L)

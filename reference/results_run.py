@@ -1,0 +1,129 @@
+"""The results generator's runner: the method rows, seeds, timing and the --json checkpoint.
+
+Every model section (results_models.py) measures its rows through `_method_rows`; the
+report is written by results_render.py; the command line is results.py.
+"""
+
+import statistics
+import sys
+import time
+
+METHODS = [  # (label, method, needs data, extra kwargs); data-driven rows all use target 'float'
+    ("RTN (uniform)", "rtn", False, {}),
+    ("PowerQuant", "powerquant", False, {}),
+    ("NF RTN [fake quant]", "nf", False, {}),
+    ("NUPES data-free", "nupes", False, {"nupes_init": "powerquant"}),
+    ("GPTQ (uniform, symmetric)", "gptq", True, {}),
+    ("GPTQ (standard asymmetric grid) [fake quant]", "gptq_asym", True, {}),
+    ("k-means, Hessian-weighted [fake quant]", "kmeans", True, {}),
+    ("GPTQ (power grid)", "gptq_power", True, {}),
+    ("NUPES data-driven", "nupes", True, {"nupes_init": "gptq_power"}),
+]
+SEEDS = (0, 1, 2)  # calibration-sampling seeds of the data-driven rows
+#: data-driven baselines measured at seed 0 only (CPU time); their spread is not measured
+ONE_SEED = {"gptq_asym", "kmeans"}
+TARGET = "float"  # every data-driven row matches the float network's output from quantized inputs
+
+#: rows measured by this invocation / reused from --json with --resume (reported in the header)
+COUNTS = {"measured": 0, "reused": 0}
+_CHECKPOINT = {"rows": {}, "save": None}
+
+
+def _log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _quantize(model, method, wbits, calib, extra, **kw):
+    from .api import quantize_model
+
+    t0 = time.perf_counter()
+    qmodel, report = quantize_model(
+        model, method=method, wbits=wbits, calib=calib, progress=False, **extra, **kw
+    )
+    return qmodel, report, time.perf_counter() - t0
+
+
+def _exponents(report):
+    ex = [r["exponent"] for r in report["layers"] if r.get("exponent") is not None]
+    if not ex:
+        return "-"
+    if len(set(round(e, 4) for e in ex)) == 1:
+        return f"{ex[0]:.3f}"
+    return f"{min(ex):.3f}–{statistics.median(ex):.3f}–{max(ex):.3f}"
+
+
+def _score(metric):
+    """A comparable number: the metric itself, or the cosine of 'cos X / NN Y%' strings."""
+    return float(metric.split()[1]) if isinstance(metric, str) else float(metric)
+
+
+def _layer_rows(report):
+    out = []
+    for r in report["layers"]:
+        i = r.get("nupes", {})
+        out.append(
+            dict(
+                name=r["name"],
+                before=r["loss_before"],
+                after=r["loss_after"],
+                exponent=r["exponent"],
+                exponent_init=i.get("exponent_init"),
+                moves=i.get("moves"),
+                seconds=r["seconds"],
+                improved=i.get("improved"),
+            )
+        )
+    return out
+
+
+def _method_rows(name, model, evaluate, calib_fn, settings, steps):
+    """Rows for every setting and method: data-free once, data-driven once per seed in SEEDS
+    (mean ± std). Each finished row is checkpointed (and reused with --resume)."""
+    rows = []
+    caches = {seed: {} for seed in SEEDS}  # float-network layer inputs, shared across methods and settings
+    calibs = {seed: calib_fn(seed) for seed in SEEDS}
+    for setting in settings:
+        for label, method, needs_data, extra in METHODS:
+            key = f"{name}|{setting['label']}|{label}"
+            if key in _CHECKPOINT["rows"]:
+                rows.append(_CHECKPOINT["rows"][key])
+                COUNTS["reused"] += 1
+                _log(f"[{name}] {setting['label']} {label}: reused from --json")
+                continue
+            kw = dict(granularity=setting.get("granularity", "channel"), group_size=setting.get("group_size"))
+            if method == "nupes":
+                kw["steps"] = steps
+            metrics, secs, layers, exps = [], [], None, "-"
+            for seed in (SEEDS if method not in ONE_SEED else SEEDS[:1]) if needs_data else (0,):
+                _log(f"[{name}] {setting['label']} {label} seed {seed} ...")
+                if needs_data:
+                    kw.update(target=TARGET, float_inputs=caches[seed], seed=seed)
+                qmodel, report, sec = _quantize(
+                    model, method, setting["wbits"], calibs[seed] if needs_data else None, extra, **kw
+                )
+                metrics.append(_score(evaluate(qmodel)))
+                secs.append(sec)
+                if seed == 0:
+                    exps = _exponents(report)
+                    if method == "nupes" and needs_data:
+                        layers = _layer_rows(report)
+                _log(f"    {metrics[-1]} in {sec:.1f}s")
+            row = dict(
+                setting=setting["label"],
+                method=label,
+                mean=statistics.mean(metrics),
+                std=statistics.stdev(metrics) if len(metrics) > 1 else 0.0,
+                n=len(metrics),
+                metrics=metrics,
+                seconds=statistics.mean(secs),
+                exponents=exps,
+                data=needs_data,
+            )
+            if layers is not None:
+                row["layers"] = layers
+            rows.append(row)
+            COUNTS["measured"] += 1
+            _CHECKPOINT["rows"][key] = row
+            if _CHECKPOINT["save"]:
+                _CHECKPOINT["save"]()
+    return rows
