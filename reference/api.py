@@ -109,6 +109,7 @@ def quantize_model(
     target=None,
     float_inputs=None,
     input_fn=None,
+    input_hessians=None,
 ):
     """Quantize the Linear/Conv2d weights of `model` (and optionally the inputs of those layers).
 
@@ -138,6 +139,10 @@ def quantize_model(
     quantized; it replaces the captured sequential input, so the weights are optimized against
     the activations it returns (export.ActivationWalk: the integer graph's). Needs calib and
     mode='sequential'; abits must be None (the activations are input_fn's).
+    input_hessians: {layer name: [H per conv group]} data-free second moments of each layer's
+    unfolded input (datafree.bn_input_hessians: from batch-norm statistics); layers that the
+    calibration data does not reach (all of them with calib=None) then use the data-free
+    objective LayerObjective(W, H) instead of the weight error.
     Returns (qmodel, report).
     """
     t_start = time.perf_counter()
@@ -170,11 +175,15 @@ def quantize_model(
     config.check()
     p0 = next((p for p in model.parameters() if p.is_floating_point()), None)
     batches = as_batches(calib, batch_size, dtype=p0.dtype if p0 is not None else None)
-    if batches is None and (
-        method in ("gptq", "gptq_power")
-        or abits is not None
-        or FAKE_METHODS.get(method)
-        or (method == "nupes" and nupes_init == "gptq_power")
+    if (
+        batches is None
+        and (
+            method in ("gptq", "gptq_power")
+            or abits is not None
+            or FAKE_METHODS.get(method)
+            or (method == "nupes" and nupes_init == "gptq_power")
+        )
+        and not (input_hessians is not None and abits is None and method in ("gptq", "gptq_power", "nupes"))
     ):
         what = f"method={method!r}" if abits is None else f"abits={abits}"
         raise ValueError(f"{what} needs calibration data: pass calib=")
@@ -285,6 +294,8 @@ def quantize_model(
             tgt = target or ("float" if method == "nupes" else "local")
             if x_fp is not None:
                 obj = LayerObjective.from_inputs(mod, x_fp, x_q, tgt, n)
+            elif input_hessians is not None and n in input_hessians:
+                obj = LayerObjective(w, input_hessians[n], kind="datafree_rel_mse", name=n)
             else:
                 obj = LayerObjective.weight_error(mod, n)
             info = {}
@@ -316,7 +327,21 @@ def quantize_model(
             if method in ("rtn", "powerquant"):
                 qw = base
             elif method in ("gptq", "gptq_power") or (method == "nupes" and nupes_init == "gptq_power"):
-                if x_q is None:
+                if x_q is None and obj.kind == "datafree_rel_mse":
+                    qw = gptq_layer(  # data-free GPTQ: the modelled input second moments as Hessian
+                        mod,
+                        obj.hessians,
+                        wbits,
+                        a,
+                        granularity,
+                        group_size,
+                        blocksize,
+                        percdamp,
+                        actorder,
+                        name=n,
+                        method="gptq" if a == 1.0 else "gptq_power",
+                    )
+                elif x_q is None:
                     warnings.warn(
                         f"layer {n!r} is not reached by the calibration data: RTN on its grid instead of GPTQ",
                         stacklevel=2,

@@ -9,6 +9,7 @@ Used by `nupes-sim quantize` and `nupes-sim demo`; the Python API is the same:
 `calib` may be a NumPy array or a tensor of any real dtype (cast to the model's dtype).
 """
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -202,8 +203,9 @@ def quantize_to_graph(
     calib: float inputs for the data-driven methods and for activation calibration (the first
     CALIB_ROWS are used for both); data-driven methods optimize each layer against the
     activations the integer graph computes (quantize_for_export). With calib=None the weights
-    are quantized data-free and `export_calib` must still give a few inputs to calibrate
-    activation formats (hardware needs activation codes).
+    are quantized data-free (NUPES: under the input statistics of the model's batch norms,
+    datafree.py) and `export_calib` must still give a few inputs to calibrate activation
+    formats (hardware needs activation codes).
     """
     from nupes_sim.layers import Accumulator
 
@@ -218,6 +220,14 @@ def quantize_to_graph(
     extra = {}
     if method == "nupes":
         extra["nupes_init"] = nupes_init or ("gptq_power" if calib is not None else "powerquant")
+        if calib is None:  # data-free NUPES: the batch norms' statistics, where the model has some
+            from .datafree import batchnorm_stats, bn_input_hessians
+
+            if batchnorm_stats(user):
+                try:
+                    extra["input_hessians"] = bn_input_hessians(user)
+                except ValueError as e:  # a construct the moment model does not cover (ReLU6)
+                    warnings.warn(f"data-free NUPES uses the weight error: {e}", stacklevel=2)
     act_calib = calib if calib is not None else export_calib
     if act_calib is None:
         raise ValueError("activation formats need a few calibration inputs (calib or export_calib)")
