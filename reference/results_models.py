@@ -13,8 +13,13 @@ from .results_run import COUNTS, METHODS, TARGET, _exponents, _log, _method_rows
 # ------------------------------------------------------------------------------ Fashion
 
 
+#: the data-free NUPES row that uses batch-norm statistics (datafree.py; models with batch norms)
+DATAFREE_BN = "NUPES data-free, BN statistics"
+
+
 def fashion(quick, steps):
     from .data import fashion_tensors
+    from .datafree import bn_input_hessians
     from .evaluate import fashion_top1, load_fashion_model
     from .fold import fold_batchnorm
 
@@ -33,7 +38,9 @@ def fashion(quick, steps):
 
     out = {"float": top1(model), "n_test": len(xte)}
     settings = [{"label": "W4 per-channel", "wbits": 4}, {"label": "W3 per-channel", "wbits": 3}]
-    rows = _method_rows("fashion", model, top1, calib_fn, settings, steps)
+    hessians = bn_input_hessians(load_fashion_model())  # data-free: the unfolded model's batch norms
+    bn_row = (DATAFREE_BN, "nupes", False, {"nupes_init": "powerquant", "input_hessians": hessians})
+    rows = _method_rows("fashion", model, top1, calib_fn, settings, steps, extra_methods=[bn_row])
     out["weight_only"] = rows
     return out
 

@@ -8,6 +8,9 @@ import torch
 
 from .results_run import COUNTS, SEEDS, TARGET
 
+#: every section the generator can measure, in report order
+ALL_SECTIONS = ("fashion", "fashion_act", "charlm", "minilm", "sweep")
+
 # ------------------------------------------------------------------------------ report
 
 
@@ -64,6 +67,36 @@ def _verdicts(rows, higher_better, digits):
                 f"  Time: NUPES data-driven {nupes['seconds']:.1f}s = {nupes['seconds'] / g['seconds']:.1f}× "
                 f"GPTQ (uniform) ({g['seconds']:.1f}s), mean over seeds."
             )
+    return out
+
+
+def _datafree_verdicts(rows, n_test):
+    """NUPES data-free with BN statistics against PowerQuant: both deterministic, so the only
+    spread is the test-subset sampling error; a difference counts only beyond two binomial
+    standard errors of the difference, sqrt(2·p(1−p)/n) (an unpaired bound: both models are
+    scored on the same images, so the true error of the difference is smaller)."""
+    out = []
+    for setting in dict.fromkeys(r["setting"] for r in rows):
+        rs = {r["method"]: r for r in rows if r["setting"] == setting}
+        bn, pq = rs.get("NUPES data-free, BN statistics"), rs.get("PowerQuant")
+        if bn is None or pq is None:
+            continue
+        p = max(min((bn["mean"] + pq["mean"]) / 200.0, 1.0), 0.0)
+        se = 100.0 * (2.0 * p * (1.0 - p) / n_test) ** 0.5
+        d = bn["mean"] - pq["mean"]
+        v = (
+            "beats PowerQuant"
+            if d > 2 * se
+            else (
+                "**loses to PowerQuant**"
+                if -d > 2 * se
+                else "is **not** better than PowerQuant beyond the spread"
+            )
+        )
+        out.append(
+            f"- {setting}: NUPES data-free, BN statistics {bn['mean']:.2f} vs PowerQuant {pq['mean']:.2f} "
+            f"({d:+.2f} points; 2 binomial SE of the difference on {n_test} images: {2 * se:.2f}) → it {v}."
+        )
     return out
 
 
@@ -160,6 +193,17 @@ def render(results, args, seconds, pending=()):
     ]
     if pending:
         L += [f"**Incomplete run: not measured yet: {', '.join(pending)}.**", ""]
+    left_out = [
+        n
+        for n in ALL_SECTIONS
+        if n not in results and n not in pending and n not in results.get("_errors", {})
+    ]
+    if left_out:
+        L += [
+            f"**Scope: this run measured {', '.join(n for n in ALL_SECTIONS if n in results) or 'nothing'}; "
+            f"not measured in this run (left out by its options, so not in this file): {', '.join(left_out)}.**",
+            "",
+        ]
     L += [
         "Methods. Data-free rows (RTN, PowerQuant, NF RTN, NUPES data-free) are measured once; data-driven rows "
         f"GPTQ uniform, GPTQ-power and NUPES data-driven once per calibration seed {list(SEEDS)}, shown as "
@@ -170,8 +214,12 @@ def render(results, args, seconds, pending=()):
         "the float network's output from those inputs; objective.py), so all of them optimize the same layer "
         f"objective. NUPES data-driven: {args.steps} dsq steps per layer from GPTQ-power (same seed), then exact "
         "coordinate descent over the whole code range and an exponent refinement; it keeps its start where it does "
-        "not lower the layer loss. NUPES data-free: PowerQuant start, weight-error objective (no data-free "
-        "statistics yet: with that objective the nearest code is optimal, so only the exponent can change). "
+        "not lower the layer loss. NUPES data-free: PowerQuant start, weight-error objective (with that "
+        "objective the nearest code is optimal, so only the exponent can change). NUPES data-free, BN statistics "
+        "(models with batch norms): PowerQuant start, the layer objective under the input distribution modelled "
+        "from the batch norms (N(β, γ²) through ReLU in closed form, propagated with independent channels and "
+        "kernel positions; datafree.py); no data and no random sampling, so it is measured once and its only "
+        "spread is the test-subset sampling error, given next to its verdict. "
         "'[fake quant]' rows have no integer format in the simulator (a zero-point weight format and a codebook "
         "format are separate work); NF is NormalFloat with absmax per channel/group, k-means is one 2^b-entry "
         "codebook per output channel weighted by diag(XᵀX). A verdict is a win or a loss only when the mean "
@@ -187,7 +235,8 @@ def render(results, args, seconds, pending=()):
             f"Float: **{f['float']:.2f} %** on {f['n_test']} test images; calibration: 256 training images per seed.",
             "",
         ]
-        L += _table(f["weight_only"], "top-1 %") + [""] + _verdicts(f["weight_only"], True, 2) + [""]
+        L += _table(f["weight_only"], "top-1 %") + [""] + _verdicts(f["weight_only"], True, 2)
+        L += _datafree_verdicts(f["weight_only"], f["n_test"]) + [""]
         L += _per_layer(f["weight_only"])
     if "fashion_act" in results:
         L += _activation_section(results["fashion_act"])

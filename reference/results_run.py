@@ -76,14 +76,18 @@ def _layer_rows(report):
     return out
 
 
-def _method_rows(name, model, evaluate, calib_fn, settings, steps):
-    """Rows for every setting and method: data-free once, data-driven once per seed in SEEDS
-    (mean ± std). Each finished row is checkpointed (and reused with --resume)."""
+def _method_rows(name, model, evaluate, calib_fn, settings, steps, extra_methods=()):
+    """Rows for every setting and method (METHODS, then a model's extra_methods, same
+    layout): data-free once, data-driven once per seed in SEEDS (mean ± std). Each finished
+    row is checkpointed (and reused with --resume)."""
     rows = []
+    methods = list(METHODS)
+    for m in extra_methods:  # after the data-free rows
+        methods.insert(1 + max(i for i, x in enumerate(methods) if not x[2]), m)
     caches = {seed: {} for seed in SEEDS}  # float-network layer inputs, shared across methods and settings
     calibs = {seed: calib_fn(seed) for seed in SEEDS}
     for setting in settings:
-        for label, method, needs_data, extra in METHODS:
+        for label, method, needs_data, extra in methods:
             key = f"{name}|{setting['label']}|{label}"
             if key in _CHECKPOINT["rows"]:
                 rows.append(_CHECKPOINT["rows"][key])

@@ -58,3 +58,17 @@ def test_verdict_needs_the_difference_to_exceed_the_spread():
     rows[1]["mean"] = 90.7
     assert "→ NUPES wins" in results_render._verdicts(rows, True, 2)[0]
     assert "**loses**" in results_render._verdicts(rows, False, 2)[0]  # lower is better: 90.7 is worse
+
+
+def test_datafree_verdict_uses_the_test_subset_sampling_error():
+    base = dict(setting="W3", n=1, std=0.0, seconds=1.0, exponents="-")
+    rows = [
+        dict(base, method="PowerQuant", mean=80.0),
+        dict(base, method="NUPES data-free, BN statistics", mean=81.0),
+    ]
+    # p ≈ 0.805, n = 2000: 2·sqrt(2·p(1−p)/n) = 2.51 points > 1.0
+    assert "is **not** better than PowerQuant" in results_render._datafree_verdicts(rows, 2000)[0]
+    rows[1]["mean"] = 83.0
+    assert "it beats PowerQuant" in results_render._datafree_verdicts(rows, 2000)[0]
+    rows[1]["mean"] = 77.0
+    assert "**loses to PowerQuant**" in results_render._datafree_verdicts(rows, 2000)[0]
