@@ -156,3 +156,71 @@ def bn_input_hessians(model, in_channels=None):
         n: [torch.outer(m, m) + torch.diag(v) for m, v in parts]
         for n, parts in input_moments(folded, stats, in_channels).items()
     }
+
+
+# ---- transformers: LayerNorm statistics ---------------------------------------------------
+#: Gauss–Hermite nodes/weights (probabilists') for expectations under N(0, 1)
+_GH_DEGREE = 64
+
+
+def gaussian_expectation(fn, mu, var):
+    """E[fn(z)], z ~ N(mu, var) elementwise, by Gauss–Hermite quadrature of degree 64 (exact
+    for polynomials of degree <= 127; for the smooth GELU and its square the error is below
+    the Monte-Carlo tolerance the tests check, and far below the modelling error)."""
+    import numpy as np
+
+    x, w = np.polynomial.hermite_e.hermegauss(_GH_DEGREE)
+    x = torch.as_tensor(x, dtype=torch.float64)
+    w = torch.as_tensor(w / w.sum(), dtype=torch.float64)
+    z = mu[..., None] + var.clamp_min(0).sqrt()[..., None] * x
+    return (fn(z) * w).sum(-1)
+
+
+def _gelu_moments(m, v):
+    g = torch.nn.functional.gelu
+    m1 = gaussian_expectation(g, m, v)
+    m2 = gaussian_expectation(lambda z: g(z) ** 2, m, v)
+    return m1, (m2 - m1 * m1).clamp_min(0)
+
+
+def _ln_out(ln):
+    n = ln.normalized_shape[0]
+    beta = ln.bias.detach().double() if ln.bias is not None else torch.zeros(n, dtype=torch.float64)
+    gamma = ln.weight.detach().double() if ln.weight is not None else torch.ones(n, dtype=torch.float64)
+    return beta, gamma * gamma
+
+
+def _affine(lin, m, v, rows=None):
+    W = lin.weight.detach().double()
+    b = lin.bias.detach().double() if lin.bias is not None else torch.zeros(W.shape[0], dtype=torch.float64)
+    if rows is not None:
+        W, b = W[rows], b[rows]
+    return W @ m + b, (W * W) @ v
+
+
+def layernorm_input_hessians(model):
+    """{linear name: [H]} of a pre-LN CharTransformer (models.py) from its LayerNorms and
+    weights, no data: a LayerNorm's output feature j is modelled as N(β_j, γ_j²), features
+    independent (the normalized input has zero mean and unit variance per token). qkv, fc1 and
+    head read a LayerNorm output; proj reads attention-averaged values, modelled as the value
+    projection of ln1's output (an average of fully correlated positions keeps its moments);
+    fc2 reads GELU(fc1(ln2(x))) with fc1's output moment-matched to a Gaussian and GELU's
+    moments by Gauss–Hermite quadrature. H = m mᵀ + diag(v) as in bn_input_hessians."""
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or not hasattr(model, "ln_f") or not hasattr(model, "head"):
+        raise ValueError(
+            f"layernorm_input_hessians: {type(model).__name__} is not a pre-LN CharTransformer "
+            "(blocks with ln1/attn.qkv/attn.proj/ln2/fc1/fc2, then ln_f and head)"
+        )
+    mom = {}
+    for i, blk in enumerate(blocks):
+        p = f"blocks.{i}."
+        m1, v1 = _ln_out(blk.ln1)
+        mom[p + "attn.qkv"] = (m1, v1)
+        c = m1.numel()
+        mom[p + "attn.proj"] = _affine(blk.attn.qkv, m1, v1, slice(2 * c, 3 * c))
+        m2, v2 = _ln_out(blk.ln2)
+        mom[p + "fc1"] = (m2, v2)
+        mom[p + "fc2"] = _gelu_moments(*_affine(blk.fc1, m2, v2))
+    mom["head"] = _ln_out(model.ln_f)
+    return {n: [torch.outer(m, m) + torch.diag(v)] for n, (m, v) in mom.items()}

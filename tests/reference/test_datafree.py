@@ -12,7 +12,9 @@ from nupes_sim.reference.api import quantize_model
 from nupes_sim.reference.datafree import (
     batchnorm_stats,
     bn_input_hessians,
+    gaussian_expectation,
     input_moments,
+    layernorm_input_hessians,
     rectified_gaussian_moments,
 )
 from nupes_sim.reference.fold import fold_batchnorm
@@ -125,3 +127,47 @@ def test_quantize_to_graph_data_free_nupes_uses_the_batch_norms():
     ex, rep = quantize_to_graph(net, calib=None, export_calib=x[:16], method="nupes", wbits=3, progress=False)
     assert {r["loss_kind"] for r in rep["layers"]} == {"datafree_rel_mse"}
     assert ex.fake_quant(x[:4]).shape == (4, 5)
+
+
+@pytest.mark.parametrize("mu, var", [(0.0, 1.0), (-1.5, 0.3), (2.0, 4.0), (0.2, 1e-6)])
+def test_gelu_moments_match_monte_carlo(mu, var):
+    """Same 6-standard-error bound as for the rectified moments (see above)."""
+    n = 400_000
+    z = mu + math.sqrt(var) * torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    g = torch.nn.functional.gelu(z)
+    m1 = gaussian_expectation(torch.nn.functional.gelu, torch.tensor([mu]), torch.tensor([var]))
+    m2 = gaussian_expectation(
+        lambda t: torch.nn.functional.gelu(t) ** 2, torch.tensor([mu]), torch.tensor([var])
+    )
+    for est, closed, samples in ((g.mean(), m1, g), ((g * g).mean(), m2, g * g)):
+        se = float(samples.std()) / math.sqrt(n)
+        assert abs(float(closed) - float(est)) <= 6 * se + 1e-12
+
+
+def test_layernorm_hessians_of_a_char_transformer_and_codes_change():
+    from nupes_sim.reference.models import CharTransformer
+
+    torch.manual_seed(0)
+    lm = CharTransformer("abcdefgh", d_model=16, n_heads=2, n_layers=1, context=8).eval()
+    for m in lm.modules():
+        if isinstance(m, nn.LayerNorm):
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+        if isinstance(m, nn.Linear):
+            m.bias.data.normal_(0, 0.1)
+    H = layernorm_input_hessians(lm)
+    assert set(H) == {"blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.fc1", "blocks.0.fc2", "head"}
+    b, g = lm.blocks[0].ln1.bias.detach().double(), lm.blocks[0].ln1.weight.detach().double()
+    assert torch.allclose(
+        H["blocks.0.attn.qkv"][0], torch.outer(b, b) + torch.diag(g * g), rtol=1e-12, atol=0
+    )
+    assert H["blocks.0.fc2"][0].shape == (64, 64)
+    nw, _ = quantize_model(lm, "nupes", 3, nupes_init="powerquant", progress=False)
+    nl, rep = quantize_model(lm, "nupes", 3, nupes_init="powerquant", input_hessians=H, progress=False)
+    assert {r["loss_kind"] for r in rep["layers"]} == {"datafree_rel_mse"}
+    assert any(
+        not torch.equal(nl.get_submodule(n).nupes_quant.codes, nw.get_submodule(n).nupes_quant.codes)
+        for n in H
+    )
+    with pytest.raises(ValueError, match="not a pre-LN CharTransformer"):
+        layernorm_input_hessians(nn.Linear(2, 2))
