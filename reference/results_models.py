@@ -15,6 +15,8 @@ from .results_run import COUNTS, METHODS, TARGET, _exponents, _log, _method_rows
 
 #: the data-free NUPES row that uses batch-norm statistics (datafree.py; models with batch norms)
 DATAFREE_BN = "NUPES data-free, BN statistics"
+#: the same for pre-LN transformers, from LayerNorm statistics and weights (the char LM)
+DATAFREE_LN = "NUPES data-free, LayerNorm statistics"
 
 
 def fashion(quick, steps):
@@ -173,6 +175,7 @@ def sweep(quick, steps):
 
 def charlm(quick, steps):
     from .data import kjv_split
+    from .datafree import layernorm_input_hessians
     from .evaluate import char_perplexity, load_charlm
 
     model = load_charlm()
@@ -195,7 +198,9 @@ def charlm(quick, steps):
     settings = [{"label": "W4 per-channel", "wbits": 4}, {"label": "W3 per-channel", "wbits": 3}]
     if quick:
         settings = settings[1:]
-    out["rows"] = _method_rows("charlm", model, ppl, calib_fn, settings, steps)
+    hessians = layernorm_input_hessians(model)  # data-free: its LayerNorms and weights
+    ln_row = (DATAFREE_LN, "nupes", False, {"nupes_init": "powerquant", "input_hessians": hessians})
+    out["rows"] = _method_rows("charlm", model, ppl, calib_fn, settings, steps, extra_methods=[ln_row])
     return out
 
 

@@ -100,6 +100,22 @@ def _datafree_verdicts(rows, n_test):
     return out
 
 
+def _datafree_lm_lines(rows, n_chars):
+    """Char LM: NUPES data-free with LayerNorm statistics against PowerQuant, both deterministic;
+    no spread is measured for a perplexity on one held-out text, so no win is declared."""
+    out = []
+    for setting in dict.fromkeys(r["setting"] for r in rows):
+        rs = {r["method"]: r for r in rows if r["setting"] == setting}
+        ln, pq = rs.get("NUPES data-free, LayerNorm statistics"), rs.get("PowerQuant")
+        if ln is not None and pq is not None:
+            out.append(
+                f"- {setting}: NUPES data-free, LayerNorm statistics {ln['mean']:.4f} vs PowerQuant {pq['mean']:.4f} "
+                f"({100 * (ln['mean'] / pq['mean'] - 1):+.2f} %) on {n_chars} held-out characters; both are "
+                "deterministic and no spread is measured for them, so no win is declared."
+            )
+    return out
+
+
 def _per_layer(rows):
     """NUPES data-driven (seed 0) against its GPTQ-power start, per layer, same inputs and target."""
     L = []
@@ -219,7 +235,9 @@ def render(results, args, seconds, pending=()):
         "(models with batch norms): PowerQuant start, the layer objective under the input distribution modelled "
         "from the batch norms (N(β, γ²) through ReLU in closed form, propagated with independent channels and "
         "kernel positions; datafree.py); no data and no random sampling, so it is measured once and its only "
-        "spread is the test-subset sampling error, given next to its verdict. "
+        "spread is the test-subset sampling error, given next to its verdict. NUPES data-free, LayerNorm "
+        "statistics (char LM): the same from its LayerNorms (N(β, γ²) per feature) and weights (values, GELU by "
+        "quadrature), measured once. "
         "'[fake quant]' rows have no integer format in the simulator (a zero-point weight format and a codebook "
         "format are separate work); NF is NormalFloat with absmax per channel/group, k-means is one 2^b-entry "
         "codebook per output channel weighted by diag(XᵀX). A verdict is a win or a loss only when the mean "
@@ -253,6 +271,7 @@ def render(results, args, seconds, pending=()):
             _table(c["rows"], "perplexity", 3)
             + [""]
             + _verdicts(c["rows"], False, 3)
+            + _datafree_lm_lines(c["rows"], c["held_out_chars"])
             + [""]
             + _per_layer(c["rows"])
         )

@@ -72,3 +72,9 @@ def test_datafree_verdict_uses_the_test_subset_sampling_error():
     assert "it beats PowerQuant" in results_render._datafree_verdicts(rows, 2000)[0]
     rows[1]["mean"] = 77.0
     assert "**loses to PowerQuant**" in results_render._datafree_verdicts(rows, 2000)[0]
+    lm = [
+        dict(base, method="PowerQuant", mean=4.48),
+        dict(base, method="NUPES data-free, LayerNorm statistics", mean=4.41),
+    ]
+    (line,) = results_render._datafree_lm_lines(lm, 20000)
+    assert "-1.56 %" in line and "no win is declared" in line
