@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from . import results_run as run
-from .results_models import charlm, fashion, fashion_act, minilm, sweep
+from .results_models import SIM_IMAGES, charlm, fashion, fashion_act, minilm, sweep
 from .results_render import render
 from .results_run import _CHECKPOINT, _log
 
@@ -61,7 +61,17 @@ def main(argv=None):
     p.add_argument(
         "--no-activations", action="store_true", help="skip the Fashion integer-simulator rows (fashion_act)"
     )
+    p.add_argument(
+        "--sim-images",
+        type=int,
+        default=SIM_IMAGES["n"],
+        help="Fashion test images run through the integer simulator in fashion_act (CPU time)",
+    )
     args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the header shows the command
+    if args.sim_images < 1:
+        p.error(f"--sim-images must be >= 1, got {args.sim_images}")
+    SIM_IMAGES["n"] = args.sim_images
     torch.manual_seed(0)
     t0 = time.perf_counter()
     results, errors = {}, {}

@@ -78,3 +78,20 @@ def test_datafree_verdict_uses_the_test_subset_sampling_error():
     ]
     (line,) = results_render._datafree_lm_lines(lm, 20000)
     assert "-1.56 %" in line and "no win is declared" in line
+
+
+def test_activation_section_renders_graph_against_float_activations():
+    r = dict(setting="W4A4", n=3, seconds=1.0, integer=80.0, fake_quant_sim=80.5, agreement=99.0, overflow=0)
+    r.update(sim_seconds=1.0, act_exponents="0.50–1.00")
+    rows = [
+        dict(r, method="NUPES data-driven", acts="float", mean=80.0, std=0.2, metrics=[1, 2, 3]),
+        dict(r, method="NUPES data-driven", acts="graph", mean=81.0, std=0.3, metrics=[1, 2, 3]),
+    ]
+    text = results_render.render(
+        {"fashion_act": {"rows": rows, "n_act": 2000, "n_sim": 500}},
+        argparse.Namespace(quick=False, steps=5, argv=["--only", "fashion_act"]),
+        60.0,
+    )
+    assert "results --only fashion_act`" in text and "first 500 of those images" in text
+    assert "graph activations +1.00 points against float activations (spread 0.50) → better" in text
+    assert "not measured in this run (left out by its options, so not in this file): fashion, charlm" in text
