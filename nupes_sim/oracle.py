@@ -146,11 +146,7 @@ def _mac_products(layer, x_cols, valid):
         prods = xv[..., None, :] * wv
     else:
         pt = layer.p_table
-        mw, mx = np.abs(qw), np.abs(qx)
-        if pt.by_product:
-            index = mx[..., None, :] * mw
-        else:
-            index = mw * (pt.mx + 1) + mx[..., None, :]
+        index = pt.index(np.abs(qw), np.abs(qx)[..., None, :])  # (..., O, K)
         mags = pt.lut[np.broadcast_to(layer.w_table_index, index.shape), index]
         prods = np.sign(qw) * np.sign(qx)[..., None, :] * mags
     return np.where(valid[..., None, :], prods, 0)

@@ -109,7 +109,10 @@ def _decode(tag, arrays, where):
         return RANGE_CLASSES[t](tag["bits"], tag["signed"])
     if t in STRUCT_CLASSES:
         kw = {k: _decode(v, arrays, f"{where}.{k}") for k, v in tag["fields"].items()}
-        return STRUCT_CLASSES[t](**kw)
+        try:  # the table's own constructor validates it (tables.py); say which node holds it
+            return STRUCT_CLASSES[t](**kw)
+        except (TypeError, ValueError) as e:
+            raise ModelFormatError(f"{where}: {e}") from None
     if t == "json":
         return tag["v"]
     raise ModelFormatError(f"{where}: unknown value tag {t!r}")

@@ -15,9 +15,10 @@ from . import primitives as P
 from .exactreal import cr_float, decide_exact, round_fraction, rounded_table
 from .formats import PowerFormat, UniformFormat
 from .rounding import DEFAULT, HOST_MODES, mode_id, random_words
-from .validate import check_int, check_real
+from .validate import check_int, check_real, frozen_float_array, frozen_int_array, set_fields
 
 FRAC_BITS_MAX = 40
+CODE_LIMIT = 2**31  # |qmin|, |qmax|, |zero_point| of a requantizer: code + rounded value fits int64
 THRESHOLD_MODES = ("half_even", "half_away", "half_up", "floor", "ceil", "toward_zero")
 
 
@@ -58,6 +59,18 @@ class DecodeTable:
     qmin: int
     unit: float
     frac_bits: int
+
+    def __post_init__(self):
+        lut = frozen_int_array("decode table lut", self.lut, ndim=2)
+        if lut.shape[0] < 1 or lut.shape[1] < 1:
+            raise ValueError(f"decode table lut must have >= 1 row and column, got shape {lut.shape}")
+        set_fields(
+            self,
+            lut=lut,
+            qmin=check_int("decode table qmin", self.qmin, -(2**7), 2**8 - 1),
+            unit=float(frozen_float_array("decode table unit", self.unit).reshape(())),
+            frac_bits=check_int("decode table frac_bits", self.frac_bits, 0, FRAC_BITS_MAX),
+        )
 
 
 def decode_table(fmt, frac_bits, rounding=DEFAULT, seed=0, tensor_id=0):
@@ -105,6 +118,43 @@ class ProductTable:
     unit: float
     frac_bits: int
     channel_factor: np.ndarray = None  # (C,) float64 host reals, or None
+
+    def __post_init__(self):
+        lut = frozen_int_array("product table lut", self.lut, ndim=2)
+        if lut.shape[0] < 1 or lut.shape[1] < 1:
+            raise ValueError(f"product table lut must have >= 1 row and column, got shape {lut.shape}")
+        if not isinstance(self.by_product, (bool, np.bool_)):
+            raise TypeError(f"product table by_product must be a bool, got {self.by_product!r}")
+        cf = self.channel_factor
+        set_fields(
+            self,
+            lut=lut,
+            by_product=bool(self.by_product),
+            mx=check_int("product table mx", self.mx, 1, 2**8 - 1),
+            unit=float(frozen_float_array("product table unit", self.unit).reshape(())),
+            frac_bits=check_int("product table frac_bits", self.frac_bits, 0, FRAC_BITS_MAX),
+            channel_factor=None if cf is None else frozen_float_array("product table channel_factor", cf),
+        )
+        if self.channel_factor is not None and self.channel_factor.ndim != 1:
+            raise ValueError(
+                f"product table channel_factor must be 1-D, got shape {self.channel_factor.shape}"
+            )
+
+    def length(self, mw):
+        """Entries per row needed for weight magnitudes <= mw and activation magnitudes <= mx."""
+        return mw * self.mx + 1 if self.by_product else (mw + 1) * (self.mx + 1)
+
+    def index(self, mw, mx):
+        """THE product-table index of magnitudes |qw| = mw, |qx| = mx (ints or int arrays,
+        broadcast): mw·mx (by_product) or mw·(Mx+1) + mx (pair table). Host code indexes
+        only through this (or `index_terms`); device kernels are tested against it."""
+        return mw * mx if self.by_product else mw * (self.mx + 1) + mx
+
+    def index_terms(self, mw):
+        """(base, step) with index(mw, n) = base + step·n for every activation magnitude n:
+        the weight side of the index, precomputed per weight by the backends."""
+        mw = np.asarray(mw)
+        return (np.zeros_like(mw), mw) if self.by_product else (mw * (self.mx + 1), np.ones_like(mw))
 
 
 def product_table(wfmt, xfmt, frac_bits, rounding=DEFAULT, seed=0, tensor_id=0):
@@ -161,6 +211,25 @@ class Thresholds:
     thr: np.ndarray  # int64 (R, n)
     qmin: int
     qmax: int
+
+    def __post_init__(self):
+        qmin = check_int("thresholds qmin", self.qmin, -CODE_LIMIT, CODE_LIMIT - 1)
+        qmax = check_int("thresholds qmax", self.qmax, qmin, CODE_LIMIT - 1)
+        thr = frozen_int_array("thresholds thr", self.thr, ndim=2)
+        if thr.shape[0] < 1 or thr.shape[1] != qmax - qmin:
+            raise ValueError(
+                f"thresholds thr has shape {thr.shape}; allowed: (rows >= 1, qmax - qmin = {qmax - qmin}) "
+                "(one threshold per code above qmin)"
+            )
+        if thr.shape[1] > 1:
+            drop = np.diff(thr, axis=1) < 0
+            if drop.any():
+                r, j = (int(v) for v in np.argwhere(drop)[0])
+                raise ValueError(
+                    f"thresholds thr row {r} is not non-decreasing: thr[{r}, {j}] = {int(thr[r, j])} > "
+                    f"thr[{r}, {j + 1}] = {int(thr[r, j + 1])}; allowed: each row non-decreasing"
+                )
+        set_fields(self, thr=thr, qmin=qmin, qmax=qmax)
 
 
 def _boundary(j, rounding):
@@ -278,20 +347,26 @@ class Rescale:
     mult_bits: int
 
     def __post_init__(self):
-        m = np.asarray(self.multiplier)
-        sh = np.asarray(self.shift)
-        if m.shape != sh.shape or m.ndim != 1 or m.size == 0:
+        m = frozen_int_array("rescale multiplier", self.multiplier, ndim=1)
+        sh = frozen_int_array("rescale shift", self.shift, ndim=1)
+        if m.shape != sh.shape or m.size == 0:
             raise ValueError(f"rescale: multiplier {m.shape} and shift {sh.shape} must be equal 1-D shapes")
-        if m.size and (m.min() < 0 or m.max() >= 2**31):
+        mb = check_int("rescale mult_bits", self.mult_bits, 1, 31)
+        if m.min() < 0 or m.max() >= 2**mb:
             raise ValueError(
-                f"rescale: multipliers must lie in [0, 2^31); got {int(m.min())}..{int(m.max())}"
+                f"rescale: multipliers must lie in [0, 2^mult_bits) = [0, 2^{mb}); got {int(m.min())}..{int(m.max())}"
             )
-        if sh.size and (sh.min() < 0 or sh.max() > 62):
+        if sh.min() < 0 or sh.max() > 62:
             raise ValueError(f"rescale: shifts must lie in [0, 62]; got {int(sh.min())}..{int(sh.max())}")
-        if self.qmin > self.qmax:
-            raise ValueError(f"rescale: qmin={self.qmin} > qmax={self.qmax}")
-        if self.rounding not in range(8):
-            raise ValueError(f"rescale: rounding id {self.rounding} is not a rounding mode (0..7)")
+        qmin = check_int("rescale qmin", self.qmin, -CODE_LIMIT, CODE_LIMIT - 1)
+        qmax = check_int("rescale qmax", self.qmax, -CODE_LIMIT, CODE_LIMIT - 1)
+        if qmin > qmax:
+            raise ValueError(f"rescale: qmin={qmin} > qmax={qmax}")
+        zp = check_int("rescale zero_point", self.zero_point, -CODE_LIMIT, CODE_LIMIT - 1)
+        rid = check_int("rescale rounding", self.rounding, 0, 7)
+        set_fields(
+            self, multiplier=m, shift=sh, qmin=qmin, qmax=qmax, zero_point=zp, rounding=rid, mult_bits=mb
+        )
 
 
 def rescale_table(unit, out_fmt, acc_width, mult_bits=31, rounding=DEFAULT, relu=False, exact=False):

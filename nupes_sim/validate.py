@@ -58,3 +58,41 @@ def check_real(name, value, lo=-math.inf, hi=math.inf, lo_open=False):
         rng = f"({lo}, {hi}]" if lo_open else f"[{lo}, {hi}]"
         raise ValueError(f"{name}={value!r} is not allowed; must be finite in {rng}")
     return v
+
+
+def frozen_int_array(name, value, dtype=np.int64, ndim=None):
+    """A read-only C-contiguous copy of an integer array (list or ndarray) as `dtype`; every
+    element must fit `dtype` (nothing wraps) and, given `ndim`, the array must have it."""
+    a = np.asarray(value)
+    if a.size == 0 and a.dtype.kind == "f":  # an empty list
+        a = a.astype(dtype)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array, got dtype {a.dtype}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(a.shape)}")
+    info = np.iinfo(dtype)
+    if a.size and (int(a.min()) < info.min or int(a.max()) > info.max):
+        bad = int(a.min()) if int(a.min()) < info.min else int(a.max())
+        raise ValueError(f"{name} contains {bad}, outside the {np.dtype(dtype).name} range")
+    out = np.array(a, dtype=dtype, order="C", copy=True)
+    out.setflags(write=False)
+    return out
+
+
+def frozen_float_array(name, value):
+    """A read-only C-contiguous float64 copy of finite values > 0 (units, scale factors)."""
+    out = np.array(check_finite_positive(name, value), dtype=np.float64, order="C", copy=True)
+    out.setflags(write=False)
+    return out
+
+
+def check_str(name, value):
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def set_fields(obj, **values):
+    """Assign fields of a frozen dataclass from its __post_init__ (normalized values)."""
+    for k, v in values.items():
+        object.__setattr__(obj, k, v)

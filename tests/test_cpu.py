@@ -148,14 +148,17 @@ def test_saturate_clamps_every_step_and_tiles():
 
 
 def test_thresholds_at_boundaries_and_unsorted():
-    """acc equal to a threshold counts it (>=); per-channel rows; a non-monotone table."""
+    """acc equal to a threshold counts it (>=); per-channel rows; a non-monotone table is
+    refused at construction (#9: backends rely on non-decreasing rows, binary search)."""
     w = np.array([[1], [1], [1]], np.int64)
     x = np.arange(-8, 8, dtype=np.int64)[:, None]
-    for thr in ([[-5, 0, 0, 7]], [[-5, 0, 0, 7], [-8, -8, 7, 7], [1, 2, 3, 4]], [[3, -2, 5, 0]]):
+    for thr in ([[-5, 0, 0, 7]], [[-5, 0, 0, 7], [-8, -8, 7, 7], [1, 2, 3, 4]]):
         thr = np.array(thr, np.int64)
         rq = Thresholds(thr, -2, 2)
         layer = exact_linear(w, Accumulator(16, "wrap"), xbits=5, requant=rq)
         check(layer, (x,))
+    with pytest.raises(ValueError, match=r"thresholds thr row 0 is not non-decreasing: thr\[0, 0\] = 3"):
+        Thresholds(np.array([[3, -2, 5, 0]], np.int64), -2, 2)
 
 
 @pytest.mark.parametrize("shift", [1, 2, 31, 32, 33, 40, 62])

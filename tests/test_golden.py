@@ -1,5 +1,6 @@
 """Golden files: round trips, reproducibility, packing, strict reader under fuzzing, hex export."""
 
+import dataclasses
 import os
 import shutil
 
@@ -54,7 +55,10 @@ def test_serialize_round_trip_bit_identical(make, inputs, tmp_path):
 def test_model_hash_sees_every_table():
     g = add_net()
     h = model_hash(g)
-    g.nodes[1].layer.bias[0] += 1
+    layer = g.nodes[1].layer
+    bias = layer.bias.copy()  # layers are frozen, their arrays read-only: rebuild with a change
+    bias[0] += 1
+    g.nodes[1].layer = dataclasses.replace(layer, bias=bias)
     assert model_hash(g) != h
 
 

@@ -138,9 +138,10 @@ def fused(layer, x, xmin, xmax, opts, conv=None):
     else:
         N, Pn, shape = x.shape[0], 1, (x.shape[0], O)
     rq = layer.requant
-    thr, do_thr = monotone_thresholds(rq, O)
+    thr, do_thr = monotone_thresholds(rq)
     if not do_thr:
         thr = np.zeros((1, 1), np.int64)
+        thr.setflags(write=False)  # as layer tables are: one compiled signature of _finish
     exact = np.empty(N * O, np.int64)
     acc = np.empty(N * O, np.int64)
     out = np.empty(N * O, np.int64) if do_thr else acc

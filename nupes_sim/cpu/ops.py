@@ -7,7 +7,7 @@ from ..layers import Add, AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d
 from ..transformer.cpu import OPS as _TRANSFORMER_OPS
 from . import kernels as K
 from .fused import fused
-from .gemm import mac_unfused, maxabs
+from .gemm import mac_unfused
 from .options import note, resolve
 from .requant import requantize
 
@@ -20,51 +20,19 @@ def _weights(layer, sl=slice(None)):
     if layer.datapath == "operand":
         return dict(WV=np.ascontiguousarray(layer.w_table.lut[tidx, qw - layer.w_range.qmin], np.int64))
     pt = layer.p_table
-    lut = np.ascontiguousarray(pt.lut, dtype=np.int64)
+    lut = pt.lut  # int64, C-contiguous (ProductTable)
     L = lut.shape[1]
     mw = np.abs(qw)
-    if pt.by_product:
-        off, mul = tidx * L, mw
-    else:
-        off, mul = tidx * L + mw * (pt.mx + 1), np.ones_like(mw)
+    base, mul = pt.index_terms(mw)  # index(|qw|, |qx|) = base + mul·|qx|
     return dict(
         wsign=np.sign(qw),
-        off=np.ascontiguousarray(off),
+        off=np.ascontiguousarray(tidx * L + base),
         mul=np.ascontiguousarray(mul),
         lut=lut.reshape(-1),
         mw=mw,
         tidx=tidx,
         L=L,
     )
-
-
-def _check_product_index(layer, x_maxmag):
-    """The oracle indexes p_table.lut with numpy (IndexError if out of range); so do we."""
-    pt = layer.p_table
-    mw = int(np.abs(layer.w_codes).max(initial=0))
-    top = mw * x_maxmag if pt.by_product else mw * (pt.mx + 1) + x_maxmag
-    if top >= pt.lut.shape[1]:
-        raise IndexError(
-            f"{layer.name}: product index {top} is out of bounds for a table of {pt.lut.shape[1]} entries"
-        )
-
-
-def _check_product_range(layer):
-    """Refuse layers whose products can reach 2^62 (the contract's limit).
-
-    MacLayer.max_abs_product forms |w|*max|x| in int64, which wraps for huge tables (e.g.
-    8-bit codes with w_frac_bits=30, x_frac_bits=20): the layer is then accepted with a
-    wrong (negative) bound and the oracle's own int64 products wrap too. Python ints here.
-    """
-    if layer.datapath == "operand":
-        top = maxabs(np.asarray(layer.w_table.lut)) * maxabs(np.asarray(layer.x_table.lut))
-    else:
-        top = maxabs(np.asarray(layer.p_table.lut))
-    if top >= 2**62 or int(layer.bound.min(initial=0)) < 0:
-        raise ValueError(
-            f"{layer.name}: a single product can reach {top} >= 2^62 (or the layer bound "
-            "is corrupt); lower the fractional bits"
-        )
 
 
 def _decode_x(layer, x):
@@ -76,7 +44,6 @@ def _decode_x(layer, x):
 
 def _mac(layer, X, opts, sl=slice(None)):
     """(exact, acc) of shape (N, O_sl) for activation rows X (N, K) (decoded/codes, int64)."""
-    _check_product_range(layer)
     wts = _weights(layer, sl)
     bias = np.ascontiguousarray(layer.bias[sl], np.int64)
     acc_cfg = layer.acc
@@ -121,10 +88,7 @@ def linear(layer, x, fast=None, options=None):
     opts = resolve(options, fast)
     xmin, xmax = _check_x(layer.x_range, f"{layer.name} input", x)
     layer.check_shape(x)
-    if layer.datapath == "product":
-        _check_product_index(layer, layer.x_range.max_magnitude if x.size == 0 else max(-xmin, xmax))
     if opts.fast:
-        _check_product_range(layer)
         res = fused(layer, x, xmin, xmax, opts)
         if res is not None:
             return res
@@ -140,10 +104,7 @@ def conv2d(layer, x, fast=None, options=None):
     O, Cg, kh, kw = layer.w_codes.shape
     ho, wo = layer.check_shape(x)
     B = x.shape[0]
-    if layer.datapath == "product":
-        _check_product_index(layer, layer.x_range.max_magnitude if x.size == 0 else max(-xmin, xmax))
     if opts.fast:
-        _check_product_range(layer)
         res = fused(
             layer,
             x,

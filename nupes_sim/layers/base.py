@@ -1,7 +1,11 @@
 """What every integer layer declares about itself (the layer protocol) and the shared parts.
 
 Golden files, verification, the audit and serialization never branch on layer types: they
-ask the layer. A layer type is a dataclass subclass of `Layer`, decorated with `@register`
+ask the layer. A layer type is a frozen dataclass (``@dataclass(frozen=True, eq=False)``)
+subclass of `Layer` whose ``__post_init__`` validates every field (naming the field, the
+value and what is allowed; normalized values are stored with `set_fields`, arrays read-only),
+so that backends re-check nothing but their inputs (docs/ARITHMETIC.md §4, "One rule for all
+backends"). It is decorated with `@register`
 (which puts it into `LAYER_TYPES`, by class name: what model files store), that provides:
 
 - ``n_inputs``: how many tensors it reads (class attribute).
@@ -36,11 +40,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..formats import PowerFormat, UniformFormat
+from ..formats import CodeRange, PowerFormat, UniformFormat
 from ..rounding import DEFAULT
 from ..rounding import NAMES as ROUNDING_NAMES
-from ..tables import Rescale, Thresholds, rescale_table, threshold_table
-from ..validate import check_choice, check_int
+from ..tables import DecodeTable, Rescale, Thresholds, rescale_table, threshold_table
+from ..validate import (
+    check_choice,
+    check_finite_positive,
+    check_int,
+    check_str,
+    frozen_float_array,
+    set_fields,
+)
 
 OVERFLOW_MODES = ("wrap", "saturate", "exact")
 INT64_LIMIT = 2**63 - 1
@@ -177,9 +188,84 @@ def check_requant_input(name, requant, acc, bound):
         )
 
 
-def check_requant(requant):
+def check_requant(requant, name="requant", rows=(1,)):
+    """A Thresholds, Rescale or None whose number of rows (thresholds rows, multipliers) is
+    one of `rows` (1: per tensor; the layer's output channels: per channel)."""
     if requant is not None and not isinstance(requant, (Thresholds, Rescale)):
-        raise TypeError(f"requant must be Thresholds, Rescale or None, got {type(requant).__name__}")
+        raise TypeError(f"{name} must be Thresholds, Rescale or None, got {type(requant).__name__}")
+    n = (
+        None
+        if requant is None
+        else (requant.thr if isinstance(requant, Thresholds) else requant.multiplier).shape[0]
+    )
+    if n is not None and n not in rows:
+        what = "threshold rows" if isinstance(requant, Thresholds) else "rescale multipliers"
+        raise ValueError(f"{name} has {n} {what}; allowed: {' or '.join(str(r) for r in sorted(set(rows)))}")
+
+
+def check_acc(name, acc):
+    if not isinstance(acc, Accumulator):
+        raise TypeError(f"{name} must be an Accumulator, got {type(acc).__name__}")
+
+
+def check_range(name, rng):
+    if not isinstance(rng, CodeRange):
+        raise TypeError(f"{name} must be a CodeRange, got {type(rng).__name__}")
+
+
+def check_decode_table(name, table, rng, rows=None):
+    """`table` decodes every code of `rng`: a DecodeTable of rng.n_codes columns starting at
+    rng.qmin; rows=1 for activations (a per-tensor scale: backends read row 0 only)."""
+    if not isinstance(table, DecodeTable):
+        raise TypeError(f"{name} must be a DecodeTable, got {type(table).__name__}")
+    T, n = table.lut.shape
+    if n != rng.n_codes or table.qmin != rng.qmin:
+        raise ValueError(
+            f"{name} covers {n} codes from {table.qmin}; allowed: the {rng.n_codes} codes "
+            f"{rng.qmin}..{rng.qmax} of its code range"
+        )
+    if rows is not None and T != rows:
+        raise ValueError(
+            f"{name} has {T} rows (per-channel activation scales); allowed: {rows} "
+            "(only per-tensor activation formats are implemented)"
+        )
+
+
+def check_per_tensor(name, fmt):
+    """Builders: activation formats must have a per-tensor scale (one decode row)."""
+    if getattr(fmt, "granularity", "tensor") != "tensor":
+        raise ValueError(
+            f"{name}.granularity={fmt.granularity!r} is not implemented for activations; "
+            "allowed: 'tensor' (one scale)"
+        )
+
+
+def check_ids(name, layer):
+    """seed and tensor_id of a layer: 32-bit words of the rounding hash."""
+    check_int(f"{name}.tensor_id", layer.tensor_id, 0, 2**32 - 1)
+    check_int(f"{name}.seed", layer.seed, 0, 2**32 - 1)
+    set_fields(layer, tensor_id=int(layer.tensor_id), seed=int(layer.seed))
+
+
+def check_unit(name, unit, n=None):
+    """A unit (real value of one accumulator LSB): a float, or with n given an (n,) array
+    (one per output channel); finite and > 0. Returns it normalized (float or read-only)."""
+    if isinstance(unit, (np.ndarray, list, tuple)) and np.ndim(unit) >= 1:
+        u = frozen_float_array(name, unit)
+        if n is None or u.shape != (n,):
+            allowed = "a float" if n is None else f"a float or {n} values"
+            raise ValueError(f"{name} has shape {u.shape}; allowed: {allowed}")
+        return u
+    return float(check_finite_positive(name, unit))
+
+
+def check_meta(name, meta):
+    if meta is not None and not isinstance(meta, dict):
+        raise TypeError(f"{name}.meta must be a dict or None, got {type(meta).__name__}")
+
+
+def check_name(layer):
+    check_str("layer name", layer.name)
 
 
 # ---- pieces of golden_params (docs/GOLDEN.md) ------------------------------------------------
@@ -242,13 +328,17 @@ def table_info(prefix, t):
 # ---- geometry helpers ----------------------------------------------------------------------
 
 
-def pair(name, v):
-    if isinstance(v, (int, np.integer)):
-        return (int(v), int(v))
-    v = tuple(v)
+def pair(name, v, lo=None):
+    """(int, int) from an int or a pair of ints, each >= lo when given."""
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        v = (v, v)
+    try:
+        v = tuple(v)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}") from None
     if len(v) != 2:
         raise ValueError(f"{name} must be an int or a pair, got {v!r}")
-    return v
+    return tuple(check_int(name, x, lo, None) for x in v)
 
 
 def window(o, stride, pad, dil, k):
@@ -359,6 +449,15 @@ __all__ = [
     "out_range",
     "build_requant",
     "check_requant",
+    "check_acc",
+    "check_range",
+    "check_decode_table",
+    "check_per_tensor",
+    "check_ids",
+    "check_unit",
+    "check_meta",
+    "check_name",
+    "set_fields",
     "check_requant_input",
     "requant_params",
     "range_info",

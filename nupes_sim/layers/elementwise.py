@@ -11,19 +11,28 @@ from .base import (
     AccLayer,
     Accumulator,
     build_requant,
+    check_acc,
+    check_decode_table,
+    check_ids,
+    check_meta,
+    check_name,
+    check_per_tensor,
+    check_range,
     check_requant,
     check_requant_input,
+    check_unit,
     format_meta,
     maxabs,
     meta_format,
     range_info,
     register,
+    set_fields,
     table_info,
 )
 
 
 @register
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class Add(AccLayer):
     """Residual add: a_table[qa] + b_table[qb] on a common fixed-point grid, then requant."""
 
@@ -42,17 +51,29 @@ class Add(AccLayer):
     meta: dict = field(default=None, repr=False)  # host-only description, see MacLayer.meta
 
     def __post_init__(self):
-        check_requant(self.requant)
+        check_name(self)
+        n = self.name
+        check_acc(f"{n}.acc", self.acc)
+        check_meta(n, self.meta)
+        for which in ("a", "b"):
+            rng = getattr(self, f"{which}_range")
+            check_range(f"{n}.{which}_range", rng)
+            check_decode_table(f"{n}.{which}_table", getattr(self, f"{which}_table"), rng, rows=1)
+        check_requant(self.requant, f"{n}.requant", (1,))
+        check_ids(n, self)
+        set_fields(self, unit=check_unit(f"{n}.unit", self.unit))
         if self.a_table.unit != self.b_table.unit:
             raise ValueError(
-                f"{self.name}: the two inputs must decode to the same grid "
+                f"{n}: the two inputs must decode to the same grid "
                 f"(units {self.a_table.unit} and {self.b_table.unit})"
             )
         worst = maxabs(self.a_table.lut) + maxabs(self.b_table.lut)
         if worst >= 2**62:
-            raise ValueError(f"{self.name}: decoded values too large (>= 2^62)")
-        self.bound = np.array([worst], np.int64)
-        check_requant_input(self.name, self.requant, self.acc, worst)
+            raise ValueError(f"{n}: decoded values too large (>= 2^62)")
+        bound = np.array([worst], np.int64)
+        bound.setflags(write=False)
+        set_fields(self, bound=bound)
+        check_requant_input(n, self.requant, self.acc, worst)
 
     @classmethod
     def build(
@@ -72,6 +93,8 @@ class Add(AccLayer):
         tensor_id=0,
     ):
         acc = acc or Accumulator()
+        check_per_tensor(f"{name}: a_fmt", a_fmt)
+        check_per_tensor(f"{name}: b_fmt", b_fmt)
         at = decode_table(a_fmt, frac_bits, rounding, seed, tensor_id)
         bt = decode_table(b_fmt, frac_bits, rounding, seed, tensor_id + 1)
         if isinstance(a_fmt, UniformFormat) or isinstance(b_fmt, UniformFormat):

@@ -4,17 +4,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import Layer, register
+from .base import Layer, check_name, register
 
 
 @register
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class Flatten(Layer):
     """(B, C, H, W) -> (B, C*H*W), C-major as torch.flatten(x, 1)."""
 
     passthrough = True
 
     name: str
+
+    def __post_init__(self):
+        check_name(self)
 
     # ---- layer protocol (base.py) ----
 

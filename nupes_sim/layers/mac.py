@@ -11,21 +11,30 @@ import numpy as np
 
 from ..formats import CodeRange, UniformRange
 from ..rounding import DEFAULT
-from ..tables import DecodeTable, ProductTable, Rescale, Thresholds, bias_table, decode_table, product_table
-from ..validate import check_choice, check_int
+from ..tables import DecodeTable, ProductTable, bias_table, decode_table, product_table
+from ..validate import check_choice, check_int, frozen_int_array
 from .base import (
     INT64_LIMIT,
     AccLayer,
     Accumulator,
     build_requant,
+    check_acc,
+    check_decode_table,
+    check_ids,
+    check_meta,
+    check_name,
+    check_per_tensor,
+    check_range,
     check_requant,
     check_requant_input,
+    check_unit,
     format_meta,
     maxabs,
     meta_format,
     pair,
     range_info,
     register,
+    set_fields,
     table_info,
     unit_info,
     window,
@@ -35,7 +44,7 @@ from .base import (
 DATAPATHS = ("operand", "product")
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class MacLayer(AccLayer):
     """Common part of Linear and Conv2d: weights, datapath tables, bias, accumulator, requant.
 
@@ -66,45 +75,75 @@ class MacLayer(AccLayer):
     meta: dict = field(default=None, repr=False)
 
     def __post_init__(self):
-        check_choice("datapath", self.datapath, DATAPATHS)
-        if not isinstance(self.acc, Accumulator):
-            raise TypeError("acc must be an Accumulator")
-        self.w_codes = np.ascontiguousarray(self.w_codes)
-        self.w_range.check_codes(f"{self.name}.w_codes", self.w_codes)
-        self.w_codes = self.w_codes.astype(np.int16)
-        O = self.w_codes.shape[0]
-        K = int(np.prod(self.w_codes.shape[1:]))
-        self.w_table_index = np.ascontiguousarray(self.w_table_index, dtype=np.int64).reshape(O, K)
-        check_int(f"{self.name}.tensor_id", self.tensor_id, 0, 2**32 - 1)
-        check_int(f"{self.name}.seed", self.seed, 0, 2**32 - 1)
-        check_requant(self.requant)
+        check_name(self)
+        n = self.name
+        check_choice(f"{n}.datapath", self.datapath, DATAPATHS)
+        check_acc(f"{n}.acc", self.acc)
+        check_range(f"{n}.w_range", self.w_range)
+        check_range(f"{n}.x_range", self.x_range)
+        check_meta(n, self.meta)
+        w_codes = np.ascontiguousarray(self.w_codes)
+        self.w_range.check_codes(f"{n}.w_codes", w_codes)
+        if w_codes.ndim < 2:
+            raise ValueError(f"{n}.w_codes must be (O, K...), got shape {w_codes.shape}")
+        w_codes = frozen_int_array(f"{n}.w_codes", w_codes, np.int16)
+        O, K = w_codes.shape[0], int(np.prod(w_codes.shape[1:]))
+        idx = frozen_int_array(f"{n}.w_table_index", self.w_table_index)
+        if idx.size != O * K:
+            raise ValueError(f"{n}.w_table_index has shape {idx.shape}; allowed: {O * K} entries ({O}, {K})")
+        bias = np.zeros(O, np.int64) if self.bias is None else self.bias
+        bias = frozen_int_array(f"{n}.bias", bias)
+        if bias.shape not in ((O,), (O, 1), (1, O)):
+            raise ValueError(f"{n}.bias has shape {bias.shape}; allowed: ({O},)")
+        bias = bias.reshape(O)
+        if bias.size and (int(bias.min()) < self.acc.lo or int(bias.max()) > self.acc.hi):
+            bad = int(bias.min()) if int(bias.min()) < self.acc.lo else int(bias.max())
+            raise ValueError(
+                f"{n}.bias contains {bad}, outside the {self.acc.width}-bit accumulator range "
+                f"[{self.acc.lo}, {self.acc.hi}]"
+            )
+        set_fields(
+            self,
+            w_codes=w_codes,
+            w_table_index=idx.reshape(O, K),
+            bias=bias,
+            unit=check_unit(f"{n}.unit", self.unit, O),
+        )
+        check_ids(n, self)
+        check_requant(self.requant, f"{n}.requant", (1, O))
         if self.datapath == "operand":
-            if self.w_table is None or self.x_table is None:
-                raise ValueError(f"{self.name}: the operand datapath needs w_table and x_table")
-            if (
-                self.w_table.lut.shape[1] != self.w_range.n_codes
-                or self.x_table.lut.shape[1] != self.x_range.n_codes
-            ):
-                raise ValueError(f"{self.name}: decode tables do not cover the code ranges")
+            check_decode_table(f"{n}.w_table", self.w_table, self.w_range)
+            check_decode_table(f"{n}.x_table", self.x_table, self.x_range, rows=1)
+            if self.p_table is not None:
+                raise ValueError(f"{n}.p_table must be None for the operand datapath")
         else:
-            if self.p_table is None:
-                raise ValueError(f"{self.name}: the product datapath needs p_table")
-            if isinstance(self.x_range, UniformRange) or isinstance(self.w_range, UniformRange):
-                raise ValueError(f"{self.name}: the product datapath needs power-format (symmetric) codes")
-        if self.w_table_index.min() < 0 or self.w_table_index.max() >= self._n_tables():
-            raise ValueError(f"{self.name}: w_table_index refers to a missing table row")
-        if self.bias is None:
-            self.bias = np.zeros(O, np.int64)
-        self.bias = np.asarray(self.bias, dtype=np.int64).reshape(O)
-        if self.bias.min(initial=0) < self.acc.lo or self.bias.max(initial=0) > self.acc.hi:
-            raise ValueError(f"{self.name}: bias outside the {self.acc.width}-bit accumulator range")
-        self.bound = self._worst_case()
-        check_requant_input(self.name, self.requant, self.acc, int(self.bound.max(initial=0)))
-        if self.requant is not None and self.requant.__class__ is Thresholds:
-            if self.requant.thr.shape[0] not in (1, O):
-                raise ValueError(f"{self.name}: thresholds need 1 or {O} rows")
-        if isinstance(self.requant, Rescale) and self.requant.multiplier.shape[0] not in (1, O):
-            raise ValueError(f"{self.name}: rescale needs 1 or {O} multipliers")
+            if not isinstance(self.p_table, ProductTable):
+                raise TypeError(f"{n}.p_table must be a ProductTable, got {type(self.p_table).__name__}")
+            if self.w_table is not None or self.x_table is not None:
+                raise ValueError(f"{n}: w_table and x_table must be None for the product datapath")
+            for r, rng in (("w_range", self.w_range), ("x_range", self.x_range)):
+                if isinstance(rng, UniformRange):
+                    raise ValueError(f"{n}.{r}: the product datapath needs power-format (symmetric) codes")
+            pt, need = self.p_table, self.p_table.length(self.w_range.max_magnitude)
+            if pt.mx != self.x_range.max_magnitude or pt.lut.shape[1] != need:
+                raise ValueError(
+                    f"{n}.p_table has mx={pt.mx} and {pt.lut.shape[1]} entries per row; allowed: "
+                    f"mx={self.x_range.max_magnitude} and {self.p_table.length(self.w_range.max_magnitude)} "
+                    "entries (every weight and activation magnitude of the code ranges)"
+                )
+            if pt.channel_factor is not None and pt.channel_factor.size not in (1, O):
+                raise ValueError(
+                    f"{n}.p_table.channel_factor has {pt.channel_factor.size} entries; allowed: 1 or {O}"
+                )
+        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= self._n_tables()):
+            raise ValueError(
+                f"{n}.w_table_index contains {int(idx.min()) if int(idx.min()) < 0 else int(idx.max())}; "
+                f"allowed: 0..{self._n_tables() - 1} (a row of the table)"
+            )
+        bound = self._worst_case()
+        bound.setflags(write=False)
+        set_fields(self, bound=bound)
+        check_requant_input(n, self.requant, self.acc, int(self.bound.max(initial=0)))
 
     def channel_units(self):
         """(O,) float64: the real value of one accumulator LSB of each output channel."""
@@ -142,9 +181,7 @@ class MacLayer(AccLayer):
         # per (table row, |qw| = m): the largest entry over every activation magnitude n,
         # a (T, Mw+1) table, then gathered per weight (never an (O, K, Mx+1) array)
         mwmax = int(np.abs(qw).max(initial=0))
-        m = np.arange(mwmax + 1)[:, None]
-        n = np.arange(self.p_table.mx + 1)[None, :]
-        idx = m * n if self.p_table.by_product else m * (self.p_table.mx + 1) + n
+        idx = self.p_table.index(np.arange(mwmax + 1)[:, None], np.arange(self.p_table.mx + 1)[None, :])
         best = np.abs(mags[:, idx]).max(axis=-1)  # (T, mwmax+1)
         return best[self.w_table_index, np.abs(qw)]
 
@@ -299,6 +336,7 @@ def _build(
 ):
     acc = acc or Accumulator()
     check_choice("datapath", datapath, DATAPATHS)
+    check_per_tensor(f"{name}: x_fmt", x_fmt)
     w_codes = np.asarray(w_codes)
     tables, unit = _tables_for(
         w_fmt, x_fmt, datapath, w_frac_bits, x_frac_bits, product_frac_bits, rounding, seed, tensor_id
@@ -336,9 +374,15 @@ def _build(
 
 
 @register
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class Linear(MacLayer):
     """y[b, o] = bias[o] + sum_k product(w[o, k], x[b, k]), k ascending."""
+
+    def __post_init__(self):
+        check_name(self)
+        if np.ndim(self.w_codes) != 2:
+            raise ValueError(f"{self.name}.w_codes must be 2-D (O, K), got shape {np.shape(self.w_codes)}")
+        super().__post_init__()
 
     def check_shape(self, x):
         """The input-shape check every backend applies (codes are checked separately)."""
@@ -365,7 +409,7 @@ class Linear(MacLayer):
 
 
 @register
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class Conv2d(MacLayer):
     """NCHW conv; k enumerates (c, i, j) of the kernel window, c slowest; padded taps add 0."""
 
@@ -375,18 +419,14 @@ class Conv2d(MacLayer):
     groups: int = 1
 
     def __post_init__(self):
-        self.stride, self.padding, self.dilation = (
-            pair(n, v)
-            for n, v in (("stride", self.stride), ("padding", self.padding), ("dilation", self.dilation))
+        check_name(self)
+        set_fields(
+            self,
+            stride=pair(f"{self.name}.stride", self.stride, 1),
+            padding=pair(f"{self.name}.padding", self.padding, 0),
+            dilation=pair(f"{self.name}.dilation", self.dilation, 1),
+            groups=check_int(f"{self.name}.groups", self.groups, 1, None),
         )
-        for n, v, lo in (
-            ("stride", self.stride, 1),
-            ("padding", self.padding, 0),
-            ("dilation", self.dilation, 1),
-        ):
-            for x in v:
-                check_int(f"{self.name}.{n}", x, lo, None)
-        check_int(f"{self.name}.groups", self.groups, 1, None)
         if np.asarray(self.w_codes).ndim != 4:
             raise ValueError(f"{self.name}.w_codes must be 4-D (O, C/groups, kh, kw)")
         if np.asarray(self.w_codes).shape[0] % self.groups:

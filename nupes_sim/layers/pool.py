@@ -14,14 +14,23 @@ from .base import (
     Accumulator,
     Layer,
     build_requant,
+    check_acc,
+    check_decode_table,
+    check_ids,
+    check_meta,
+    check_name,
+    check_per_tensor,
+    check_range,
     check_rank,
     check_requant,
     check_requant_input,
+    check_unit,
     format_meta,
     maxabs,
     pair,
     range_info,
     register,
+    set_fields,
     table_info,
     window,
     window_codes,
@@ -47,7 +56,7 @@ def _pool_feeding(name, multi, x, kernel, stride, padding):
 
 
 @register
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class MaxPool2d(Layer):
     """Max over the window on codes (valid because every decode is non-decreasing in the code).
 
@@ -61,11 +70,19 @@ class MaxPool2d(Layer):
     padding: tuple = (0, 0)
 
     def __post_init__(self):
-        self.kernel = pair("kernel", self.kernel)
-        self.stride = pair("stride", self.stride if self.stride is not None else self.kernel)
-        self.padding = pair("padding", self.padding)
+        check_name(self)
+        n = self.name
+        kernel = pair(f"{n}.kernel", self.kernel, 1)
+        set_fields(
+            self,
+            kernel=kernel,
+            stride=pair(f"{n}.stride", self.stride if self.stride is not None else kernel, 1),
+            padding=pair(f"{n}.padding", self.padding, 0),
+        )
         if self.padding[0] * 2 > self.kernel[0] or self.padding[1] * 2 > self.kernel[1]:
-            raise ValueError(f"{self.name}: padding must be at most half the kernel")
+            raise ValueError(
+                f"{n}.padding={self.padding} is not allowed: at most half the kernel {self.kernel}"
+            )
 
     # ---- layer protocol (base.py) ----
 
@@ -82,7 +99,7 @@ class MaxPool2d(Layer):
 
 
 @register
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class AvgPool2d(AccLayer):
     """Average pool: decode (LUT) to fixed point, window sum in the accumulator (rows then
     columns), requantize with thresholds/rescale built for unit/window (division folded).
@@ -104,17 +121,29 @@ class AvgPool2d(AccLayer):
     meta: dict = field(default=None, repr=False)  # host-only description, see MacLayer.meta
 
     def __post_init__(self):
-        check_requant(self.requant)
+        check_name(self)
+        n = self.name
+        check_acc(f"{n}.acc", self.acc)
+        check_meta(n, self.meta)
+        check_range(f"{n}.x_range", self.x_range)
+        check_decode_table(f"{n}.x_table", self.x_table, self.x_range, rows=1)
+        check_requant(self.requant, f"{n}.requant", (1,))
+        check_ids(n, self)
+        set_fields(self, unit=check_unit(f"{n}.unit", self.unit))
         if self.kernel is not None:
-            self.kernel = pair("kernel", self.kernel)
-            self.stride = pair("stride", self.stride if self.stride is not None else self.kernel)
-            self.window = self.kernel[0] * self.kernel[1]
-        check_int(f"{self.name}.window", self.window, 1, None)
+            kernel = pair(f"{n}.kernel", self.kernel, 1)
+            stride = pair(f"{n}.stride", self.stride if self.stride is not None else kernel, 1)
+            set_fields(self, kernel=kernel, stride=stride, window=kernel[0] * kernel[1])
+        elif self.stride is not None:
+            set_fields(self, stride=pair(f"{n}.stride", self.stride, 1))
+        set_fields(self, window=check_int(f"{n}.window", self.window, 1, None))
         worst = maxabs(self.x_table.lut) * self.window
         if worst > INT64_LIMIT:
-            raise ValueError(f"{self.name}: worst-case window sum does not fit int64")
-        self.bound = np.array([worst], np.int64)
-        check_requant_input(self.name, self.requant, self.acc, worst)
+            raise ValueError(f"{n}: worst-case window sum does not fit int64")
+        bound = np.array([worst], np.int64)
+        bound.setflags(write=False)
+        set_fields(self, bound=bound)
+        check_requant_input(n, self.requant, self.acc, worst)
 
     @classmethod
     def build(
@@ -134,12 +163,14 @@ class AvgPool2d(AccLayer):
         tensor_id=0,
     ):
         acc = acc or Accumulator()
+        check_per_tensor(f"{name}: x_fmt", x_fmt)
         xt = decode_table(x_fmt, frac_bits, rounding, seed, tensor_id)
         if kernel is not None:
-            k = pair("kernel", kernel)
+            k = pair(f"{name}.kernel", kernel, 1)
             window = k[0] * k[1]
         if window is None:
             raise ValueError(f"{name}: global average pooling needs window = H*W of its input")
+        window = check_int(f"{name}.window", window, 1, None)
         rq = build_requant(
             xt.unit / window, out_fmt, acc, requant_rounding or rounding, False, None, mult_bits
         )
