@@ -117,7 +117,7 @@ def mac_unfused(layer, X, wts, bias, opts):
     sx = np.sign(X)
     total = np.zeros((X.shape[0], wts["wsign"].shape[0]), np.int64)
     for t, m in pairs:
-        idx = m * ax if pt.by_product else m * (pt.mx + 1) + ax
+        idx = pt.index(m, ax)
         Tm = sx * lut[t, idx]
         Wm = np.where((tidx == t) & (mw == m), wts["wsign"], 0)
         r = exact_matmul(Tm, Wm, bnd, opts)
@@ -137,7 +137,9 @@ def decomposition(layer, xmin, xmax, opts):
         G = np.asarray(layer.x_table.lut[0], np.int64)[:, None]
         H = np.asarray(layer.w_table.lut, np.int64).reshape(-1, 1)
         xmaxabs = int(np.abs(G[xmin - xq0 : xmax - xq0 + 1]).max())
-        return G, H, np.abs(H[:, 0]) * xmaxabs  # |w_lut|·max|x_lut| < 2^62 (check_product_range)
+        # used keys: |w_lut|·max|x_lut| < 2^62 (the layer's construction rule); entries of
+        # unused codes may be larger: clamped so the int64 product cannot wrap (never read)
+        return G, H, np.minimum(np.abs(H[:, 0]), (2**62 - 1) // max(xmaxabs, 1)) * xmaxabs
     pt = layer.p_table
     lut = np.asarray(pt.lut, np.int64)
     T = lut.shape[0]
@@ -151,8 +153,7 @@ def decomposition(layer, xmin, xmax, opts):
     if len(q) * len(keys_used) > opts.product_check_max:
         return None
 
-    def idx(m, a):
-        return m * a if pt.by_product else m * (pt.mx + 1) + a
+    idx = pt.index
 
     # the products as the oracle forms them, (q range, used keys)
     P_true = (
