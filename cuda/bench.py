@@ -189,10 +189,7 @@ def _product_sum(layer, xc):
     out = np.empty((xc.shape[0], qw.shape[0]), np.int64)
     for r in range(xc.shape[0]):
         v = qw * xc[r][None, :]
-        if layer.p_table.by_product:
-            mags = lut[layer.w_table_index, np.abs(v)]
-        else:
-            mags = lut[layer.w_table_index, np.abs(qw) * (layer.p_table.mx + 1) + np.abs(xc[r])[None, :]]
+        mags = lut[layer.w_table_index, layer.p_table.index(np.abs(qw), np.abs(xc[r])[None, :])]
         out[r] = (np.sign(v) * mags).sum(axis=1) + layer.bias
     return out
 

@@ -15,7 +15,7 @@ def ptx_cases():
     def arr(dt, nd):
         return T.Array(dt, nd, "C")
 
-    i64, i32, u8, b1 = T.int64, T.int32, T.uint8, T.boolean
+    i64, i32 = T.int64, T.int32
     cases = []
     for at in (i64, i32):
         cases.append((f"decode_t[{at}]", E.decode_t.py_func, (arr(i64, 2), arr(i64, 1), i64, arr(at, 2))))
@@ -53,13 +53,13 @@ def ptx_cases():
                 )
                 cases.append((f"gemm[{acc_name},dp={dp},lut_shared={lut_shared}]", g.py_func, sig))
     cases.append(
-        ("requant_thr", E.requant_thr.py_func, (arr(i64, 1), arr(i64, 2), b1, i64, i64, i64, arr(i64, 1)))
+        ("requant_thr", E.requant_thr.py_func, (arr(i64, 1), arr(i64, 2), i64, i64, i64, arr(i64, 1)))
     )
     cases.append(
         (
             "requant_rescale",
             E.requant_rescale.py_func,
-            (arr(i64, 1), arr(i64, 1), arr(i64, 1), arr(i64, 1)) + (i64,) * 8 + (arr(i64, 1), arr(u8, 1)),
+            (arr(i64, 1), arr(i64, 1), arr(i64, 1)) + (i64,) * 8 + (arr(i64, 1),),
         )
     )
     cases.append(

@@ -436,3 +436,33 @@ def test_gemm_tilings_partial_tiles(cb, dp):
             for k in want:
                 bad = np.flatnonzero(got[k] != want[k])
                 assert bad.size == 0, f"{L.name} {k} {g}: {bad.size} mismatches, first at {bad[:5]}"
+
+
+def test_unused_lut_entry_runs_like_the_oracle(cb):
+    """#12 item 12 (tests/test_layer_validation.py): what construction accepts, cuda runs.
+    The weight LUT's largest entry times the largest activation reaches 2^62, unused."""
+    wf = PowerFormat(8, True, 0.5, np.array([0.847]))
+    xf = UniformFormat(8, False, 1.0, 0)
+    w = np.array([[1, -3, 5, 2]])
+    layer = Linear.build("l", w, wf, xf, w_frac_bits=38, x_frac_bits=4, acc=Accumulator(64))
+    assert int(np.abs(layer.w_table.lut).max()) * int(np.abs(layer.x_table.lut).max()) >= 2**62
+    check(cb, layer, np.array([[255, 255, 255, 255], [0, 1, 2, 3], [255, 0, 255, 0]]))
+
+
+def test_weight_side_terms_agree_with_product_table_index(cb):
+    """The device reads lut[Bbase + |Bm·qx|]: that is tidx·L + ProductTable.index(|qw|, |qx|)
+    wherever the product is nonzero (qw = 0 or qx = 0: sign(v) = 0, any valid entry adds 0)."""
+    from nupes_sim.cuda.host_mac import _weights_t
+
+    wf = PowerFormat(4, True, 1.5, np.array([[0.01, 0.02], [0.03, 0.04]]), "group", 3)
+    for xexp in (1.5, 2.5):  # by-product table, pair table
+        xf = PowerFormat(4, True, xexp, np.array([0.03]))
+        w = np.array([[-7, 0, 3, 7, -1, 2], [5, -5, 0, 1, 6, -6]])
+        layer = Linear.build("p", w, wf, xf, datapath="product")
+        pt, L = layer.p_table, layer.p_table.lut.shape[1]
+        t = _weights_t(layer, slice(None))
+        for qx in range(-7, 8):
+            got = t["Bbase"].T + np.abs(t["Bm"].T * qx)
+            want = layer.w_table_index * L + pt.index(np.abs(w), abs(qx))
+            assert (got == want)[(w != 0) & (qx != 0)].all()
+            assert ((got >= 0) & (got < pt.lut.size)).all()
