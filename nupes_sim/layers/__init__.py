@@ -2,8 +2,9 @@
 
 base.py holds the layer protocol (what every layer type declares about itself: stages, code
 ranges, output shape, golden-file parameters, what feeds an output element) and the registry
-`LAYER_TYPES`; mac.py the multiply-accumulate layers, elementwise.py, pool.py and layout.py
-the others. Every public name of those modules is importable from here.
+`LAYER_TYPES`; mac.py the multiply-accumulate layers (mac_build.py their builders),
+elementwise.py, pool.py and layout.py the others. Layers are frozen and validated at
+construction (base.py). Every public name of those modules is importable from here.
 """
 
 from .base import *  # noqa: F401,F403
