@@ -87,19 +87,17 @@ def test_limb_counts_follow_the_table_widths(F_x, overflow):
     layer = _uniform_linear(w, F_x, 7, Accumulator(64, overflow))
     x = rng.integers(-128, 128, (6, 40))
     x[0], x[1] = -128, 127
-    _, _, wlm, _ = intmm.plan(layer, -128, 127, *_dec(layer), CpuOptions(int8=True))
+    _, _, wlm, _ = intmm.plan(*_sides(layer), layer.k, 0, CpuOptions(int8=True))
     assert wlm.shape[0] == (1 if F_x == 0 else 2 if F_x <= 8 else 3), wlm.shape
     cpu.STATS.clear()
     _variants(layer, (x,))
     assert "gemm_int8" in cpu.STATS, cpu.STATS
 
 
-def _dec(layer):
-    from nupes_sim.cpu.gemm import decomposition, weight_matrix
+def _sides(layer):
+    from nupes_sim.cpu.fused import int8_sides
 
-    G, H, cost = decomposition(layer, layer.x_range.qmin, layer.x_range.qmax, CpuOptions())
-    Wt, _ = weight_matrix(layer, slice(None), np.arange(layer.k), H, cost, np.int64)
-    return G, H, cost, Wt, int(np.abs(layer.bias).max(initial=0))
+    return int8_sides(layer, layer.x_range.qmin, layer.x_range.qmax, CpuOptions())
 
 
 def test_chunk_at_the_claim_limit():
@@ -176,14 +174,14 @@ def test_recombination_bound_at_its_limit():
     """T = max|bias| + sum_{l,m} 2^(8(l+m))·K'·max|A_l|·max|B_m| < 2^63 admits the path;
     one more and it declines (the float/integer paths then run, still exact)."""
     layer = _uniform_linear(np.array([[127, -3, 5], [-127, 0, 9]]), 9, 20, Accumulator(64, "wrap"))
-    G, H, cost, Wt, _ = _dec(layer)
-    Ga, Bl = intmm.limb_split(G), intmm.limb_split(Wt)
+    G, H = _sides(layer)
+    Ga, Bl = intmm.limb_split(G), intmm.limb_split(H)
     amax = [int(np.abs(a.astype(np.int64)).max()) for a in Ga]
     bmax = [int(np.abs(b.astype(np.int64)).max()) for b in Bl]
     prods = sum(256 ** (i + j) * 3 * a * b for i, a in enumerate(amax) for j, b in enumerate(bmax))
     opts = CpuOptions(int8=True)
-    assert intmm.plan(layer, -128, 127, G, H, cost, Wt, 2**63 - 1 - prods, opts) is not None
-    assert intmm.plan(layer, -128, 127, G, H, cost, Wt, 2**63 - prods, opts) is None
+    assert intmm.plan(G, H, 3, 2**63 - 1 - prods, opts) is not None
+    assert intmm.plan(G, H, 3, 2**63 - prods, opts) is None
     x = np.array([[-128, 127, 1], [127, -128, 0]])
     assert_same(oracle.run_layer(layer, x), cpu.run_layer(layer, x, options=opts))
 

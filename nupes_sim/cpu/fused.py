@@ -13,7 +13,7 @@ from numba import prange
 
 from .. import primitives as P
 from . import intmm
-from .gemm import decomposition, fused_plan, maxabs, weight_matrix
+from .gemm import decomposition, fused_plan, maxabs
 from .jit import kernel
 from .kernels import count_ge, wrap
 from .options import note
@@ -160,23 +160,55 @@ def fused(layer, x, xmin, xmax, opts, conv=None):
     return dict(acc_exact=exact, acc=acc, out=out)
 
 
-def _int8_plans(layer, xmin, xmax, perm, groups, Og, opts):
-    """intmm.plan for every group (one activation-side limb table), or None."""
-    if opts.int8 is False or intmm.available() is None:
-        return None
+def int8_sides(layer, xmin, xmax, opts):
+    """(G, H) of the decomposition (*) restricted to the used activation codes and weight
+    keys (other rows 0: they are never read, and must not widen the limbs), or None."""
     dec = decomposition(layer, xmin, xmax, opts)
     if dec is None:
         return None
-    G, H, cost = dec
-    bias_max = maxabs(np.asarray(layer.bias, np.int64))
-    plans = []
+    G, H, _ = dec
+    q0, nw = layer.x_range.qmin, layer.w_range.n_codes
+    Gu = np.zeros_like(G)
+    Gu[xmin - q0 : xmax - q0 + 1] = G[xmin - q0 : xmax - q0 + 1]  # only used codes count
+    O = layer.out_channels
+    qw = np.ascontiguousarray(layer.w_codes.reshape(O, -1))
+    tidx = np.ascontiguousarray(layer.w_table_index)
+    Hu = np.zeros_like(H)
+    used = intmm.used_keys(qw, tidx, nw, layer.w_range.qmin, H.shape[0])
+    Hu[used] = H[used]
+    return Gu, Hu
+
+
+def _int8_plans(layer, xmin, xmax, perm, groups, Og, opts):
+    """(intmm.plan, [Bcat of each group]) or None."""
+    if opts.int8 is False or intmm.available() is None:
+        return None
+    sides = int8_sides(layer, xmin, xmax, opts)
+    if sides is None:
+        return None
+    J = sides[0].shape[1]
+    p = intmm.plan(*sides, len(perm) * J, maxabs(np.asarray(layer.bias, np.int64)), opts)
+    if p is None:
+        return None
+    O, nw = layer.out_channels, layer.w_range.n_codes
+    qw = np.ascontiguousarray(layer.w_codes.reshape(O, -1))
+    tidx = np.ascontiguousarray(layer.w_table_index)
+    Hl = p[1]
+    B = []
     for g in range(groups):
-        Wt, _ = weight_matrix(layer, slice(g * Og, (g + 1) * Og), perm, H, cost, np.int64)
-        p = intmm.plan(layer, xmin, xmax, G, H, cost, Wt, bias_max, opts)
-        if p is None:
-            return None
-        plans.append(p)
-    return plans
+        sl = slice(g * Og, (g + 1) * Og)
+        Bcat = np.empty((len(perm) * J, Hl.shape[0] * Og), np.int8)
+        intmm.weight_limbs(
+            np.ascontiguousarray(qw[sl]),
+            np.ascontiguousarray(tidx[sl]),
+            perm,
+            nw,
+            layer.w_range.qmin,
+            Hl,
+            Bcat,
+        )
+        B.append(Bcat)
+    return p, B
 
 
 def _run_int8(layer, xk, conv, plans, dims, req, bias, outs, opts):
@@ -186,8 +218,8 @@ def _run_int8(layer, xk, conv, plans, dims, req, bias, outs, opts):
     mode, thr, do_thr = req
     qmin = layer.x_range.qmin
     ex, nwk = pool()
-    Ga = plans[0][0]
-    na, J = Ga.shape[0], Ga.shape[2]
+    (Ga, _, wlm, bounds), Bs = plans
+    na, J, nb = Ga.shape[0], Ga.shape[2], wlm.shape[1]
     note("gemm_int8")
     if conv:
         _, Cg, kh, kw, (sh, sw), (ph, pw), (dh, dw), ho, wo = conv
@@ -200,25 +232,24 @@ def _run_int8(layer, xk, conv, plans, dims, req, bias, outs, opts):
             for b0 in range(0, Bx, step)
         ]:
             f.result()
-    for g, (_, Bcat, wlm, bounds) in enumerate(plans):
-        nb = wlm.shape[1]
+    for g, Bcat in enumerate(Bs):
         KJ = Bcat.shape[0]
         if len(bounds) > 2:
             note("chunked")
-        R = np.empty((len(bounds) - 1, na, N, nb, Og), np.int32)
+        R = np.empty((len(bounds) - 1, N, na, nb, Og), np.int32)
         rb = max(1, min(N, opts.feature_bytes // max(KJ * na, 1)))
 
         def feats(li, s0, s1, r0, A, g=g):
             if conv:
                 _features_im2col(
-                    xp[li], g * Cg, Cg, kh, kw, sh, sw, dh, dw, ho, wo, s0, A[li, s0 - r0 : s1 - r0]
+                    xp[li], g * Cg, Cg, kh, kw, sh, sw, dh, dw, ho, wo, s0, A[s0 - r0 : s1 - r0, li]
                 )
             else:
-                _features_linear(xk, qmin, Ga[li], s0, A[li, s0 - r0 : s1 - r0])
+                _features_linear(xk, qmin, Ga[li], s0, A[s0 - r0 : s1 - r0, li])
 
         for r0 in range(0, N, rb):
             r1 = min(N, r0 + rb)
-            A = np.empty((na, r1 - r0, KJ), np.int8)
+            A = np.empty((r1 - r0, na, KJ), np.int8)
             sub = -(-(r1 - r0) // nwk)
             for f in [
                 ex.submit(feats, li, s0, min(r1, s0 + sub), r0, A)
@@ -226,7 +257,7 @@ def _run_int8(layer, xk, conv, plans, dims, req, bias, outs, opts):
                 for s0 in range(r0, r1, sub)
             ]:
                 f.result()
-            intmm.run_gemms(torch, A, Bcat, bounds, R, r0, nb)
+            intmm.run_gemms(torch, A, Bcat, bounds, R, r0)
         intmm.finish_limbs(
             R,
             wlm,

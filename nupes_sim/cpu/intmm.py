@@ -105,10 +105,11 @@ def limb_split(v):
 
 @kernel(parallel=True)
 def finish_limbs(R, wlm, bias, o0, Otot, P_, mode, width, thr, qmin, do_thr, exact, acc, out):
-    """exact = bias + sum_{c,l,m} wlm[l, m]·R[c, l, n, m, o] (int64, no overflow: T < 2^63),
+    """exact = bias + sum_{c,l,m} wlm[l, m]·R[c, n, l, m, o] (int64, no overflow: T < 2^63),
     acc (wrap or identity) and the threshold codes, written at flat (b*Otot + o0 + o)*P_ + p
-    for row n = b*P_ + p, as fused._finish."""
-    C, na, N, nb, Og = R.shape
+    for row n = b*P_ + p, as fused._finish. Blocks of up to 64 rows of one image: the sums
+    are formed row by row (R read in order) into a block buffer, then written o by o."""
+    C, N, na, nb, Og = R.shape
     nthr = thr.shape[1]
     BL = 64
     nblk_img = (P_ + BL - 1) // BL
@@ -117,16 +118,22 @@ def finish_limbs(R, wlm, bias, o0, Otot, P_, mode, width, thr, qmin, do_thr, exa
         b = blk // nblk_img
         p0 = (blk - b * nblk_img) * BL
         p1 = min(P_, p0 + BL)
+        S = np.empty((p1 - p0, Og), np.int64)
+        for p in range(p0, p1):
+            n = b * P_ + p
+            for o in range(Og):
+                S[p - p0, o] = bias[o]
+            for c in range(C):
+                for l in range(na):
+                    for m in range(nb):
+                        w = wlm[l, m]
+                        for o in range(Og):
+                            S[p - p0, o] += w * np.int64(R[c, n, l, m, o])
         for o in range(Og):
             base = (b * Otot + o0 + o) * P_
             row = 0 if thr.shape[0] == 1 else o0 + o
             for p in range(p0, p1):
-                n = b * P_ + p
-                s = bias[o]
-                for c in range(C):
-                    for l in range(na):
-                        for m in range(nb):
-                            s += wlm[l, m] * np.int64(R[c, l, n, m, o])
+                s = S[p - p0, o]
                 i = base + p
                 exact[i] = s
                 a = wrap(s, width) if mode == P.WRAP else s
@@ -135,39 +142,65 @@ def finish_limbs(R, wlm, bias, o0, Otot, P_, mode, width, thr, qmin, do_thr, exa
                     out[i] = qmin + count_ge(a, thr, row, nthr)
 
 
-def plan(layer, xmin, xmax, G, H, cost_key, Wt, bias_max, opts):
-    """(Ga (na, nq, J) int8 activation-side limbs, Bcat (K', nb*Og) int8 weight limbs side by
-    side, wlm (na, nb) int64, chunk bounds) for the int8 path, or None when it does not apply
-    (no exact _int_mm, T >= 2^63, or the auto rule prefers the float path)."""
+def plan(G, H, KJ, bias_max, opts):
+    """(Ga (na, nq, J), Hl (nb, keys, J) int8 limbs of the two sides, wlm (na, nb) int64 limb
+    weights, chunk bounds of k') for the int8 path, or None when it does not apply (no exact
+    _int_mm, T >= 2^63, or the automatic rule prefers the float path). G: the used activation
+    codes' rows (others 0), H: the used weight keys' rows (others 0), KJ = K·J."""
     if opts.int8 is False or available() is None:
         return None
-    q0 = layer.x_range.qmin
-    Gu = np.zeros_like(G)
-    Gu[xmin - q0 : xmax - q0 + 1] = G[xmin - q0 : xmax - q0 + 1]  # only used codes count
-    Ga = limb_split(Gu)
-    Bl = limb_split(Wt)
-    na, nb = Ga.shape[0], Bl.shape[0]
+    Ga, Hl = limb_split(G), limb_split(H)
+    na, nb = Ga.shape[0], Hl.shape[0]
     if opts.int8 is None and na * nb > opts.int8_max_pairs:
         return None
-    KJ, Og = Wt.shape
-    amax = [int(np.abs(Ga[i].astype(np.int64)).max(initial=0)) for i in range(na)]
-    bmax = [int(np.abs(Bl[i].astype(np.int64)).max(initial=0)) for i in range(nb)]
+    amax = [int(np.abs(a.astype(np.int64)).max(initial=0)) for a in Ga]
+    bmax = [int(np.abs(b.astype(np.int64)).max(initial=0)) for b in Hl]
     T = bias_max + sum((1 << 8 * (i + j)) * KJ * amax[i] * bmax[j] for i in range(na) for j in range(nb))
     if T >= 2**63:
         return None
     wlm = np.array([[1 << 8 * (i + j) for j in range(nb)] for i in range(na)], np.int64)
-    Bcat = np.ascontiguousarray(Bl.transpose(1, 0, 2).reshape(KJ, nb * Og))
-    kc = opts.int8_chunk_k
-    bounds = list(range(0, KJ, kc)) + [KJ]
-    return Ga, Bcat, wlm, bounds
+    bounds = list(range(0, KJ, opts.int8_chunk_k)) + [KJ]
+    return Ga, Hl, wlm, bounds
 
 
-def run_gemms(torch, A, Bcat, bounds, R, r0, nb):
-    """R[c, :, r0:r0+rows] = chunk c of A (na, rows, K') @ Bcat, exact by (I)."""
-    na, rows, _ = A.shape
-    Og = Bcat.shape[1] // nb
+@kernel
+def used_keys(qw, tidx, nw, wqmin, nkeys):
+    """used[key] for key = t*nw + qw - qmin over every weight (o, k)."""
+    used = np.zeros(nkeys, np.bool_)
+    O, K = qw.shape
+    for o in range(O):
+        for k in range(K):
+            used[tidx[o, k] * nw + (qw[o, k] - wqmin)] = True
+    return used
+
+
+@kernel(parallel=True)
+def weight_limbs(qw, tidx, perm, nw, wqmin, Hl, Bcat):
+    """Bcat[k*J + j, m*Og + o] = Hl[m, key, j], key = t*nw + qw - qmin of weight (o, perm[k]):
+    the weight limbs of all nb limbs side by side (one GEMM per chunk serves every limb).
+    Blocks of 32 k: the block's rows of Bcat stay in cache while o runs."""
+    Og = qw.shape[0]
+    K = perm.shape[0]
+    nb, _, J = Hl.shape
+    KB = 32
+    for kb in prange((K + KB - 1) // KB):
+        k0 = kb * KB
+        k1 = min(K, k0 + KB)
+        for o in range(Og):
+            for k in range(k0, k1):
+                kk = perm[k]
+                key = tidx[o, kk] * nw + (qw[o, kk] - wqmin)
+                for m in range(nb):
+                    for j in range(J):
+                        Bcat[k * J + j, m * Og + o] = Hl[m, key, j]
+
+
+def run_gemms(torch, A, Bcat, bounds, R, r0):
+    """R[c, r0:r0+rows] = chunk c of A (rows, na, K') @ Bcat (K', nb*Og), exact by (I); rows
+    ordered (row, limb) so the int32 result lands in R in place."""
+    rows, na, _ = A.shape
     for c in range(len(bounds) - 1):
         k0, k1 = bounds[c], bounds[c + 1]
-        a = A[:, :, k0:k1].reshape(na * rows, k1 - k0)
-        r = torch._int_mm(torch.from_numpy(np.ascontiguousarray(a)), torch.from_numpy(Bcat[k0:k1])).numpy()
-        R[c, :, r0 : r0 + rows] = r.reshape(na, rows, nb, Og)
+        a = A.reshape(rows * na, -1)[:, k0:k1]
+        dst = R[c, r0 : r0 + rows].reshape(rows * na, -1)
+        torch._int_mm(torch.from_numpy(a), torch.from_numpy(Bcat[k0:k1]), out=torch.from_numpy(dst))
