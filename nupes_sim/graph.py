@@ -94,6 +94,17 @@ class Graph:
         del shapes[INPUT]
         return shapes
 
+    def stage_shapes(self, input_shape):
+        """{layer name: {stage: shape}} for inputs of `input_shape` (batch first), from the
+        layers' stage_shapes (most stages have the output's shape; row statistics do not)."""
+        shapes = {INPUT: tuple(input_shape)}
+        out = {}
+        for n in self.nodes:
+            ins = [shapes[i] for i in n.inputs]
+            shapes[n.name] = tuple(n.layer.out_shape(ins))
+            out[n.name] = {s: tuple(v) for s, v in n.layer.stage_shapes(ins).items()}
+        return out
+
     def run(self, x, backend="cpu", intermediates=False, options=None):
         """Run every layer on `backend`; `options` is passed to its run_layer (cpu: a
         nupes_sim.cpu.CpuOptions; results never depend on it)."""

@@ -18,6 +18,8 @@ backends"). It is decorated with `@register`
   `in_ranges` are the (lo, hi) (or None) of the inputs. ``out`` is the output code range.
 - ``out_shape(in_shapes)``: the output shape (batch first) for the given input shapes;
   raises ValueError for shapes the layer cannot take.
+- ``stage_shapes(in_shapes)``: {stage: shape}; every stage has the output's shape unless the
+  layer says otherwise (row statistics such as Softmax's sums or LayerNorm's mean).
 - ``golden_params()``: (datasets {name: int array}, info {JSON-able}) of everything hardware
   needs (tables, codes, geometry, settings) — written to golden files (docs/GOLDEN.md).
 - ``param_width(name)``: (bits, signed) of a `golden_params` dataset's words in hex export,
@@ -386,6 +388,10 @@ class Layer:
 
     def out_shape(self, in_shapes):
         return tuple(in_shapes[0])
+
+    def stage_shapes(self, in_shapes):
+        out = tuple(self.out_shape(in_shapes))
+        return {s: out for s in self.stages()}
 
     def golden_params(self):
         return {}, {}
