@@ -7,7 +7,8 @@ files, another model). Its text always says how much was compared and against wh
 
 from dataclasses import dataclass, field
 
-STAGES = ("input", "acc_exact", "acc", "out")  # in execution order; 'input' = the input codes
+# in execution order ('input' = the input codes); each layer's stages() are a subsequence
+STAGES = ("input", "acc_exact", "acc", "mean", "inv", "prob", "y", "out")
 
 
 @dataclass

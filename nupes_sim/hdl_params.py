@@ -186,9 +186,8 @@ def header_params(golden, i, layout):
         p.append((pname, tensor_file(f"layers/{key}/{dsname}") if dsname in ds else "none", ""))
     p.append(("N_VECTORS", len(golden.vectors), "vectors in the export"))
     p.append(("IN_FILE_FMT", tensor_file("vectors/%06d/input"), "$sformatf with the vector index"))
-    for s in ("acc_exact", "acc", "out"):
-        if s in v0:
-            p.append((f"{s.upper()}_FILE_FMT", tensor_file(f"vectors/%06d/{key}/{s}"), ""))
+    for s in v0:  # the layer's stages, in its order
+        p.append((f"{s.upper()}_FILE_FMT", tensor_file(f"vectors/%06d/{key}/{s}"), ""))
     return p
 
 

@@ -8,21 +8,22 @@ tensor must be a golden tensor, the vector count must match, every layer paramet
 carries is compared, a dump naming another model fails, and comparing nothing fails.
 Intentionally partial dumps are compared with `layers=`, `vectors=`, `stages=` or
 `partial=True`. Both return a DiffReport whose `first` is the first divergence in execution
-order: vector ascending, then the input codes, then layers in graph order, stages
-acc_exact -> acc -> out, then flat (C-order) index.
+order: vector ascending, then the input codes, then layers in graph order, each layer's
+stages in its order (acc_exact -> acc -> out; Softmax ... -> prob -> out; LayerNorm mean ->
+inv -> y -> out), then flat (C-order) index.
 """
 
 import json
 
 import numpy as np
 
-from .diff_report import DiffReport, Divergence, _ranges
+from .diff_report import STAGES, DiffReport, Divergence, _ranges
 from .dumps import Dump, Observed, expected_layout, load_dump, vector_tensor
 from .golden import read_golden
 from .graph import INPUT
 
-STAGE_ORDER = ("acc_exact", "acc", "out")
-ALL_STAGES = ("input",) + STAGE_ORDER
+STAGE_ORDER = STAGES[1:]  # every layer stage name; a layer's stages() follow this order
+ALL_STAGES = STAGES
 # Stages a dump must hold by default: acc_exact (the exact sum before overflow handling) is a
 # simulator quantity an N-bit datapath cannot observe; it is compared whenever a dump holds it.
 DUMP_STAGES = ("input", "acc", "out")
@@ -30,16 +31,18 @@ DUMP_STAGES = ("input", "acc", "out")
 
 def feeding_inputs(graph, vec, node_index, stage, multi):
     """What feeds element `multi` of a stage (from the given vector's values): the previous
-    stage of the same layer, and what the layer says feeds it (`Layer.feeding`; linear: input
-    row and weight row; conv and pooling: input window coordinates and codes; add: both
+    stage of the same layer (the element's row when that stage holds one value per row, as
+    Softmax's sums), and what the layer says feeds it (`Layer.feeding`; linear: input row
+    and weight row; conv and pooling: input window coordinates and codes; add: both
     operands; flatten: source)."""
     n = graph.nodes[node_index]
     src = [vec["input"] if i == INPUT else vec["stages"][i]["out"] for i in n.inputs]
     info = {}
-    if stage == "acc":
-        info["acc_exact"] = int(vec["stages"][n.name]["acc_exact"][multi])
-    elif stage == "out" and "acc" in vec["stages"][n.name]:
-        info["acc"] = int(vec["stages"][n.name]["acc"][multi])
+    names = tuple(n.layer.stages())
+    k = names.index(stage) if stage in names else 0
+    prev = vec["stages"][n.name].get(names[k - 1]) if k > 0 else None
+    if prev is not None and prev.ndim <= len(multi):
+        info[names[k - 1]] = int(prev[tuple(multi)[: prev.ndim]])
     info.update(n.layer.feeding(tuple(multi), src, tuple(n.inputs)))
     return info
 

@@ -104,7 +104,7 @@ def test_reproducible(tmp_path, golden_file):
 
 def test_content(golden_file):
     g = read_golden(golden_file)
-    assert g.attrs["schema_version"] == 1 and g.attrs["n_vectors"] == 3
+    assert g.attrs["schema_version"] == 2 and g.attrs["n_vectors"] == 3
     assert g.layer_order == ["conv", "pool", "avg", "flat", "fc"]
     conv = g.layers["conv"]
     w = conv["datasets"]["weight_codes"]
@@ -199,7 +199,7 @@ def _edit(path, data):
                 )
             )
             f.attrs[k] = {
-                "schema_version": 2,
+                "schema_version": 3,
                 "model_hash": "0" * 64,
                 "n_vectors": 2,
                 "layer_order": "[]",

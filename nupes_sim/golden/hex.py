@@ -61,7 +61,7 @@ def hex_tensors(golden):
                 elif s == "acc":
                     w, sg = L.acc.width, True  # an acc stage belongs to a layer with an accumulator
                 else:
-                    r = out_ranges[i]
+                    r = out_ranges[i] if s == "out" else L.stage_range(s, ())
                     if r is None:
                         w, sg = 64, True
                     elif r[0] >= 0:

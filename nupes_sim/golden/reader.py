@@ -80,6 +80,10 @@ ROOT_KINDS = {
     "backend": "str",
 }
 BACKENDS = ("numpy", "cpu", "cuda")
+# A version-1 file is a version-2 file whose layers all existed in version 1 (stages a subset
+# of acc_exact/acc/out, each of the output's shape): it is read as it is (docs/GOLDEN.md).
+READ_VERSIONS = (1, SCHEMA_VERSION)
+V1_TYPES = {"Linear", "Conv2d", "Add", "MaxPool2d", "AvgPool2d", "Flatten"}
 MAX_VECTORS = 10**7
 _HEX = set("0123456789abcdef")
 
@@ -168,12 +172,13 @@ def _read(path, strict):
             check_links(f, "/", DEFAULT_LIMITS)  # no soft/external/extra hard links anywhere
             if "schema" not in f.attrs or h5attr(f, "schema", "str", "/") != SCHEMA:
                 _fail(path, where, f"schema attribute is {_py(f.attrs.get('schema'))!r}; expected {SCHEMA!r}")
-            if "schema_version" not in f.attrs or h5attr(f, "schema_version", "int", "/") != SCHEMA_VERSION:
+            version = h5attr(f, "schema_version", "int", "/") if "schema_version" in f.attrs else None
+            if version not in READ_VERSIONS:
                 _fail(
                     path,
                     where,
                     f"schema_version {_py(f.attrs.get('schema_version'))!r} is not supported "
-                    f"(this reader reads version {SCHEMA_VERSION}, an int64)",
+                    f"(this reader reads versions {', '.join(map(str, READ_VERSIONS))}, an int64)",
                 )
             names = set(f.attrs.keys())
             if names != set(ROOT_ATTRS):
@@ -196,6 +201,14 @@ def _read(path, strict):
             graph, _, _ = read_graph_h5(f["model"], f"{path}:/model")
         except ModelFormatError as e:
             _fail(path, where, str(e))
+        new = sorted({type(n.layer).__name__ for n in graph.nodes} - V1_TYPES)
+        if version == 1 and new:
+            _fail(
+                path,
+                "/ (schema_version)",
+                f"version 1 files hold no {', '.join(new)} layers (schema version 2 added them); "
+                "the file is inconsistent",
+            )
         mh = model_hash(graph)
         if str(attrs["model_hash"]) != mh:
             _fail(
@@ -279,12 +292,13 @@ def _read(path, strict):
                 _expect_members(path, lw, sg, names)
                 st = {}
                 for s in names:
-                    a = _read_ds(path, lw, sg, s, strict, shapes[n.name])
-                    if a.shape != shapes[n.name]:
+                    want = shapes[n.name][s]
+                    a = _read_ds(path, lw, sg, s, strict, want)
+                    if a.shape != want:
                         _fail(
                             path,
                             f"{lw}/{s}",
-                            f"shape {a.shape}; the model gives {shapes[n.name]} for input shape {in_shape}",
+                            f"shape {a.shape}; the model gives {want} for input shape {in_shape}",
                         )
                     r = stage_range(graph, li, s) if strict else None
                     if r and a.size and (a.min() < r[0] or a.max() > r[1]):

@@ -20,7 +20,7 @@ ROOT_ATTRS = (
     "input_shape",
     "backend",
 )
-STAGES = ("acc_exact", "acc", "out")  # every stage name, in execution order
+STAGES = ("acc_exact", "acc", "mean", "inv", "prob", "y", "out")  # every stage name, in execution order
 
 
 class GoldenFormatError(ValueError):
@@ -102,9 +102,10 @@ def stage_range(graph, i, stage):
 
 
 def stage_shapes(graph, input_shape):
-    """{layer name: shape of each of its stages} for inputs of `input_shape` (batch first,
-    as stored in golden files: (1, ...)); every stage of a layer has its output's shape."""
-    return graph.out_shapes(tuple(input_shape))
+    """{layer name: {stage: shape}} for inputs of `input_shape` (batch first, as stored in
+    golden files: (1, ...)): the output's shape, except where a layer says otherwise
+    (`Layer.stage_shapes`: Softmax's row sums, LayerNorm's mean and inv)."""
+    return graph.stage_shapes(tuple(input_shape))
 
 
 def random_inputs(graph, n, seed, input_shape):
