@@ -19,6 +19,7 @@ import numpy as np
 
 from nupes_sim.extras import Unavailable
 from nupes_sim.layers import Add, AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d
+from nupes_sim.transformer.layers import TRANSFORMER_TYPES
 
 from ._compat import SIMULATOR, import_cuda
 from .host_mac import (  # noqa: F401  (bench.py and the tests use these through backend)
@@ -179,19 +180,25 @@ def flatten(layer, x, **kw):
 OPS = {Linear: linear, Conv2d: conv2d, Add: add, MaxPool2d: maxpool2d, AvgPool2d: avgpool2d, Flatten: flatten}
 
 
+def _transformer_op(cls):
+    """The kernel of a transformer op (ARITHMETIC.md §10-§16, cuda/transformer.py), imported at
+    the first call like the other kernels (importing them needs numba.cuda)."""
+
+    def op(layer, *inputs, **kw):
+        from . import transformer
+
+        return transformer.OPS[cls](layer, *inputs, **kw)
+
+    return op
+
+
+OPS.update({cls: _transformer_op(cls) for cls in TRANSFORMER_TYPES})
+
+
 def run_layer(layer, *inputs, threads=None, gemm=None, fast=None):
     """Run one layer on the GPU; identical results to nupes_sim.oracle.run_layer."""
     ensure_available()
-    op = OPS.get(type(layer)) or _transformer_ops()[type(layer)]
-    return op(layer, *(np.asarray(i) for i in inputs), threads=threads, gemm=gemm, fast=fast)
-
-
-def _transformer_ops():
-    """The transformer ops' kernels (ARITHMETIC.md §10-§16, cuda/transformer.py), imported late
-    like the other kernels (importing them needs numba.cuda)."""
-    from . import transformer
-
-    return transformer.OPS
+    return OPS[type(layer)](layer, *(np.asarray(i) for i in inputs), threads=threads, gemm=gemm, fast=fast)
 
 
 __all__ = ["ensure_available", "run_layer", "THREADS", "GEMM", "FAST", "STATS", "SIMULATOR"]

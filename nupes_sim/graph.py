@@ -5,8 +5,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import transformer as _transformer  # noqa: F401 (registers the transformer layer types)
 from .layers import LAYER_TYPES, is_layer  # noqa: F401 (LAYER_TYPES: name -> class, re-exported)
-from .transformer.layers import LAYER_TYPES as _TRANSFORMER_TYPES
 from .validate import check_choice
 
 BACKENDS = {"numpy": "nupes_sim.oracle", "cpu": "nupes_sim.cpu", "cuda": "nupes_sim.cuda.backend"}
@@ -59,12 +59,9 @@ class Graph:
                     if isinstance(n, tuple)
                     else Node(n, (self.nodes[-1].name,) if self.nodes else (INPUT,))
                 )
-            # transformer types run on the oracle only until they implement the layer
-            # protocol (nupes_sim/layers/base.py) and are registered
-            if not (is_layer(n.layer) or type(n.layer) in _TRANSFORMER_TYPES):
+            if not is_layer(n.layer):
                 raise TypeError(
-                    f"unsupported layer type {type(n.layer).__name__}; supported: "
-                    f"{', '.join(sorted(LAYER_TYPES) + [t.__name__ for t in _TRANSFORMER_TYPES])}"
+                    f"unsupported layer type {type(n.layer).__name__}; supported: {', '.join(sorted(LAYER_TYPES))}"
                 )
             if n.name in seen:
                 raise ValueError(f"duplicate layer name {n.name!r}")

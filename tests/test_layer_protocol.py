@@ -28,7 +28,9 @@ def test_every_layer_type_has_a_kernel_in_every_backend(backend):
 
 
 def test_registry_is_what_model_files_and_graphs_use():
-    assert set(LAYER_TYPES) == {"Linear", "Conv2d", "Add", "MaxPool2d", "AvgPool2d", "Flatten"}
+    cnn = {"Linear", "Conv2d", "Add", "MaxPool2d", "AvgPool2d", "Flatten"}
+    transformer = {"Embedding", "ElementwiseTable", "MatMul", "Softmax", "LayerNorm", "Reshape", "Transpose"}
+    assert set(LAYER_TYPES) == cnn | transformer | {"Slice", "PadMask"}
     assert LAYER_CLASSES is LAYER_TYPES
     for name, cls in LAYER_TYPES.items():
         assert cls.__name__ == name and issubclass(cls, Layer) and dataclasses.is_dataclass(cls)
@@ -50,8 +52,10 @@ def _check_layer(layer, inputs, backend="numpy"):
     st = oracle.run_layer(layer, *inputs) if backend == "numpy" else None
     assert tuple(st) == tuple(layer.stages())
     shape = layer.out_shape([x.shape for x in inputs])
+    shapes = layer.stage_shapes([x.shape for x in inputs])
+    assert shapes["out"] == shape and tuple(shapes) == tuple(st)
     for s, a in st.items():
-        assert a.shape == shape, (type(layer).__name__, s)
+        assert a.shape == shapes[s], (type(layer).__name__, s)
     in_r = tuple(None if r is None else (r.qmin, r.qmax) for r in layer.in_ranges())
     for x, r in zip(inputs, layer.in_ranges()):
         if r is not None and x.size:
@@ -85,10 +89,14 @@ def _check_layer(layer, inputs, backend="numpy"):
                 assert feed["source_value"] == out[multi]
             if "a" in feed:
                 assert (feed["a"], feed["b"]) == (inputs[0][multi], inputs[1][multi])
+    for s, a in st.items():  # stages of another shape (row statistics) have feeding too
+        if a.shape != shape and a.size:
+            multi = tuple(int(v) for v in np.unravel_index(a.size - 1, a.shape))
+            assert isinstance(layer.feeding(multi, inputs, tuple(f"in{i}" for i in range(len(inputs)))), dict)
     ref, kind = layer.float_reference(inputs)
     assert (ref is None) == ("acc" not in st)
     if ref is not None:
-        assert ref.shape == shape and kind in ("real formats", "LUT values x unit")
+        assert ref.shape == shapes["acc"] and kind in ("real formats", "LUT values x unit")
 
 
 @given(any_case())

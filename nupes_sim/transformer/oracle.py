@@ -130,7 +130,7 @@ def layernorm(layer, x):
 
 
 def reshape(layer, x):
-    return dict(out=x.reshape(layer.out_shape(x.shape)).copy())
+    return dict(out=x.reshape(layer.target_shape(x.shape)).copy())
 
 
 def transpose(layer, x):
