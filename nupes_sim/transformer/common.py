@@ -75,6 +75,11 @@ class IndexRange:
         return False
 
 
+def read_only(a):
+    a.setflags(write=False)
+    return a
+
+
 def source_feeding(x, name, src):
     """Feeding of an element copied from input element `src` (a multi-index)."""
     src = tuple(int(v) for v in src)
@@ -91,4 +96,5 @@ __all__ = [
     "requant_out_range",
     "IndexRange",
     "source_feeding",
+    "read_only",
 ]

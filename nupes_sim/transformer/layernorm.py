@@ -6,11 +6,20 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..formats import CodeRange
-from ..layers import Layer, format_meta, range_info, register, requant_params, table_info, unit_info
+from ..layers import (
+    Layer,
+    format_meta,
+    range_info,
+    register,
+    requant_params,
+    set_fields,
+    table_info,
+    unit_info,
+)
 from ..rounding import DEFAULT, HOST_MODES, mode_id
 from ..rounding import NAMES as ROUNDING_NAMES
 from ..tables import DecodeTable, decode_table
-from ..validate import check_int
+from ..validate import check_int, frozen_int_array
 from . import tables as T
 from .common import I62, check_requant, check_rescale_input, maxabs, requant_for, requant_out_range
 
@@ -18,7 +27,7 @@ STAGES = ("mean", "inv", "y", "out")
 
 
 @register
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class LayerNorm(Layer):
     """LayerNorm over the last axis of C channels, integers only (ARITHMETIC.md §14).
 
@@ -43,6 +52,8 @@ class LayerNorm(Layer):
     tensor_id: int = 0
     seed: int = 0
     meta: dict = field(default=None, repr=False)
+    x_max: int = field(init=False, repr=False)  # max |x_table| (derived)
+    y_bound: int = field(init=False, repr=False)  # max |Y| (derived)
     n_inputs = 1
 
     def __post_init__(self):
@@ -54,8 +65,11 @@ class LayerNorm(Layer):
         check_int(f"{self.name}.tensor_id", self.tensor_id, 0, 2**32 - 1)
         check_int(f"{self.name}.seed", self.seed, 0, 2**32 - 1)
         check_requant(self.name, self.requant)
-        self.gamma = np.ascontiguousarray(self.gamma, np.int64).reshape(-1)
-        self.beta = np.ascontiguousarray(self.beta, np.int64).reshape(-1)
+        set_fields(
+            self,
+            gamma=frozen_int_array(f"{self.name}.gamma", np.asarray(self.gamma).reshape(-1)),
+            beta=frozen_int_array(f"{self.name}.beta", np.asarray(self.beta).reshape(-1)),
+        )
         if self.gamma.shape != (C,) or self.beta.shape != (C,):
             raise ValueError(f"{self.name}: gamma and beta need {C} entries")
         if self.x_table.lut.shape != (1, self.x_range.n_codes):
@@ -78,8 +92,7 @@ class LayerNorm(Layer):
                 )
         if self.mean_rounding == 6 and C >= 2**31:
             raise ValueError(f"{self.name}: stochastic mean rounding needs C < 2^31")
-        self.x_max = xm
-        self.y_bound = widths["Y = Z·G + B"]
+        set_fields(self, x_max=xm, y_bound=widths["Y = Z·G + B"])
         check_rescale_input(self.name, self.requant, self.y_bound)
 
     @classmethod

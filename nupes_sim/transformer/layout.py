@@ -5,12 +5,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..layers import Layer, register
+from ..layers import Layer, register, set_fields
 from .common import source_feeding
 
 
 @register
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class Reshape(Layer):
     """C-order reshape; shape entries: -1 (one, inferred) or 0 (copy that input axis), as ONNX."""
 
@@ -20,7 +20,7 @@ class Reshape(Layer):
     passthrough = True
 
     def __post_init__(self):
-        self.shape = tuple(int(s) for s in self.shape)
+        set_fields(self, shape=tuple(int(s) for s in self.shape))
         if sum(s == -1 for s in self.shape) > 1 or any(s < -1 for s in self.shape):
             raise ValueError(f"{self.name}: shape {self.shape} may hold one -1 and no other negative entry")
 
@@ -55,7 +55,7 @@ class Reshape(Layer):
 
 
 @register
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class Transpose(Layer):
     """Swap axes dim0 and dim1 (torch.transpose), output C-contiguous."""
 
@@ -89,7 +89,7 @@ class Transpose(Layer):
 
 
 @register
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class Slice(Layer):
     """x[..., start:stop, ...] along `axis` (torch.split pieces are Slices)."""
 
@@ -129,7 +129,7 @@ class Slice(Layer):
 
 
 @register
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class PadMask(Layer):
     """mask = (ids != pad_id) as int64 0/1: the key-padding mask of a Softmax from token ids."""
 

@@ -5,14 +5,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..formats import CodeRange
-from ..layers import Layer, format_meta, range_info, register
+from ..layers import Layer, format_meta, range_info, register, set_fields
 from ..rounding import DEFAULT
+from ..validate import frozen_int_array
 from . import tables as T
 from .common import IndexRange
 
 
 @register
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class Embedding(Layer):
     """out[..., c] = codes[index, c]: index = the token id (positional=False) or the position
     along the last input axis (positional=True, input values ignored). Lookup is exact."""
@@ -25,13 +26,11 @@ class Embedding(Layer):
     n_inputs = 1
 
     def __post_init__(self):
-        self.codes = np.asarray(self.codes)
-        if self.codes.ndim != 2 or self.codes.shape[0] < 1:
-            raise ValueError(
-                f"{self.name}: the embedding table must be (vocab, channels), got {self.codes.shape}"
-            )
-        self.out_range.check_codes(f"{self.name}.codes", self.codes)
-        self.codes = np.ascontiguousarray(self.codes, np.int64)
+        codes = np.asarray(self.codes)
+        if codes.ndim != 2 or codes.shape[0] < 1:
+            raise ValueError(f"{self.name}: the embedding table must be (vocab, channels), got {codes.shape}")
+        self.out_range.check_codes(f"{self.name}.codes", codes)
+        set_fields(self, codes=frozen_int_array(f"{self.name}.codes", codes))
 
     @classmethod
     def build(cls, name, weight, fmt, rounding=DEFAULT, positional=False, seed=0, tensor_id=0):
@@ -100,7 +99,7 @@ class Embedding(Layer):
 
 
 @register
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class ElementwiseTable(Layer):
     """out = table[q - in_qmin]: a code->code table built on the host (exact by construction)."""
 
@@ -112,14 +111,14 @@ class ElementwiseTable(Layer):
     n_inputs = 1
 
     def __post_init__(self):
-        self.table = np.asarray(self.table)
-        if self.table.shape != (self.in_range.n_codes,):
+        table = np.asarray(self.table)
+        if table.shape != (self.in_range.n_codes,):
             raise ValueError(
                 f"{self.name}: the table needs {self.in_range.n_codes} entries (one per input "
-                f"code), got shape {self.table.shape}"
+                f"code), got shape {table.shape}"
             )
-        self.out_range.check_codes(f"{self.name}.table", self.table)
-        self.table = np.ascontiguousarray(self.table, np.int64)
+        self.out_range.check_codes(f"{self.name}.table", table)
+        set_fields(self, table=frozen_int_array(f"{self.name}.table", table))
 
     @classmethod
     def build(cls, name, in_fmt, out_fmt, function, rounding=DEFAULT, seed=0, tensor_id=0):

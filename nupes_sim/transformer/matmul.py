@@ -5,19 +5,28 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..formats import CodeRange, UniformRange
-from ..layers import AccLayer, Accumulator, build_requant, format_meta, meta_format, range_info, register
+from ..layers import (
+    AccLayer,
+    Accumulator,
+    build_requant,
+    format_meta,
+    meta_format,
+    range_info,
+    register,
+    set_fields,
+)
 from ..layers import table_info as _table_info
 from ..rounding import DEFAULT
 from ..tables import DecodeTable, ProductTable, decode_table, product_table
 from ..validate import check_int
 from . import tables as T
-from .common import I62, I63, check_requant, check_rescale_input, maxabs
+from .common import I62, I63, check_requant, check_rescale_input, maxabs, read_only
 
 DATAPATHS = ("operand", "product")
 
 
 @register
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class MatMul(AccLayer):
     """out[..., m, n] = requant(Σ_k product(a[..., m, k], b[..., k, n])), k ascending, bias-free.
 
@@ -40,6 +49,8 @@ class MatMul(AccLayer):
     tensor_id: int = 0
     seed: int = 0
     meta: dict = field(default=None, repr=False)
+    bound: np.ndarray = field(init=False, repr=False)  # k_max·max|product| (derived)
+    max_product: int = field(init=False, repr=False)
     n_inputs = 2
 
     def __post_init__(self):
@@ -74,14 +85,13 @@ class MatMul(AccLayer):
             raise ValueError(
                 f"{self.name}: a single product can reach {top} >= 2^62; lower the fractional bits"
             )
-        self.max_product = top
         bound = top * self.k_max
         if bound >= I63:
             raise ValueError(
                 f"{self.name}: k_max·max|product| = {bound} does not fit int64; lower k_max or the "
                 "fractional bits"
             )
-        self.bound = np.array([bound], np.int64)
+        set_fields(self, bound=read_only(np.array([bound], np.int64)), max_product=top)
         limit = bound if self.acc.overflow == "exact" else min(bound, 2 ** (self.acc.width - 1))
         check_rescale_input(self.name, self.requant, limit)
 

@@ -5,18 +5,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..formats import CodeRange, UniformRange
-from ..layers import AccLayer, Accumulator, format_meta, meta_format, range_info, register
+from ..layers import AccLayer, Accumulator, format_meta, meta_format, range_info, register, set_fields
 from ..rounding import DEFAULT, HOST_MODES, mode_id
 from ..rounding import NAMES as ROUNDING_NAMES
-from ..validate import check_int
+from ..validate import check_int, frozen_int_array
 from . import tables as T
-from .common import I62, I63, check_requant, check_rescale_input, requant_for, requant_out_range
+from .common import I62, check_requant, check_rescale_input, read_only, requant_for, requant_out_range
 
 STAGES = ("acc_exact", "acc", "prob", "out")
 
 
 @register
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class Softmax(AccLayer):
     """Softmax over the last axis of uniform-format score codes (..., Tq, Tk).
 
@@ -41,6 +41,7 @@ class Softmax(AccLayer):
     tensor_id: int = 0
     seed: int = 0
     meta: dict = field(default=None, repr=False)
+    bound: np.ndarray = field(init=False, repr=False)  # max_len·max(exp_lut) (derived)
 
     @property
     def n_inputs(self):
@@ -56,7 +57,7 @@ class Softmax(AccLayer):
             raise TypeError(f"{self.name}: softmax scores must be uniform-format codes")
         if not isinstance(self.acc, Accumulator):
             raise TypeError(f"{self.name}: acc must be an Accumulator")
-        self.exp_lut = np.ascontiguousarray(self.exp_lut, np.int64)
+        set_fields(self, exp_lut=frozen_int_array(f"{self.name}.exp_lut", self.exp_lut))
         if self.exp_lut.shape != (self.x_range.n_codes,):
             raise ValueError(
                 f"{self.name}: exp_lut needs {self.x_range.n_codes} entries, got {self.exp_lut.shape}"
@@ -75,7 +76,6 @@ class Softmax(AccLayer):
             raise ValueError(
                 f"{self.name}: exp_lut[0] (the row maximum) must be >= 1 so a kept row sums to >= 1"
             )
-        self.bound = np.array([emax * self.max_len], np.int64) if emax * self.max_len < I63 else None
         if emax * self.max_len > self.acc.hi:
             raise ValueError(
                 f"{self.name}: max_len·max(exp_lut) = {emax * self.max_len} exceeds the "
@@ -86,6 +86,7 @@ class Softmax(AccLayer):
         if self.prob_rounding == 6 and emax * self.max_len >= 2**31:
             raise ValueError(f"{self.name}: stochastic probability rounding needs sums < 2^31")
         check_rescale_input(self.name, self.requant, 1 << self.prob_bits)
+        set_fields(self, bound=read_only(np.array([emax * self.max_len], np.int64)))  # <= acc.hi < 2^63
 
     @classmethod
     def build(

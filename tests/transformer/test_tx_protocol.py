@@ -169,3 +169,26 @@ def test_schema_version_1_files_are_read_unless_they_hold_new_types(golden, tmp_
         f.attrs["schema_version"] = np.int64(1)
     with pytest.raises(GoldenFormatError, match="version 1 files hold no .*LayerNorm.*Softmax"):
         read_golden(tx)
+
+
+def test_transformer_layers_are_frozen_with_read_only_arrays():
+    import dataclasses
+
+    from nupes_sim.transformer.layers import TRANSFORMER_TYPES
+
+    seen = set()
+    for make in GRAPHS.values():
+        for n in make().nodes:
+            L = n.layer
+            seen.add(type(L))
+            assert type(L).__dataclass_params__.frozen, type(L)
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                L.name = "other"
+            arrays = [v for v in vars(L).values() if isinstance(v, np.ndarray)]
+            for t in (getattr(L, k, None) for k in ("x_table", "a_table", "b_table", "p_table", "requant")):
+                if t is not None:
+                    arrays += [v for v in vars(t).values() if isinstance(v, np.ndarray)]
+            for a in arrays:
+                with pytest.raises(ValueError, match="read-only"):
+                    a.reshape(-1)[:1] = 0
+    assert set(TRANSFORMER_TYPES) <= seen
