@@ -6,11 +6,16 @@ import numpy as np
 
 from .cli_checks import CliError, existing_file, int_in, output_folder_exists, refuse_overwrite
 from .cli_common import SEED, emit_json, lazy, say
+from .cli_transformer import TRANSFORMER_BUILTINS, cmd_quantize_transformer
+from .cli_transformer import add_options as add_transformer_options
 
 
 def cmd_quantize(args):
     """Quantize a user's model (state dict + --arch, a torch.export .pt2, or the shipped
-    'fashion-resnet') and save the exported integer graph (nupes_sim.reference.pipeline)."""
+    'fashion-resnet') and save the exported integer graph (nupes_sim.reference.pipeline);
+    the shipped transformers 'charlm' and 'minilm' go through cli_transformer."""
+    if args.model in TRANSFORMER_BUILTINS:
+        return cmd_quantize_transformer(args)
     pipeline = lazy("nupes_sim.reference.pipeline", "quantize_to_graph", "quantize")
     from nupes_sim.reference.pipeline import load_calibration
 
@@ -75,7 +80,8 @@ def cmd_quantize(args):
 EXAMPLE = (
     "nupes-sim quantize fashion-resnet --calib calib.npy --method nupes --wbits 4 --abits 8 --out model.h5\n"
     "  nupes-sim quantize my_weights.pt --arch fashion-resnet --calib calib.h5 --data-free "
-    "--method powerquant --out model.h5"
+    "--method powerquant --out model.h5\n"
+    "  nupes-sim quantize charlm --method powerquant --wbits 4 --seq-len 32 --out charlm.h5"
 )
 
 
@@ -87,10 +93,16 @@ def register(add):
         EXAMPLE,
     )
     sp.add_argument(
-        "model", help="state dict (.pt, with --arch), torch.export program (.pt2), or 'fashion-resnet'"
+        "model",
+        help="state dict (.pt, with --arch), torch.export program (.pt2), 'fashion-resnet', "
+        "or a shipped transformer: 'charlm' (KJV char LM), 'minilm' (all-MiniLM-L6-v2)",
     )
     sp.add_argument("--arch", help="built-in architecture of a state dict: fashion-resnet")
-    sp.add_argument("--calib", help="float calibration inputs (.npy or .h5), batch first")
+    sp.add_argument(
+        "--calib",
+        help="float calibration inputs (.npy or .h5), batch first; charlm/minilm: (N, T) token ids "
+        "(optional: KJV text by default)",
+    )
     sp.add_argument("--dataset", help="dataset name inside an .h5 calibration file")
     sp.add_argument(
         "--data-free",
@@ -115,3 +127,4 @@ def register(add):
     sp.add_argument("--overflow", default="saturate", choices=("wrap", "saturate", "exact"))
     sp.add_argument("--seed", type=SEED, default=0)
     sp.add_argument("--out", required=True, help="model file to write (.h5)")
+    add_transformer_options(sp)

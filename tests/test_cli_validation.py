@@ -66,6 +66,8 @@ NUMERIC = [
         ["7", "65", "0", "32.5"],
     ),
     (["quantize", "fashion-resnet", "--calib", "c.npy", "--out", "m.h5"], "--seed", ["-1", str(2**63), "s"]),
+    (["quantize", "charlm", "--out", "m.h5"], "--seq-len", ["0", "4097", "1.5"]),
+    (["quantize", "minilm", "--out", "m.h5"], "--n-calib", ["0", "-2", "x"]),
     (
         ["simulate", M, "--input", "x.npy", "--out", "y.npy"],
         "--max-memory",
