@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from . import results_run as run
-from .results_models import SIM_IMAGES, charlm, fashion, fashion_act, minilm, sweep
+from .results_models import ACT_SCOPE, SIM_IMAGES, charlm, fashion, fashion_act, minilm, sweep
 from .results_render import render
 from .results_run import _CHECKPOINT, _log
 
@@ -67,11 +67,26 @@ def main(argv=None):
         default=SIM_IMAGES["n"],
         help="Fashion test images run through the integer simulator in fashion_act (CPU time)",
     )
+    p.add_argument("--act-images", type=int, default=2000, help="fashion_act: fake-quant test images")
+    p.add_argument(
+        "--act-settings", default="W4A8,W4A4,W3A8", help="fashion_act: comma-separated WxAy settings"
+    )
+    p.add_argument("--act-seeds", type=int, default=3, help="fashion_act: calibration seeds 0..N-1")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the header shows the command
     if args.sim_images < 1:
         p.error(f"--sim-images must be >= 1, got {args.sim_images}")
     SIM_IMAGES["n"] = args.sim_images
+    try:
+        settings = tuple(
+            (int(w), int(a))
+            for w, a in (t.strip().upper()[1:].split("A") for t in args.act_settings.split(","))
+        )
+    except ValueError:
+        p.error(f"--act-settings: expected e.g. W4A4,W3A8, got {args.act_settings!r}")
+    if args.act_images < 1 or args.act_seeds < 1:
+        p.error(f"--act-images and --act-seeds must be >= 1, got {args.act_images} and {args.act_seeds}")
+    ACT_SCOPE.update(images=args.act_images, settings=settings, seeds=tuple(range(args.act_seeds)))
     torch.manual_seed(0)
     t0 = time.perf_counter()
     results, errors = {}, {}

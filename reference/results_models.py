@@ -51,8 +51,10 @@ def fashion(quick, steps):
 ACT_SETTINGS = ((4, 8), (4, 4), (3, 8))
 #: calibration seeds of the data-driven integer-simulator rows
 ACT_SEEDS = (0, 1, 2)
-#: test images run through the integer simulator (seed 0); --sim-images sets it
+#: fashion_act scope (command-line options of results.py): integer-simulator images (seed 0),
+#: fake-quant test images, settings and calibration seeds
 SIM_IMAGES = {"n": 2000}
+ACT_SCOPE = {"images": 2000, "settings": ACT_SETTINGS, "seeds": ACT_SEEDS}
 
 
 def fashion_act(quick, steps):
@@ -74,10 +76,10 @@ def fashion_act(quick, steps):
     model = fold_batchnorm(load_fashion_model())
     xtr, _ = fashion_tensors("train")
     xte, yte = fashion_tensors("test")
-    n_act = 1000 if quick else 2000
+    n_act = 1000 if quick else ACT_SCOPE["images"]
     xs, y = xte[:n_act], yte[:n_act].numpy()
     n_sim = min(SIM_IMAGES["n"], n_act)
-    seeds = ACT_SEEDS[:1] if quick else ACT_SEEDS
+    seeds = ACT_SEEDS[:1] if quick else ACT_SCOPE["seeds"]
 
     def calib_fn(seed):
         return xtr[torch.randperm(len(xtr), generator=torch.Generator().manual_seed(seed))[:256]]
@@ -87,7 +89,7 @@ def fashion_act(quick, steps):
     for key in ("gptq_powerTrue", "nupesTrue"):
         variants += [(by_method[key], False), (by_method[key], True)]
     rows = []
-    for wbits, abits in ACT_SETTINGS:
+    for wbits, abits in ACT_SCOPE["settings"]:
         for (label, method, needs_data, extra), aware in variants:
             acts = "-" if aware is None else ("graph" if aware else "float")
             fq, secs, seed0 = [], [], None
