@@ -4,6 +4,7 @@ On the shipped Fashion-MNIST ResNet (data/fashion_resnet.pt): quantize with NUPE
 (data-driven, W4 per-channel weights, A8 power activations), run the integer model with the
 Numba CPU simulator on the test set, write golden vectors for a few test images, verify them
 with the NumPy oracle, write the numerical-stability audit, and print a summary table.
+`--model charlm|minilm` runs the same job on a shipped transformer (nupes_sim/demo_transformer.py).
 """
 
 import argparse
@@ -24,18 +25,45 @@ def main(argv=None):
         prog="nupes-sim demo",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  nupes-sim demo\n  nupes-sim demo --n-test 1000 --method powerquant --out out/pq",
+        epilog="examples:\n  nupes-sim demo\n  nupes-sim demo --n-test 1000 --method powerquant --out out/pq\n"
+        "  nupes-sim demo --model charlm --out out/charlm\n  nupes-sim demo --model minilm --out out/minilm",
+    )
+    p.add_argument(
+        "--model",
+        default="fashion",
+        choices=("fashion", "charlm", "minilm"),
+        help="fashion (ResNet, default), charlm (KJV char LM) or minilm (all-MiniLM-L6-v2)",
     )
     p.add_argument("--out", default="out/demo", help="folder for the files written (default out/demo)")
-    p.add_argument("--method", default="nupes", choices=("rtn", "powerquant", "gptq", "gptq_power", "nupes"))
+    p.add_argument(
+        "--method",
+        default=None,
+        choices=("rtn", "powerquant", "gptq", "gptq_power", "nupes"),
+        help="default: nupes (fashion), powerquant (charlm, minilm: data-free, minutes not hours)",
+    )
     p.add_argument("--wbits", type=int, default=4)
     p.add_argument("--abits", type=int, default=8)
     p.add_argument("--steps", type=int, default=50, help="NUPES steps per layer")
     p.add_argument("--n-test", type=int, default=10000, help="test images to simulate (default: all 10000)")
-    p.add_argument("--golden", type=int, default=4, help="test images written as golden vectors")
-    p.add_argument("--audit", type=int, default=64, help="test images used by the audit")
+    p.add_argument(
+        "--golden", type=int, default=None, help="inputs written as golden vectors (4; charlm/minilm 2)"
+    )
+    p.add_argument("--audit", type=int, default=None, help="inputs used by the audit (64; charlm/minilm 4)")
     p.add_argument("--quiet", action="store_true")
+    from .demo_transformer import add_arguments
+
+    add_arguments(p)
     args = p.parse_args(argv)
+    tx = args.model != "fashion"
+    args.method = args.method or ("powerquant" if tx else "nupes")
+    args.golden = args.golden if args.golden is not None else (2 if tx else 4)
+    args.audit = args.audit if args.audit is not None else (4 if tx else 64)
+    if tx:
+        from .cpu import use_passive_omp_wait
+        from .demo_transformer import run
+
+        use_passive_omp_wait()
+        return run(args)
 
     from .cpu import use_passive_omp_wait
 

@@ -28,3 +28,14 @@ def test_quantize_minilm_calibration_must_be_token_ids(capsys, tmp_path):
     np.save(tmp_path / "i.npy", np.zeros((4, 8, 2), np.int64))
     code, err = call(capsys, "quantize", "minilm", "--calib", tmp_path / "i.npy", "--out", tmp_path / "m.h5")
     assert_one_line_2(code, err, "expected (N, T) token ids")
+
+
+def test_demo_knows_the_transformers():
+    from nupes_sim import demo
+
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--model", "gpt2"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--help"])
+    assert e.value.code == 0
