@@ -2,6 +2,7 @@
 
     python -m nupes_sim.reference.transformer_results charlm --wbits 4 --method nupes [--chars 20480]
     python -m nupes_sim.reference.transformer_results minilm --wbits 4 --method powerquant [--sentences 200]
+    python -m nupes_sim.reference.transformer_results minilm-speed [--sentences 32] [--tokens 24] [--repeat 3]
 
 Char LM: held-out perplexity of the float model, the float64 fake-quant twin and the integer
 simulator (CPU backend) on the same non-overlapping windows of T = context characters (each
@@ -128,19 +129,76 @@ def minilm(wbits=4, method="powerquant", n_sent=200, T=48, backend="cpu", batch=
     return res
 
 
+def minilm_speed(wbits=4, method="powerquant", n_sent=32, T=24, repeat=3, model_file=None):
+    """Seconds of one forward of n_sent verses x T tokens: the integer MiniLM on the CPU backend
+    (after one untimed run: numba compilation) against PyTorch float32 in the same process,
+    best of `repeat`. Thread counts are whatever the environment sets (OMP_NUM_THREADS,
+    NUMBA_NUM_THREADS, torch.get_num_threads()); they are reported. model_file: a saved
+    integer MiniLM for T tokens (`nupes-sim quantize minilm --seq-len T`, or the demo's);
+    wbits/method then only label the result (say what the file was made with)."""
+    import numba
+
+    from ..serialize import load_model
+    from .transformer_pipeline import builtin_inputs, load_builtin, quantize_builtin
+
+    t0 = time.perf_counter()
+    if model_file:
+        (model, tok), graph = load_builtin("minilm"), load_model(model_file)
+    else:
+        model, ex, _, tok = quantize_builtin("minilm", method=method, wbits=wbits, seq_len=T, n_calib=8)
+        graph = ex.graph
+    _log(f"integer model ready in {time.perf_counter() - t0:.0f}s")
+    x = builtin_inputs("minilm", n_sent, T, "eval", model, tok)
+    mask = (x != tok.token_to_id("[PAD]")).long()
+    ids = x.numpy()
+    graph.run(ids, backend="cpu")  # compile
+    times = {"integer_cpu": [], "torch_float32": []}
+    for _ in range(repeat):
+        t = time.perf_counter()
+        graph.run(ids, backend="cpu")
+        times["integer_cpu"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        with torch.no_grad():
+            model(x, mask)
+        times["torch_float32"].append(time.perf_counter() - t)
+    best = {k: min(v) for k, v in times.items()}
+    return {
+        "sentences": n_sent,
+        "tokens": T,
+        "wbits": wbits,
+        "method": method,
+        "integer_cpu_s": best["integer_cpu"],
+        "torch_float32_s": best["torch_float32"],
+        "ratio": best["integer_cpu"] / best["torch_float32"],
+        "torch_threads": torch.get_num_threads(),
+        "numba_threads": numba.get_num_threads(),
+        "all_s": times,
+    }
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", choices=["charlm", "minilm"])
-    p.add_argument("--sentences", type=int, default=200)
+    p.add_argument("model", choices=["charlm", "minilm", "minilm-speed"])
+    p.add_argument("--sentences", type=int, default=None, help="minilm: 200; minilm-speed: 32")
     p.add_argument("--wbits", type=int, default=4)
-    p.add_argument("--method", default="nupes")
+    p.add_argument("--method", default=None, help="default nupes; minilm-speed: powerquant")
     p.add_argument("--chars", type=int, default=20480)
     p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--tokens", type=int, default=None, help="minilm: tokens per sentence (48; speed: 24)")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument(
+        "--model-file", default=None, help="minilm-speed: a saved integer MiniLM (skips quantizing)"
+    )
     a = p.parse_args(argv)
-    if a.model == "minilm":
-        print(json.dumps(minilm(a.wbits, a.method, a.sentences)))
+    if a.model == "minilm-speed":
+        res = minilm_speed(
+            a.wbits, a.method or "powerquant", a.sentences or 32, a.tokens or 24, a.repeat, a.model_file
+        )
+        print(json.dumps(res))
+    elif a.model == "minilm":
+        print(json.dumps(minilm(a.wbits, a.method or "nupes", a.sentences or 200, a.tokens or 48)))
     else:
-        print(json.dumps(charlm(a.wbits, a.method, a.chars, steps=a.steps)))
+        print(json.dumps(charlm(a.wbits, a.method or "nupes", a.chars, steps=a.steps)))
 
 
 if __name__ == "__main__":
