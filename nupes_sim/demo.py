@@ -57,7 +57,9 @@ def main(argv=None):
     tx = args.model != "fashion"
     args.method = args.method or ("powerquant" if tx else "nupes")
     # the oracle verifies a MiniLM vector in about 2 minutes on a loaded 2-core machine
-    args.golden = args.golden if args.golden is not None else {"fashion": 4, "charlm": 2, "minilm": 1}[args.model]
+    args.golden = (
+        args.golden if args.golden is not None else {"fashion": 4, "charlm": 2, "minilm": 1}[args.model]
+    )
     args.audit = args.audit if args.audit is not None else (4 if tx else 64)
     if tx:
         from .cpu import use_passive_omp_wait
