@@ -102,9 +102,9 @@ def _code_interval(rq, row, code):
 
 def divergence_context(golden, e, multi, observed):
     """Extra context of a first divergence (#11.6): for `out` under thresholds, the acc
-    interval of the expected and observed codes; for a Linear `acc`, the decoded operands
-    (LUT integers) and, under saturate, the first step k where the reference clamped."""
-    from .oracle import _mac_products
+    interval of the expected and observed codes; for a Linear or Conv2d `acc`, the products,
+    decoded operands (LUT integers) and, under saturate, the first step k where the
+    reference clamped."""
     from .tables import Thresholds
 
     if e.node is None:
@@ -118,38 +118,73 @@ def divergence_context(golden, e, multi, observed):
         out["acc interval of the expected code [thr_lo, thr_hi)"] = _code_interval(rq, row, e.values[multi])
         if isinstance(observed, int):
             out["acc interval of the observed code [thr_lo, thr_hi)"] = _code_interval(rq, row, observed)
-    if e.stage == "acc" and type(L).__name__ == "Linear":
-        x = golden.vectors[e.vector]["stages"]
-        src = golden.graph.nodes[e.node].inputs[0]
-        xin = golden.vectors[e.vector]["input"] if src == INPUT else x[src]["out"]
-        b, o = multi
-        p = _mac_products(L, xin[b : b + 1], np.ones((1, xin.shape[1]), bool))[0, o]
-        out["products p_k (k ascending)"] = p.tolist()
-        if L.datapath == "operand":
-            qw = L.w_codes.reshape(L.out_channels, -1)[o]
-            out["decoded weights W_k (w_lut)"] = L.w_table.lut[
-                L.w_table_index[o], qw - L.w_range.qmin
-            ].tolist()
-            out["decoded inputs X_k (x_lut)"] = L.x_table.lut[0, xin[b] - L.x_range.qmin].tolist()
-        if L.acc.overflow == "saturate":
-            acc, part, first, T = int(L.bias[o]), 0, None, L.acc.tile
-            for k, pk in enumerate(p.tolist()):
-                if T:
-                    raw = part + pk
-                    part = min(max(raw, L.acc.lo), L.acc.hi)
-                    if raw != part and first is None:
-                        first = f"k={k} (tile partial)"
-                    if (k + 1) % T == 0 or k == len(p) - 1:
-                        raw = acc + part
-                        acc, part = min(max(raw, L.acc.lo), L.acc.hi), 0
-                        if raw != acc and first is None:
-                            first = f"k={k} (tile sum)"
-                else:
-                    raw = acc + pk
-                    acc = min(max(raw, L.acc.lo), L.acc.hi)
-                    if raw != acc and first is None:
-                        first = f"k={k}"
-            out["first step where the reference clamped"] = first or "none (no clamp)"
+    if e.stage == "acc" and type(L).__name__ in ("Linear", "Conv2d"):
+        out.update(_mac_acc_context(golden, e, L, multi))
+    return out
+
+
+def first_clamp(bias, products, acc):
+    """The first step k at which the saturating accumulator clamps (ARITHMETIC.md §4: a
+    running sum, or tiles whose partial sums and whole-tile additions both saturate), as
+    text, or 'none (no clamp)'. Python ints: exact."""
+    total, part, T = int(bias), 0, acc.tile
+    for k, pk in enumerate(products):
+        if T:
+            raw = part + pk
+            part = min(max(raw, acc.lo), acc.hi)
+            if raw != part:
+                return f"k={k} (tile partial)"
+            if (k + 1) % T == 0 or k == len(products) - 1:
+                raw = total + part
+                total, part = min(max(raw, acc.lo), acc.hi), 0
+                if raw != total:
+                    return f"k={k} (tile sum)"
+        else:
+            raw = total + pk
+            total = min(max(raw, acc.lo), acc.hi)
+            if raw != total:
+                return f"k={k}"
+    return "none (no clamp)"
+
+
+def _mac_acc_context(golden, e, L, multi):
+    """Products, decoded operands (operand datapath) and, under saturate, the first clamping
+    step of the MAC output element `multi` (Linear (b, o); Conv2d (b, o, oh, ow), k over the
+    window in (c, i, j) order, padding taps add 0)."""
+    from .oracle import _group_view, _mac_products, im2col
+
+    vec = golden.vectors[e.vector]
+    src = golden.graph.nodes[e.node].inputs[0]
+    xin = vec["input"] if src == INPUT else vec["stages"][src]["out"]
+    b, o = multi[0], multi[1]
+    if type(L).__name__ == "Linear":
+        view, oo = L, o
+        cols, valid = xin[b : b + 1].astype(np.int64), np.ones((1, xin.shape[1]), bool)
+    else:
+        O, Cg, kh, kw = L.w_codes.shape
+        Og = O // L.groups
+        g, oo = o // Og, o % Og
+        view = _group_view(L, g, Og)
+        pad = 0 if L.x_range.qmin <= 0 <= L.x_range.qmax else L.x_range.qmin
+        oh, ow = multi[2], multi[3]
+        c6, v6 = im2col(
+            xin[b : b + 1].astype(np.int64), (kh, kw), L.stride, L.padding, L.dilation, pad, (oh, oh + 1)
+        )
+        cols = c6[:, 0, ow, g * Cg : (g + 1) * Cg].reshape(1, -1)
+        valid = v6[:, 0, ow, g * Cg : (g + 1) * Cg].reshape(1, -1)
+    p = _mac_products(view, cols, valid)[0, oo]
+    out = {"products p_k (k ascending)": p.tolist()}
+    if L.datapath == "operand":
+        qw = view.w_codes.reshape(view.out_channels, -1)[oo]
+        out["decoded weights W_k (w_lut)"] = L.w_table.lut[
+            view.w_table_index[oo], qw - L.w_range.qmin
+        ].tolist()
+        xv = L.x_table.lut[0, cols[0] - L.x_range.qmin].tolist()
+        out["decoded inputs X_k (x_lut)"] = [x if ok else None for x, ok in zip(xv, valid[0].tolist())]
+        if not valid.all():
+            out["note"] = "None = padding tap (adds 0)"
+    if L.acc.overflow == "saturate":
+        out["first step where the reference clamped"] = first_clamp(int(L.bias[o]), p.tolist(), L.acc)
     return out
 
 

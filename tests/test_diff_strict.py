@@ -341,3 +341,52 @@ def test_divergence_context_thresholds_and_clamp(tmp_path):
     acc = int(gold.vectors[0]["stages"]["fc"]["acc"][0, 0])
     assert (lo is None or lo <= acc) and (hi is None or acc < hi)
     assert "acc interval of the observed code [thr_lo, thr_hi)" in f.inputs
+
+
+@pytest.mark.parametrize("datapath", ["operand", "product"])
+def test_divergence_context_conv_replays_the_clamp(tmp_path, datapath):
+    """#11.6 for Conv2d: a saturating conv's first divergence at `acc` names the first step k
+    where the reference clamped. All 27 window products of channel 0 at an interior position
+    equal c > 0 (weights +7, inputs qmax), so the running sum bias + (k+1)c first exceeds
+    acc_max at k = floor((acc_max - bias) / c): derived here without the replay."""
+    from nupes_sim.formats import PowerFormat
+    from nupes_sim.graph import Graph
+    from nupes_sim.layers import Accumulator, Conv2d
+
+    xf = PowerFormat(4, False, 0.7, 0.05)
+    wf = PowerFormat(4, True, 0.7, 0.08)
+    w = np.full((2, 3, 3, 3), 7)
+    w[1] = -3
+    probe = Conv2d.build("c", w, wf, xf, datapath=datapath, padding=1, acc=Accumulator(40, "saturate"))
+    x = np.full((1, 3, 5, 5), xf.range.qmax)
+    from nupes_sim.oracle import conv2d
+
+    c = int(conv2d(probe, x)["acc_exact"][0, 0, 2, 2]) // 27  # 27 equal products
+    width = int(10 * c).bit_length() + 1  # acc_max = 2^(width-1) - 1 >= 10c: clamps after >= 10 steps
+    L = Conv2d.build("c", w, wf, xf, datapath=datapath, padding=1, acc=Accumulator(width, "saturate"))
+    k_want = (L.acc.hi - int(L.bias[0])) // c
+    assert 10 <= k_want < 26
+    p = tmp_path / "g.h5"
+    write_golden(Graph([L]), x, p)
+    gold = read_golden(p)
+    t = {n: e.values.copy() for n, e in expected_layout(gold).items() if e.vector is not None}
+    acc = t["vectors/000000/000_c/acc"]
+    assert acc[0, 0, 2, 2] == L.acc.hi  # it saturated
+    acc[0, 0, 2, 2] -= 1
+    d = tmp_path / "d"
+    write_dump(d, t, gold)
+    f = diff(p, d).first
+    assert f.stage == "acc" and tuple(np.unravel_index(f.index, acc.shape)) == (0, 0, 2, 2)
+    ctx = f.inputs
+    assert ctx["products p_k (k ascending)"] == [c] * 27
+    assert ctx["first step where the reference clamped"] == f"k={k_want}"
+    if datapath == "operand":
+        assert len(ctx["decoded weights W_k (w_lut)"]) == 27 and None not in ctx["decoded inputs X_k (x_lut)"]
+    # a border element: padding taps are products 0 and decoded inputs None
+    acc[0, 0, 2, 2] += 1
+    acc[0, 1, 0, 0] += 1
+    write_dump(d, t, gold)
+    ctx = diff(p, d).first.inputs
+    assert ctx["products p_k (k ascending)"].count(0) == 27 - 12  # a corner sees 2x2 taps of 3 channels
+    if datapath == "operand":
+        assert ctx["decoded inputs X_k (x_lut)"].count(None) == 15
