@@ -67,12 +67,12 @@ def audit(model, input_codes, out_dir, fail_on=(), backend="numpy", clip_toleran
     for c in fail_on:
         if c not in FAIL_CHOICES:
             raise ValueError(f"fail_on={c!r} is not allowed; choose from {FAIL_CHOICES}")
-    history = {}
+    history, out_unit = {}, None
     if isinstance(model, (str, os.PathLike)):
-        m = load_model(model, full=True)
-        graph, history = m.graph, m.loss_history
-    elif hasattr(model, "graph"):
+        model = load_model(model, full=True)
+    if hasattr(model, "graph"):
         graph, history = model.graph, getattr(model, "loss_history", {}) or {}
+        out_unit = getattr(model, "output_unit", None)
     else:
         graph = model
     x = np.asarray(input_codes)
@@ -121,10 +121,13 @@ def audit(model, input_codes, out_dir, fail_on=(), backend="numpy", clip_toleran
             rec["requant"] = None if rq is None else type(rq).__name__
             if rq is not None:
                 rec.update(out_qmin=int(rq.qmin), out_qmax=int(rq.qmax))
+        zeros, clipped = int((out == 0).sum()), _clipped(L, out)
         rec.update(
             elements=int(out.size),
-            zero_fraction=float((out == 0).mean()) if out.size else 0.0,
-            clipped_fraction=_clipped(L, out) / out.size if out.size else 0.0,
+            zero_count=zeros,
+            zero_fraction=zeros / out.size if out.size else 0.0,
+            clipped_count=clipped,
+            clipped_fraction=clipped / out.size if out.size else 0.0,
         )
         meta = getattr(L, "meta", None)
         if meta:
@@ -136,13 +139,32 @@ def audit(model, input_codes, out_dir, fail_on=(), backend="numpy", clip_toleran
         if n.name in history:
             rec["loss_history"] = [float(v) for v in history[n.name]]
         layers.append(rec)
-    failed = []
-    if "overflow" in fail_on and any(r.get("overflow_count", 0) for r in layers):
-        failed.append("overflow")
-    if "saturation" in fail_on and any(r.get("changed_configured", 0) for r in layers):
-        failed.append("saturation")
-    if "clipping" in fail_on and any(r["clipped_fraction"] > clip_tolerance for r in layers):
-        failed.append("clipping")
+    failed, failures = [], []
+    checks = {  # check: (failing layers, their count, what is counted)
+        "overflow": ([r for r in layers if r.get("overflow_count", 0)], "overflow_count", "overflowing sums"),
+        "saturation": ([r for r in layers if r.get("changed_configured", 0)], "changed_configured", "changed sums"),
+        "clipping": ([r for r in layers if r["clipped_fraction"] > clip_tolerance], "clipped_count", "clipped codes"),
+    }  # fmt: skip
+    for c in FAIL_CHOICES:
+        bad, key, what = checks[c]
+        if c in fail_on and bad:
+            failed.append(c)
+            detail = "; ".join(f"{r['name']}: {r[key]} of {r['elements']} {what}" for r in bad)
+            tol = f", tolerance {100 * clip_tolerance:g} %" if c == "clipping" else ""
+            failures.append(f"{c} in {len(bad)} layer(s) ({detail}{tol})")
+    decoded = None
+    if out_unit is not None:
+        from .float_io import decode_outputs
+
+        real = decode_outputs(out_unit, res.output)
+        flat = real.reshape(len(real), -1)
+        decoded = {
+            "shape": list(real.shape),
+            "min": float(real.min()),
+            "max": float(real.max()),
+            "argmax": np.argmax(flat, axis=1).tolist(),
+            "vector_0": flat[0, :16].tolist(),
+        }
     report = {
         "model_hash": model_hash(graph),
         "n_vectors": int(x.shape[0]),
@@ -152,12 +174,15 @@ def audit(model, input_codes, out_dir, fail_on=(), backend="numpy", clip_toleran
             "headroom_bits": "acc_width - bits needed for the largest observed |exact sum|",
             "min_safe_width": "bits needed for the analytic worst case bound (no overflow possible)",
             "changed_*": "elements whose accumulator result differs from the exact sum under that mode",
-            "clipped_fraction": "out codes at qmax, or at qmin when qmin is below the zero code (not ReLU)",
+            "clipped_count": "out codes at qmax, or at qmin when qmin is below the zero code (not ReLU)",
+            "clipped_fraction": "clipped_count / elements (report.md shows both: count (percent))",
             "err_lsb": "integer accumulator minus float64 reference, in accumulator LSBs",
         },
         "layers": layers,
         "fail_on": list(fail_on),
         "failed": failed,
+        "failures": failures,
+        "decoded_outputs": decoded,
         "plots": [],
     }
     # the whole report folder appears at once (nupes_sim.atomic); an existing folder is
@@ -219,6 +244,16 @@ def _safe(name):
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
+def _count_pct(count, total):
+    """'2 (0.20 %)': the count, then a percentage that never rounds a non-zero count to 0."""
+    if not total:
+        return "0"
+    pct = 100 * count / total
+    if count and pct < 0.01:
+        return f"{count} (<0.01 %)"
+    return f"{count} ({pct:.2f} %)"
+
+
 def _markdown(rep):
     lines = [
         "# nupes-sim audit",
@@ -228,7 +263,7 @@ def _markdown(rep):
         "Float64 reference: " + rep["reference_note"],
         "",
         "| layer | type | width | mode | observed bits | bound bits (min safe width) | headroom | overflow | "
-        "changed (configured/wrap/saturate) | zero % | clipped % | err LSB max / rms | reference |",
+        "changed (configured/wrap/saturate) | zero codes (%) | clipped codes (%) | err LSB max / rms | reference |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rep["layers"]:
@@ -238,13 +273,14 @@ def _markdown(rep):
                 f"| {r['name']} | {r['type']} | {r['acc_width']} | {r['overflow_mode']} | {r['observed_bits']} | "
                 f"{r['min_safe_width']} | {r['headroom_bits']} | {r['overflow_count']} | "
                 f"{r['changed_configured']}/{r['changed_if_wrap']}/{r['changed_if_saturate']} | "
-                f"{100 * r['zero_fraction']:.1f} | {100 * r['clipped_fraction']:.1f} | {err} | "
+                f"{_count_pct(r['zero_count'], r['elements'])} | {_count_pct(r['clipped_count'], r['elements'])} | "
+                f"{err} | "
                 f"{r.get('reference', '-')} |"
             )
         else:
             lines.append(
-                f"| {r['name']} | {r['type']} | - | - | - | - | - | - | - | {100 * r['zero_fraction']:.1f} | "
-                f"{100 * r['clipped_fraction']:.1f} | - | - |"
+                f"| {r['name']} | {r['type']} | - | - | - | - | - | - | - | "
+                f"{_count_pct(r['zero_count'], r['elements'])} | {_count_pct(r['clipped_count'], r['elements'])} | - | - |"
             )
     lines += ["", "## Formats (exponent, scale)", ""]
     for r in rep["layers"]:
@@ -263,7 +299,13 @@ def _markdown(rep):
             lines.append(f"- {r['name']}: {len(h)} steps, first {h[0]:.4g}, last {h[-1]:.4g}")
     lines += ["", "## Definitions", ""] + [f"- {k}: {v}" for k, v in rep["definitions"].items()]
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in rep["plots"]]
-    lines += ["", f"Checks requested: {rep['fail_on'] or 'none'}; failed: {rep['failed'] or 'none'}", ""]
+    d = rep.get("decoded_outputs")
+    if d:
+        lines += ["", "## Decoded outputs (model file's output_unit)", ""]
+        lines.append(f"shape {d['shape']}, min {d['min']:.6g}, max {d['max']:.6g}; argmax of vectors 0-"
+                     f"{min(len(d['argmax']), 32) - 1}: {d['argmax'][:32]}")  # fmt: skip
+    lines += ["", f"Checks requested: {rep['fail_on'] or 'none'}; failed: {rep['failed'] or 'none'}"]
+    lines += [f"- {f}" for f in rep.get("failures", [])] + [""]
     return "\n".join(lines)
 
 

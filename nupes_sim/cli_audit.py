@@ -9,7 +9,10 @@ from .cli_common import add_backend, add_inputs, emit_json, inputs_for, load_mod
 def cmd_audit(args):
     from .audit import audit
 
-    refuse_overwrite(args.out, [("model file", args.model), ("input file", args.input)])
+    refuse_overwrite(
+        args.out,
+        [("model file", args.model), ("input file", args.input), ("float input file", args.float_input)],
+    )
     output_folder_exists(args.out)
     m = load_model(args.model)
     x, _ = inputs_for(args, m)
@@ -21,12 +24,27 @@ def cmd_audit(args):
         backend=args.backend,
         clip_tolerance=args.clip_tolerance,
     )
-    emit_json(args, {"out": args.out, "failed": rep["failed"], "layers": rep["layers"]})
+    emit_json(
+        args,
+        {
+            "out": args.out,
+            "failed": rep["failed"],
+            "failures": rep["failures"],
+            "layers": rep["layers"],
+            "decoded_outputs": rep["decoded_outputs"],
+        },
+    )
     if not args.json and not args.quiet:
         print(f"wrote {args.out}/report.md, report.json and {len(rep['plots'])} plots")
+        d = rep["decoded_outputs"]
+        if d:
+            print(
+                f"decoded outputs (model's output_unit): shape {tuple(d['shape'])}, "
+                f"min {d['min']:.6g}, max {d['max']:.6g}, argmax of the first vectors {d['argmax'][:8]}"
+            )
     if rep["failed"]:
-        if not args.json:
-            print(f"audit failed: {', '.join(rep['failed'])}", file=sys.stderr)
+        if not args.json:  # one line naming each failing check, its layers and counts
+            print(f"audit failed: {'; '.join(rep['failures'])}", file=sys.stderr)
         return 1
     return 0
 
@@ -36,7 +54,8 @@ def register(add):
         "audit",
         "numerical-stability audit: ranges, headroom, overflow, clipping, float64 error",
         cmd_audit,
-        "nupes-sim audit model.h5 --random 64 --out audit/ --fail-on overflow --fail-on clipping",
+        "nupes-sim audit model.h5 --random 64 --out audit/ --fail-on overflow --fail-on clipping\n"
+        "  nupes-sim audit model.h5 --float-input images.npy --out audit/",
     )
     sp.add_argument("model", help="quantized model file (.h5)")
     add_inputs(sp)

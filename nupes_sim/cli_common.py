@@ -85,19 +85,67 @@ def check_vectors_fit(m, shape, n, per_vector_only=False):
     check_fits(f"{n} input vectors of shape {tuple(shape)}", inputs + vb)
 
 
+def load_float_inputs(m, path, dataset=None, model_path="the model file"):
+    """Input codes encoded (float64, on the host) from real inputs with the model file's
+    stored input format (nupes_sim.float_io)."""
+    from .float_io import FloatIOError, encode_inputs
+    from .memory import budget
+
+    if m.input_format is None:
+        raise CliError(
+            f"--float-input: {model_path} (model format version {m.version}) stores no input format; "
+            "re-save it with nupes-sim quantize (or save_model(..., input_format=...)), "
+            "or give integer codes with --input"
+        )
+    x = load_array(path, dataset, "float input", "f", budget())
+    try:
+        return encode_inputs(m.input_format, x)
+    except FloatIOError as e:
+        raise CliError(f"float input {path}: {e}") from None
+
+
+def decoded_summary(m, y, limit=4, values=8):
+    """(lines, JSON) describing the real values of outputs y (None when the model file
+    stores no output unit)."""
+    from .float_io import decode_outputs
+
+    if m.output_unit is None:
+        return [], None
+    r = decode_outputs(m.output_unit, y)
+    flat = r.reshape(len(r), -1)
+    lines = [f"decoded outputs (real values, model's output_unit): shape {tuple(r.shape)}"]
+    for v in range(min(limit, len(flat))):
+        head = ", ".join(f"{t:.6g}" for t in flat[v, :values])
+        more = ", ..." if flat.shape[1] > values else ""
+        lines.append(f"  vector {v}: [{head}{more}] argmax {int(np.argmax(flat[v]))}")
+    if len(flat) > limit:
+        lines.append(f"  ... ({len(flat) - limit} more vectors)")
+    return lines, {"shape": list(r.shape), "argmax": np.argmax(flat, axis=1).tolist(), "values": r.tolist()}
+
+
 def inputs_for(args, m):
-    """Input codes from --input FILE or --random N, and the seeds/provenance to record."""
+    """Input codes from --input FILE, --float-input FILE or --random N, and the
+    seeds/provenance to record."""
     from .golden import random_inputs
 
-    if args.input and args.random is not None:
-        raise CliError("give either --input FILE or --random N, not both")
+    given = [o for o, v in (("--input", args.input), ("--float-input", getattr(args, "float_input", None)),
+                            ("--random", args.random)) if v is not None]  # fmt: skip
+    if len(given) > 1:
+        raise CliError(
+            f"give one of --input FILE, --float-input FILE or --random N, not both {' and '.join(given)}"
+        )
+    if getattr(args, "float_input", None):
+        x = load_float_inputs(m, args.float_input, getattr(args, "dataset", None), args.model)
+        check_vectors_fit(m, x.shape[1:], len(x), per_vector_only=True)
+        return x, {"float_input_file": os.path.basename(args.float_input)}
     if args.input:
         x = load_inputs(args.input, getattr(args, "dataset", None))
         check_vectors_fit(m, x.shape[1:], len(x), per_vector_only=True)
         return x, {"input_file": os.path.basename(args.input)}
     if args.random is None:
         raise CliError(
-            "give --input FILE or --random N" + (" (or --stress)" if hasattr(args, "stress") else "")
+            "give --input FILE, --float-input FILE or --random N"
+            + (" (or --stress)" if hasattr(args, "stress") else "")
         )
     shape = input_shape(args, m)
     check_vectors_fit(m, shape, args.random)
@@ -122,8 +170,18 @@ def int_list(text, what):
 # ---- option groups shared by several verbs ------------------------------------------------
 
 
+def add_float_input(sp):
+    sp.add_argument(
+        "--float-input",
+        metavar="FILE",
+        help="real inputs (.npy/.h5 floats, first axis = vectors), encoded with the input format the "
+        "model file stores (float64 host encoding, as the Python API's encode_input)",
+    )
+
+
 def add_inputs(sp):
     sp.add_argument("--input", help="integer input codes (.npy, or .h5 with --dataset), first axis = vectors")
+    add_float_input(sp)
     sp.add_argument("--dataset", help="dataset name inside an .h5 input (default 'input' or the only one)")
     sp.add_argument(
         "--random",

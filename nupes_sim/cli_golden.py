@@ -6,6 +6,7 @@ from .cli_checks import int_in, output_folder_exists, refuse_overwrite
 from .cli_common import (
     add_backend,
     add_inputs,
+    decoded_summary,
     emit_json,
     input_shape,
     inputs_for,
@@ -19,7 +20,7 @@ from .cli_common import (
 def cmd_golden(args):
     from .golden import export_hex, write_golden
 
-    ins = [("model file", args.model), ("input file", args.input)]
+    ins = [("model file", args.model), ("input file", args.input), ("float input file", args.float_input)]
     refuse_overwrite(args.out, ins)
     output_folder_exists(args.out)
     if args.hex:
@@ -29,7 +30,7 @@ def cmd_golden(args):
     if args.stress:
         from .stress import stress_inputs
 
-        rnd = args.input or args.random is not None
+        rnd = args.input or args.float_input or args.random is not None
         x, seeds = inputs_for(args, m) if rnd else (None, {})
         shape = x.shape[1:] if x is not None else input_shape(args, m)
         xs = stress_inputs(m.graph, shape, seed=args.seed, max_vectors=args.stress_max)
@@ -50,10 +51,17 @@ def cmd_golden(args):
     from .golden import read_golden
     from .stress import coverage, coverage_lines
 
-    cov = coverage(read_golden(args.out))
+    gold = read_golden(args.out)
+    cov = coverage(gold)
     res["coverage"] = cov
     for line in coverage_lines(cov):
         say(args, line)
+    last = m.graph.nodes[-1].name
+    lines, decoded = decoded_summary(m, np.concatenate([v["stages"][last]["out"] for v in gold.vectors]))
+    for line in lines:
+        say(args, line)
+    if decoded is not None:
+        res["decoded"] = decoded
     if args.hex:
         man = export_hex(args.out, args.hex, layers=args.hex_layers.split(",") if args.hex_layers else None)
         res["hex"] = {"dir": args.hex, "tensors": len(man["tensors"])}
@@ -99,6 +107,7 @@ def register(add):
         cmd_golden,
         "nupes-sim golden model.h5 --random 16 --seed 3 --out golden.h5 --hex golden_hex/\n"
         "  nupes-sim golden model.h5 --input codes.npy --out golden.h5\n"
+        "  nupes-sim golden model.h5 --float-input images.npy --out golden.h5 --hex golden_hex/\n"
         "  nupes-sim golden model.h5 --stress --random 16 --out stress.h5 --hex stress_hex/",
     )
     sp.add_argument("model", help="quantized model file (.h5)")

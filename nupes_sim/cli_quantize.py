@@ -1,5 +1,6 @@
 """`nupes-sim quantize`: a float model (state dict, torch.export program, built-in) to a model file."""
 
+import json
 import os
 
 import numpy as np
@@ -55,23 +56,41 @@ def cmd_quantize(args):
         for r in report["layers"]
         if r.get("loss_before") is not None
     }
-    save_model(ex.graph, args.out, input_shape=tuple(calib.shape[1:]), loss_history=hist)
+    from .float_io import graph_output_unit, input_format_json, output_unit_json
+
+    fmt = ex.input_format
+    out_unit = graph_output_unit(ex.graph)
+    save_model(
+        ex.graph,
+        args.out,
+        input_shape=tuple(calib.shape[1:]),
+        loss_history=hist,
+        input_format=fmt,
+        output_unit=out_unit,
+    )
+    # repr(float) is the shortest text that reads back as the same float64: the exact value
+    scale = float(fmt.scale[0]) if hasattr(fmt, "exponent") else float(fmt.scale)
+    desc = (
+        f"{fmt.bits}-bit power, exponent a={float(fmt.exponent)!r}, scale s={scale!r}"
+        if hasattr(fmt, "exponent")
+        else f"{fmt.bits}-bit uniform, scale s={scale!r}, zero_point {fmt.zero_point}"
+    )
+    unit = "none stored" if out_unit is None else (
+        f"{float(np.asarray(out_unit).reshape(-1)[0])!r} per LSB" + (" (channel 0)" if np.size(out_unit) > 1 else "")
+        if not hasattr(out_unit, "bits") else f"{out_unit.bits}-bit codes"
+    )  # fmt: skip
     say(
         args,
-        f"wrote quantized model {args.out} ({len(ex.graph.nodes)} layers; input format: "
-        f"{ex.input_format.bits}-bit power, a={ex.input_format.exponent:.3f}, s={float(ex.input_format.scale[0]):.6g})",
+        f"wrote quantized model {args.out} ({len(ex.graph.nodes)} layers; input format: {desc}; "
+        f"output unit: {unit}; both stored in the model file for --float-input)",
     )
     emit_json(
         args,
         {
             "out": args.out,
             "layers": report["layers"],
-            "input_format": {
-                "bits": ex.input_format.bits,
-                "signed": ex.input_format.signed,
-                "exponent": ex.input_format.exponent,
-                "scale": float(ex.input_format.scale[0]),
-            },
+            "input_format": json.loads(input_format_json(fmt)),
+            "output_unit": None if out_unit is None else json.loads(output_unit_json(out_unit)),
         },
     )
     return 0

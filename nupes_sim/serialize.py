@@ -35,7 +35,10 @@ from .tables import DecodeTable, ProductTable, Rescale, Thresholds
 from .versions import MODEL_FORMAT_VERSION
 
 MODEL_FORMAT = "nupes-sim-model"
-MODEL_VERSION = MODEL_FORMAT_VERSION
+MODEL_VERSION = MODEL_FORMAT_VERSION  # the model *file* layout (root attributes, groups)
+# The graph description inside it (graph_to_dict, hashed by model_hash): unchanged since
+# model format 1, so the same graph keeps its model_hash across file versions.
+GRAPH_VERSION = 1
 LAYER_CLASSES = LAYER_TYPES  # class name -> layer class (the registry of nupes_sim.layers)
 STRUCT_CLASSES = {c.__name__: c for c in (DecodeTable, ProductTable, Thresholds, Rescale, Accumulator)}
 RANGE_CLASSES = {"CodeRange": CodeRange, "UniformRange": UniformRange}
@@ -131,16 +134,16 @@ def graph_to_dict(graph):
         nodes.append(
             {"type": type(layer).__name__, "name": layer.name, "inputs": list(n.inputs), "fields": fields}
         )
-    attrs = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "nodes": nodes}
+    attrs = {"format": MODEL_FORMAT, "version": GRAPH_VERSION, "nodes": nodes}
     return arrays, attrs
 
 
 def graph_from_dict(arrays, attrs):
     """Inverse of graph_to_dict; raises ModelFormatError naming what is wrong."""
     try:
-        if attrs.get("format") != MODEL_FORMAT or attrs.get("version") != MODEL_VERSION:
+        if attrs.get("format") != MODEL_FORMAT or attrs.get("version") != GRAPH_VERSION:
             raise ModelFormatError(
-                f"not a {MODEL_FORMAT} v{MODEL_VERSION} description "
+                f"not a {MODEL_FORMAT} graph description v{GRAPH_VERSION} "
                 f"(format={attrs.get('format')!r}, version={attrs.get('version')!r})"
             )
         used = set()
@@ -353,13 +356,23 @@ class _AtomicH5:
         return self._cm.__exit__(et, ev, tb)
 
 
-def save_model(graph, path, input_shape=None, loss_history=None, compression="gzip"):
+def save_model(
+    graph, path, input_shape=None, loss_history=None, compression="gzip", input_format=None, output_unit=None
+):
     """Write a quantized model file (HDF5, atomic).
 
-    input_shape: optional per-vector input shape without batch (e.g. (3, 8, 8)), used to draw
-    random inputs. loss_history: optional {layer name: 1-D float array} (e.g. the per-layer
-    reconstruction loss of the quantizer), shown by the audit.
+    input_shape: optional per-vector input shape without batch (e.g. (3, 8, 8)), the same
+    convention as a golden file's `input_shape`; used to draw random inputs. loss_history:
+    optional {layer name: 1-D float array} (e.g. the per-layer reconstruction loss of the
+    quantizer), shown by the audit. input_format: optional format (PowerFormat/UniformFormat,
+    per tensor) that encodes real inputs into the graph's input codes; output_unit: optional
+    real value of one output LSB (float, or one per channel of axis 1) or the output codes'
+    format (nupes_sim.float_io; `--float-input` and decoded outputs on the command line).
     """
+    from .float_io import input_format_json, output_unit_json
+
+    fmt_json = None if input_format is None else input_format_json(input_format)
+    unit_json = None if output_unit is None else output_unit_json(output_unit)
     with atomic_h5(path) as f:
         f.attrs["format"] = MODEL_FORMAT
         f.attrs["version"] = MODEL_VERSION
@@ -367,6 +380,10 @@ def save_model(graph, path, input_shape=None, loss_history=None, compression="gz
         f.attrs["model_hash"] = model_hash(graph)
         if input_shape is not None:
             f.attrs["input_shape"] = np.asarray(input_shape, np.int64)
+        if fmt_json is not None:
+            f.attrs["input_format"] = fmt_json
+        if unit_json is not None:
+            f.attrs["output_unit"] = unit_json
         write_graph_h5(f.create_group("model", track_order=True), graph, compression)
         if loss_history:
             h = f.create_group("loss_history", track_order=True)
@@ -382,15 +399,19 @@ def save_model(graph, path, input_shape=None, loss_history=None, compression="gz
 
 
 class LoadedModel:
-    """A model file's content: graph, input_shape (or None), loss_history {layer: array}."""
+    """A model file's content: graph, input_shape (or None), loss_history {layer: array},
+    input_format and output_unit (or None; see nupes_sim.float_io), the file's version."""
 
-    def __init__(self, graph, input_shape, loss_history, model_hash):
+    def __init__(
+        self, graph, input_shape, loss_history, model_hash, input_format=None, output_unit=None, version=None
+    ):
         self.graph, self.input_shape, self.loss_history, self.model_hash = (
             graph,
             input_shape,
             loss_history,
             model_hash,
         )
+        self.input_format, self.output_unit, self.version = input_format, output_unit, version
 
 
 ROOT_ATTRS = {
@@ -399,8 +420,13 @@ ROOT_ATTRS = {
     "package_version": "str",
     "model_hash": "str",
     "input_shape": "int_vector",
+    "input_format": "str",
+    "output_unit": "str",
 }
-OPTIONAL_ROOT_ATTRS = {"input_shape"}
+OPTIONAL_ROOT_ATTRS = {"input_shape", "input_format", "output_unit"}
+# Versions this reader reads: 1 (before input_format/output_unit) and the current one.
+READABLE_VERSIONS = (1, MODEL_VERSION)
+V2_ATTRS = {"input_format", "output_unit"}
 
 
 def load_model(path, full=False, limits=DEFAULT_LIMITS):
@@ -418,14 +444,15 @@ def load_model(path, full=False, limits=DEFAULT_LIMITS):
                 raise ModelFormatError(
                     f"{path}: not a nupes-sim model file (format attribute {f.attrs.get('format')!r})"
                 )
-            if h5attr(f, "version", "int", w) != MODEL_VERSION:
+            version = h5attr(f, "version", "int", w)
+            if version not in READABLE_VERSIONS:
                 raise ModelFormatError(
-                    f"{path}: model file version {f.attrs.get('version')!r}; "
-                    f"this reader supports {MODEL_VERSION}"
+                    f"{path}: model file version {version}; "
+                    f"this reader supports {', '.join(map(str, READABLE_VERSIONS))}"
                 )
             names = set(f.attrs.keys())
             missing = set(ROOT_ATTRS) - OPTIONAL_ROOT_ATTRS - names
-            extra = names - set(ROOT_ATTRS)
+            extra = names - set(ROOT_ATTRS) | (names & V2_ATTRS if version == 1 else set())
             if missing or extra:
                 raise ModelFormatError(
                     f"{path}: root attributes: missing {sorted(missing)}, unexpected {sorted(extra)}"
@@ -444,6 +471,13 @@ def load_model(path, full=False, limits=DEFAULT_LIMITS):
             if shape is not None and (not shape or any(s < 1 for s in shape)):
                 raise ModelFormatError(f"{path}: input_shape {shape} must hold positive dimensions")
             hist = _read_loss_history(f, path, graph, limits) if "loss_history" in f else {}
+            from .float_io import FloatIOError, parse_input_format, parse_output_unit
+
+            try:
+                in_fmt = parse_input_format(vals["input_format"], path) if "input_format" in vals else None
+                out_unit = parse_output_unit(vals["output_unit"], path) if "output_unit" in vals else None
+            except FloatIOError as e:
+                raise ModelFormatError(str(e)) from None
     except ModelFormatError:
         raise
     except H5StructureError as e:
@@ -452,7 +486,7 @@ def load_model(path, full=False, limits=DEFAULT_LIMITS):
         raise
     except Exception as e:  # h5py/HDF5 errors on corrupt or foreign files
         raise ModelFormatError(f"{path}: cannot read model file: {type(e).__name__}: {e}") from None
-    return LoadedModel(graph, shape, hist, h) if full else graph
+    return LoadedModel(graph, shape, hist, h, in_fmt, out_unit, version) if full else graph
 
 
 def _read_loss_history(f, path, graph, limits):
