@@ -33,6 +33,7 @@ def _check_valid(kind, final, work):
             return
         manifest, tensors = read_hex_dir(final)
         files = {e["file"] for e in manifest["tensors"]} | {"manifest.json"}
+        files |= {d["header"] for d in manifest["layers"].values() if "header" in d}  # params.vh
         assert set(os.listdir(final)) == files  # nothing stale next to the manifest
         src = read_golden(os.path.join(work, f"src{manifest['n_vectors'] - 2}.h5"))
         assert len(src.vectors) == manifest["n_vectors"]
