@@ -82,6 +82,23 @@ def test_thresholds_are_validated(thr, qmin, qmax, match):
         Thresholds(np.asarray(thr), qmin, qmax)
 
 
+def test_thresholds_lie_in_the_accumulator_range():
+    lin = Linear.build("lin", np.zeros((3, 2), int), WF, XF, acc=Accumulator(16, "saturate"), out_fmt=XF)
+    rq = lin.requant
+    for v, ok in ((-(2**15), True), (2**15, True), (-(2**15) - 1, False), (2**15 + 1, False)):
+        thr = np.full_like(rq.thr, v)
+        make = lambda: dataclasses.replace(lin, requant=Thresholds(thr, rq.qmin, rq.qmax))  # noqa: E731
+        if ok:
+            make()
+        else:
+            with pytest.raises(
+                ValueError, match=rf"lin.requant thresholds hold {v}; allowed: \[-32768, 32768\]"
+            ):
+                make()
+    exact = Linear.build("lin", np.zeros((3, 2), int), WF, XF, acc=Accumulator(16, "exact"), out_fmt=XF)
+    dataclasses.replace(exact, requant=Thresholds(np.full_like(rq.thr, 2**40), rq.qmin, rq.qmax))
+
+
 def test_requant_rows_match_the_channels():
     lin = Linear.build("lin", np.zeros((3, 2), int), WF, XF, out_fmt=XF)
     two = Thresholds(np.repeat(lin.requant.thr, 2, axis=0), lin.requant.qmin, lin.requant.qmax)

@@ -179,7 +179,17 @@ def build_requant(unit, out_fmt, acc, rounding=DEFAULT, relu=False, clip_max=Non
 
 def check_requant_input(name, requant, acc, bound):
     """The requantizer sees |acc| <= bound (exact mode: the unclamped sum) and
-    |acc| <= 2^(width-1) otherwise; rescale's |acc·m| < 2^62 must hold for that limit."""
+    |acc| <= 2^(width-1) otherwise; rescale's |acc·m| < 2^62 must hold for that limit.
+    Thresholds of a wrap/saturate accumulator lie in [acc.lo, acc.hi + 1] (acc.hi + 1: never
+    reached; what threshold_table produces), so hardware compares N+1-bit words at most."""
+    if isinstance(requant, Thresholds) and acc.overflow != "exact" and requant.thr.size:
+        lo, hi = acc.lo, min(acc.hi + 1, INT64_LIMIT)
+        tmin, tmax = int(requant.thr.min()), int(requant.thr.max())
+        if tmin < lo or tmax > hi:
+            raise ValueError(
+                f"{name}.requant thresholds hold {tmin if tmin < lo else tmax}; allowed: "
+                f"[{lo}, {hi}] (the {acc.width}-bit accumulator's range, {hi} = never reached)"
+            )
     if not isinstance(requant, Rescale):
         return
     limit = bound if acc.overflow == "exact" else min(bound, 2 ** (acc.width - 1))
