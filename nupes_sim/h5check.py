@@ -26,6 +26,10 @@ class Limits:
     max_elements: int = 1 << 31  # elements of one dataset
     max_total_elements: int = 1 << 33  # elements of all datasets together
     max_attr_bytes: int = 64 << 20  # one attribute (JSON descriptions)
+    # chunks of one dataset: reading costs time per chunk even when nothing is stored (a
+    # 1.4 KB file declaring 2^20 one-element chunks took 16 s); the writers' gzip chunks
+    # (h5py's guess, up to 1 MiB) stay far below this up to 64 GiB per dataset
+    max_chunks: int = 1 << 16
 
 
 DEFAULT_LIMITS = Limits()
@@ -137,6 +141,16 @@ def dataset_meta(ds, where, dtypes=None, shape=None, ndim=None, limits=DEFAULT_L
     n = int(np.prod(shp, dtype=object)) if len(shp) else 1
     if n > limits.max_elements:
         _fail(where, f"declares {n} elements; the limit is {limits.max_elements}")
+    if ds.chunks is not None and len(shp):
+        nch = 1
+        for d, c in zip(shp, ds.chunks):
+            nch *= -(-int(d) // max(int(c), 1))
+        if nch > limits.max_chunks:
+            _fail(
+                where,
+                f"declares {nch} chunks of shape {tuple(ds.chunks)}; the limit is {limits.max_chunks} "
+                "(reading time grows with the chunk count)",
+            )
     if ds.maxshape != ds.shape:
         _fail(where, f"is resizable (maxshape {ds.maxshape}); datasets must have a fixed shape")
     filters = set(ds._filters) if ds.chunks is not None else set()

@@ -61,6 +61,41 @@ def test_huge_declared_dataset_is_refused_without_reading(sources, tmp_path):
         read_golden(dst)
 
 
+@pytest.mark.parametrize("what, where", [("golden", "model"), ("model", "model"), ("model", "loss_history")])
+def test_many_small_chunks_are_refused_without_reading(sources, tmp_path, what, where):
+    """Bounded time (#18): a 1-D dataset of 2^20 one-element chunks, nothing written, is a
+    few KB on disk but took 16 s to read on the loaded project machine. Model arrays and
+    loss_history (any length) are read before their shapes can be known: only the chunk
+    count refuses them in time."""
+    import json
+    import shutil
+    import time
+
+    import h5py
+
+    dst = tmp_path / "chunks.h5"
+    shutil.copy(sources[what][0], dst)
+    with h5py.File(dst, "r+") as f:
+        if where == "model":
+            name = "model/arrays/" + sorted(f["model/arrays"].keys())[0]
+            dt, attrs = f[name].dtype, dict(f[name].attrs)
+            del f[name]
+        else:
+            if "loss_history" in f:
+                del f["loss_history"]
+            layer = json.loads(bytes(f["model/graph_json"][()]).decode())["nodes"][0]["name"]
+            name, dt, attrs = "loss_history/0000", np.dtype("<f8"), {"layer": layer}
+        f.create_dataset(name, shape=(2**20,), dtype=dt, chunks=(1,))
+        for k, v in attrs.items():
+            f[name].attrs[k] = v
+    assert os.path.getsize(dst) < 1 << 20
+    t = time.time()
+    err = GoldenFormatError if what == "golden" else ModelFormatError
+    with pytest.raises(err, match=r"declares 1048576 chunks of shape \(1,\); the limit is 65536"):
+        (read_golden if what == "golden" else load_model)(dst)
+    assert time.time() - t < 5
+
+
 def test_schema_version_as_string_and_links_are_refused(sources, tmp_path):
     import shutil
 
