@@ -31,6 +31,7 @@ from nupes_sim.formats import PowerFormat
 from nupes_sim.layers import Accumulator, Conv2d, Linear
 
 SEED = 0
+FLOAT = cpu.CpuOptions(int8=False)  # the exact float32/float64 chunked GEMM path (gemm.py)
 
 
 def cores():
@@ -141,7 +142,7 @@ def torch_time(layer, x, kind, repeats, wf, xf):
         return median_time(fn, repeats)
 
 
-def run(repeats=5, quick=False, oracle_repeats=1, tiny=False):
+def run(repeats=5, quick=False, oracle_repeats=1, tiny=False, compare_float=False):
     rows = []
     # both layers, both datapaths, with three table widths (LUTS); then the product datapath
     # with per-tensor weight scales (one product table, like per-channel after factoring)
@@ -154,6 +155,8 @@ def run(repeats=5, quick=False, oracle_repeats=1, tiny=False):
         t_cpu = median_time(lambda: cpu.run_layer(layer, x), repeats)
         path = ",".join(sorted(cpu.STATS))
         t_torch = torch_time(layer, x, kind, repeats, wf, xf)
+        nan = float("nan")
+        t_float = median_time(lambda: cpu.run_layer(layer, x, options=FLOAT), 1) if compare_float else nan
         if quick:
             t_or = float("nan")
         else:
@@ -169,6 +172,7 @@ def run(repeats=5, quick=False, oracle_repeats=1, tiny=False):
                 cpu=t_cpu,
                 torch=t_torch,
                 oracle=t_or,
+                float_path=t_float,
                 path=path,
             )
         )
@@ -219,14 +223,14 @@ def scaling_table(rows):
 def table(rows):
     lines = [
         "| layer | datapath | weight scales | tables | MACs | CPU backend (ms) | GMAC/s | PyTorch fp32 (ms) | "
-        "CPU / PyTorch | oracle, MAC-scaled (s) | oracle / CPU | integer path taken |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "CPU / PyTorch | float path instead (ms) | oracle, MAC-scaled (s) | oracle / CPU | integer path taken |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['layer']} | {r['datapath']} | {r['scales']} | {r['luts']} | {r['macs'] / 1e6:.0f} M | {r['cpu'] * 1e3:.1f} | "
             f"{r['macs'] / r['cpu'] / 1e9:.2f} | {r['torch'] * 1e3:.2f} | {r['cpu'] / r['torch']:.2f}x | "
-            f"{r['oracle']:.1f} | {r['oracle'] / r['cpu']:.0f}x | {r['path']} |"
+            f"{r.get('float_path', float('nan')) * 1e3:.1f} | {r['oracle']:.1f} | {r['oracle'] / r['cpu']:.0f}x | {r['path']} |"
         )
     return "\n".join(lines)
 
@@ -241,6 +245,11 @@ def main(argv=None):
         choices=("passive", "default"),
         default="passive",
         help="OpenMP wait policy of this run (default passive: nupes_sim.cpu.use_passive_omp_wait)",
+    )
+    ap.add_argument(
+        "--compare-float",
+        action="store_true",
+        help="also time each layer on the float path (int8=False), once",
     )
     ap.add_argument(
         "--scaling", action="store_true", help="also the scaling table (batch 1..4096, K 256..8192)"
@@ -268,7 +277,7 @@ def main(argv=None):
         "oracle: timed on a slice (linear: 1 of 256 samples; conv: 1 image cropped to 8x8) and "
         "scaled to the full layer by MACs"
     )
-    rows = run(args.repeats, args.quick, tiny=args.tiny)
+    rows = run(args.repeats, args.quick, tiny=args.tiny, compare_float=args.compare_float)
     md = table(rows)
     srows = scaling(args.repeats, args.tiny) if args.scaling else None
     mrow = None
@@ -367,6 +376,8 @@ after a warm-up (JIT compilation excluded). The CPU backend time is a whole
 requantization, all three outputs). PyTorch: `F.linear`/`F.conv2d` in float32 on the decoded
 weights and activations, `torch.set_num_threads({cores()})`. The oracle is timed on a slice
 (linear: 1 of the 256 samples; conv: 1 image cropped to 8x8) and scaled by the MAC ratio.
+"float path instead" (`--compare-float`): the same call with `CpuOptions(int8=False)`, the
+exact float32/float64 chunked GEMMs that were the default before the int8 path (one run).
 
 {md}
 
