@@ -121,7 +121,7 @@ def fused(layer, x, xmin, xmax, opts, conv=None):
         perm = np.arange(Cg * kh * kw).reshape(Cg, kh, kw).transpose(1, 2, 0).reshape(-1)
     else:
         perm = np.arange(layer.k)
-    iplans = _int8_plans(layer, xmin, xmax, perm, groups, Og, opts)  # the rule: intmm.py
+    iplans = _int8_plans(layer, xmin, xmax, perm, groups, Og, opts, conv is not None)  # rule: intmm.py
     if iplans is None:
         plans = [
             fused_plan(layer, xmin, xmax, slice(g * Og, (g + 1) * Og), perm, opts) for g in range(groups)
@@ -179,7 +179,7 @@ def int8_sides(layer, xmin, xmax, opts):
     return Gu, Hu
 
 
-def _int8_plans(layer, xmin, xmax, perm, groups, Og, opts):
+def _int8_plans(layer, xmin, xmax, perm, groups, Og, opts, is_conv=False):
     """(intmm.plan, [Bcat of each group]) or None."""
     if opts.int8 is False or intmm.available() is None:
         return None
@@ -187,7 +187,7 @@ def _int8_plans(layer, xmin, xmax, perm, groups, Og, opts):
     if sides is None:
         return None
     J = sides[0].shape[1]
-    p = intmm.plan(*sides, len(perm) * J, maxabs(np.asarray(layer.bias, np.int64)), opts)
+    p = intmm.plan(*sides, len(perm) * J, maxabs(np.asarray(layer.bias, np.int64)), opts, is_conv)
     if p is None:
         return None
     O, nw = layer.out_channels, layer.w_range.n_codes

@@ -33,7 +33,12 @@ Path choice (``choose``): int8=False never; int8=True whenever (I) and T apply; 
 project machine (AMD EPYC, AVX-512 VNNI) _int_mm runs 8-10x the float32 GEMM of the same
 shape, and the float path needs at least one float32 GEMM of the same K·J columns (float64,
 at half that speed, as soon as a product reaches 2^24), so up to about 9 limb pairs the
-int8 path is the faster one. Without torch (the 'reference' extra) the float path runs.
+int8 path is the faster one. Conv layers (int8_max_conv = 4 limb pairs times one-hot
+columns): measured on a quiet machine, the int8 path lost to the float path on the conv
+product datapath (J = 7: 270 vs 123 ms) and on conv with the demo's 3x3 limbs (101 vs 53 ms),
+won with 2x2 limbs (44 vs 50 ms) and 1 limb (22 vs 30 ms): its per-limb im2col and the larger
+int32 result are not overlapped with the GEMMs as the float path's worker blocks are.
+Without torch (the 'reference' extra) the float path runs.
 """
 
 import numpy as np
@@ -142,7 +147,7 @@ def finish_limbs(R, wlm, bias, o0, Otot, P_, mode, width, thr, qmin, do_thr, exa
                     out[i] = qmin + count_ge(a, thr, row, nthr)
 
 
-def plan(G, H, KJ, bias_max, opts):
+def plan(G, H, KJ, bias_max, opts, conv=False):
     """(Ga (na, nq, J), Hl (nb, keys, J) int8 limbs of the two sides, wlm (na, nb) int64 limb
     weights, chunk bounds of k') for the int8 path, or None when it does not apply (no exact
     _int_mm, T >= 2^63, or the automatic rule prefers the float path). G: the used activation
@@ -151,7 +156,8 @@ def plan(G, H, KJ, bias_max, opts):
         return None
     Ga, Hl = limb_split(G), limb_split(H)
     na, nb = Ga.shape[0], Hl.shape[0]
-    if opts.int8 is None and na * nb > opts.int8_max_pairs:
+    J = G.shape[1]
+    if opts.int8 is None and (na * nb > opts.int8_max_pairs or (conv and na * nb * J > opts.int8_max_conv)):
         return None
     amax = [int(np.abs(a.astype(np.int64)).max(initial=0)) for a in Ga]
     bmax = [int(np.abs(b.astype(np.int64)).max(initial=0)) for b in Hl]

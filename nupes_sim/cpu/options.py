@@ -29,6 +29,7 @@ class CpuOptions:
     int8: the exact int8-limb GEMM path of the fused path (cpu/intmm.py): None (default) by
         its rule (limb pairs <= int8_max_pairs), True wherever its proof applies, False never.
     int8_max_pairs: the automatic rule's largest number of limb pairs (GEMMs per chunk).
+    int8_max_conv: for conv, the automatic rule's largest limb pairs x one-hot columns.
     int8_chunk_k: k-chunk of the int8 GEMMs (<= 2^16, claim (I); tests lower it)."""
 
     fast: bool = True
@@ -43,6 +44,7 @@ class CpuOptions:
     product_check_max: int = 1 << 22
     int8: bool | None = None
     int8_max_pairs: int = 9
+    int8_max_conv: int = 4
     int8_chunk_k: int = 1 << 16
 
     def __post_init__(self):
@@ -61,6 +63,7 @@ class CpuOptions:
             ("feature_bytes", 1, None),
             ("product_check_max", 1, None),
             ("int8_max_pairs", 1, None),
+            ("int8_max_conv", 1, None),
             ("int8_chunk_k", 1, 1 << 16),
         ):
             v = getattr(self, name)
