@@ -75,7 +75,7 @@ class MatMul(AccLayer):
             if isinstance(self.a_range, UniformRange) or isinstance(self.b_range, UniformRange):
                 raise ValueError(f"{self.name}: the product datapath needs power-format (symmetric) codes")
             ma, mb = self.a_range.max_magnitude, self.b_range.max_magnitude
-            need = ma * mb + 1 if self.p_table.by_product else ma * (self.p_table.mx + 1) + mb + 1
+            need = self.p_table.index(ma, mb) + 1  # the largest index the codes can form, + 1
             if self.p_table.lut.shape[1] < need or self.p_table.mx < mb:
                 raise ValueError(
                     f"{self.name}: p_table has {self.p_table.lut.shape[1]} entries; needs {need}"
@@ -232,7 +232,7 @@ class MatMul(AccLayer):
             return av @ bv, "LUT values x unit"
         pt = self.p_table
         qa, qb = a[..., :, :, None], bk[..., None, :, :]
-        idx = np.abs(qa) * np.abs(qb) if pt.by_product else np.abs(qa) * (pt.mx + 1) + np.abs(qb)
+        idx = pt.index(np.abs(qa), np.abs(qb))
         p = (np.sign(qa) * np.sign(qb)).astype(np.float64) * pt.lut[0, idx]
         return p.sum(axis=-2), "LUT values x unit"
 

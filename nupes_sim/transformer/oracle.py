@@ -80,7 +80,7 @@ def matmul(layer, a, b):
         prods = layer.a_table.lut[0, qa - layer.a_range.qmin] * layer.b_table.lut[0, qb - layer.b_range.qmin]
     else:
         pt = layer.p_table
-        idx = np.abs(qa) * np.abs(qb) if pt.by_product else np.abs(qa) * (pt.mx + 1) + np.abs(qb)
+        idx = pt.index(np.abs(qa), np.abs(qb))
         prods = np.sign(qa) * np.sign(qb) * pt.lut[0, idx]
     prods = np.moveaxis(prods, -2, -1)  # (..., M, N, K): k last, ascending
     exact, acc = accumulate(np.ascontiguousarray(prods), 0, layer.acc)
