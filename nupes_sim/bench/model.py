@@ -8,18 +8,7 @@ changes the codes but not the cost of simulating them, and takes seconds instead
 Batches of 500 images as in the demo; medians of --repeats runs after a warm-up.
 """
 
-import statistics
-import time
-
-
-def _median(fn, repeats):
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+from .cpu import median_time
 
 
 def run_model(n_images=2000, repeats=3, batch=500):
@@ -57,10 +46,10 @@ def run_model(n_images=2000, repeats=3, batch=500):
             ex.fake_quant(xte[a:b])
 
     cpu.STATS.clear()
-    t_cpu = _median(sim, repeats)
+    t_cpu = median_time(sim, repeats)
     path = ",".join(sorted(k for k in cpu.STATS if k.startswith(("gemm", "int_", "chunked"))))
-    t_f32 = _median(f32, repeats)
-    t_fq = _median(twin, repeats)
+    t_f32 = median_time(f32, repeats)
+    t_fq = median_time(twin, repeats)
     r = dict(images=len(xte), cpu=t_cpu, torch=t_f32, twin=t_fq, path=path)
     print(
         f"model Fashion ResNet, {len(xte)} images: cpu {t_cpu:.2f} s  torch fp32 {t_f32:.2f} s  "
