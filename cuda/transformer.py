@@ -68,8 +68,8 @@ def matmul_kernel(
     blut,
     bq0,
     plut,
-    by_product,
-    mx1,
+    pbase,
+    pstep,
     mode,
     width,
     tile,
@@ -111,7 +111,7 @@ def matmul_kernel(
         else:
             ma = qa if qa >= 0 else -qa
             mb = qb if qb >= 0 else -qb
-            idx = ma * mb if by_product else ma * mx1 + mb
+            idx = pbase[ma] + pstep[ma] * mb  # ProductTable.index(ma, mb), host terms
             sg = 1 if (qa > 0) == (qb > 0) else -1
             p = 0 if (qa == 0 or qb == 0) else sg * plut[idx]
         s += p
@@ -298,12 +298,23 @@ def matmul(layer, a, b, **kw):
             d(np.ascontiguousarray(layer.b_table.lut[0], np.int64)),
             layer.b_range.qmin,
             z1,
-            False,
-            0,
+            z1,
+            z1,
         )
     else:
         pt = layer.p_table
-        args = (1, z1, 0, z1, 0, d(np.ascontiguousarray(pt.lut[0], np.int64)), bool(pt.by_product), pt.mx + 1)
+        base, step = pt.index_terms(np.arange(layer.a_range.max_magnitude + 1, dtype=np.int64))
+        lut = d(np.ascontiguousarray(pt.lut[0], np.int64))
+        args = (
+            1,
+            z1,
+            0,
+            z1,
+            0,
+            lut,
+            d(np.ascontiguousarray(base, np.int64)),
+            d(np.ascontiguousarray(step, np.int64)),
+        )
     size = G * M * N
     exact, acc, out = (cuda.device_array(size, np.int64) for _ in range(3))
     ac = layer.acc
@@ -449,7 +460,18 @@ def ptx_cases():
         (
             "tx_matmul",
             matmul_kernel.py_func,
-            (arr(i64, 3), arr(i64, 3), i64, arr(i64, 1), i64, arr(i64, 1), i64, arr(i64, 1), b1, i64)
+            (
+                arr(i64, 3),
+                arr(i64, 3),
+                i64,
+                arr(i64, 1),
+                i64,
+                arr(i64, 1),
+                i64,
+                arr(i64, 1),
+                arr(i64, 1),
+                arr(i64, 1),
+            )
             + (i64,) * 5
             + rq
             + (arr(i64, 1),) * 3,

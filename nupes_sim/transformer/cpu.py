@@ -87,8 +87,8 @@ def _matmul(
     blut,
     bq0,
     plut,
-    by_product,
-    mx1,
+    pbase,
+    pstep,
     mode,
     width,
     tile,
@@ -128,7 +128,7 @@ def _matmul(
             else:
                 ma = qa if qa >= 0 else -qa
                 mb = qb if qb >= 0 else -qb
-                idx = ma * mb if by_product else ma * mx1 + mb
+                idx = pbase[ma] + pstep[ma] * mb  # ProductTable.index(ma, mb), host terms
                 sg = ((qa > 0) - (qa < 0)) * ((qb > 0) - (qb < 0))
                 p = sg * plut[idx]
             s += p  # |every prefix| <= k_max·max|p| < 2^63 (MatMul construction)
@@ -162,12 +162,23 @@ def matmul(layer, a, b):
             np.ascontiguousarray(layer.b_table.lut[0], np.int64),
             layer.b_range.qmin,
             z1,
-            False,
-            0,
+            z1,
+            z1,
         )
     else:
         pt = layer.p_table
-        args = (1, z1, 0, z1, 0, np.ascontiguousarray(pt.lut[0], np.int64), bool(pt.by_product), pt.mx + 1)
+        base, step = pt.index_terms(np.arange(layer.a_range.max_magnitude + 1, dtype=np.int64))
+        lut = np.ascontiguousarray(pt.lut[0], np.int64)
+        args = (
+            1,
+            z1,
+            0,
+            z1,
+            0,
+            lut,
+            np.ascontiguousarray(base, np.int64),
+            np.ascontiguousarray(step, np.int64),
+        )
     size = G * M * N
     exact, acc, out = (np.empty(size, np.int64) for _ in range(3))
     ac = layer.acc
