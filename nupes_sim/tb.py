@@ -4,7 +4,7 @@
     gv = GoldenVectors("golden.h5")
     dump = DumpWriter("rtl_dump/", gv)
     for v in range(gv.n_vectors):
-        x = gv.input(v)                      # int64 codes, shape gv.input_shape
+        x = gv.input(v)                      # int64 codes, shape (1, *input_shape)
         ...drive the DUT, collect its accumulators and output codes...
         dump.put(v, "fc", "acc", acc_values)
         dump.put(v, "fc", "out", out_codes)

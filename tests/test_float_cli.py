@@ -86,7 +86,7 @@ def test_float_input_path_end_to_end(user, model, capsys, tmp_path):
     import nupes_sim.golden as golden
 
     gold = golden.read_golden(str(g))
-    assert gold.attrs["input_shape"] == [1, 1, 8, 8] and json.loads(json.dumps(gold.attrs["seeds"]))
+    assert gold.attrs["input_shape"] == [1, 8, 8] and json.loads(json.dumps(gold.attrs["seeds"]))
     assert all(np.array_equal(v["input"][0], codes[i]) for i, v in enumerate(gold.vectors))
     rc, out, err = cli(capsys, "verify", g, "--model", model)
     assert rc == 0 and "OK:" in out, err

@@ -104,7 +104,7 @@ def test_reproducible(tmp_path, golden_file):
 
 def test_content(golden_file):
     g = read_golden(golden_file)
-    assert g.attrs["schema_version"] == 2 and g.attrs["n_vectors"] == 3
+    assert g.attrs["schema_version"] == 3 and g.attrs["n_vectors"] == 3
     assert g.layer_order == ["conv", "pool", "avg", "flat", "fc"]
     conv = g.layers["conv"]
     w = conv["datasets"]["weight_codes"]
@@ -199,11 +199,11 @@ def _edit(path, data):
                 )
             )
             f.attrs[k] = {
-                "schema_version": 3,
+                "schema_version": 4,
                 "model_hash": "0" * 64,
                 "n_vectors": 2,
                 "layer_order": "[]",
-                "input_shape": np.array([1, 3, 8, 9]),
+                "input_shape": np.array([3, 8, 9]),
                 "created": "yesterday",
                 "schema": "x",
             }[k]

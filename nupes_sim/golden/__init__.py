@@ -22,6 +22,8 @@ from .schema import (
     layer_params,
     out_code_range,
     random_inputs,
+    requant_input_range,
+    requant_table_array,
     stage_names,
     stage_range,
     stage_shapes,
@@ -54,4 +56,6 @@ __all__ = [
     "stage_range",
     "stage_shapes",
     "out_code_range",
+    "requant_input_range",
+    "requant_table_array",
 ]

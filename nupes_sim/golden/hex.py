@@ -86,28 +86,15 @@ def _entry_note(golden, name, a, width):
 
 
 def requant_table(golden, name):
-    """Per threshold row: each threshold t (inside the accumulator range) with the expected code
-    at acc = t and at acc = t - 1 (code = out_qmin + #{j : acc >= thr[row, j]})."""
-    lay = golden.layers[name]
-    thr = lay["datasets"].get("thresholds")
-    if thr is None:
+    """The layer's `requant_table` dataset (schema.requant_table_array) as JSON, per threshold
+    row: each threshold t the requantizer's input can reach with the expected code at value t
+    and at t - 1 (code = out_qmin + #{j : value >= thr[row, j]}); None without thresholds."""
+    ds = golden.layers[name]["datasets"]
+    if "thresholds" not in ds:
         return None
-    info = lay["info"]
-    n = info.get("acc_width", 64)
-    lo, hi = -(2 ** (n - 1)), 2 ** (n - 1) - 1
-    rows = []
-    for r in thr:
-        rows.append(
-            [
-                {
-                    "threshold": int(t),
-                    "code_at_t": int(info["out_qmin"] + (r <= t).sum()),
-                    "code_at_t_minus_1": int(info["out_qmin"] + (r <= t - 1).sum()),
-                }
-                for t in r
-                if lo <= int(t) <= hi
-            ]
-        )
+    rows = [[] for _ in range(len(ds["thresholds"]))]
+    for r, t, at_t, below in ds["requant_table"].tolist():
+        rows[r].append({"threshold": t, "code_at_t": at_t, "code_at_t_minus_1": below})
     return rows
 
 

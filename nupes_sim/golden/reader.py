@@ -82,7 +82,11 @@ ROOT_KINDS = {
 BACKENDS = ("numpy", "cpu", "cuda")
 # A version-1 file is a version-2 file whose layers all existed in version 1 (stages a subset
 # of acc_exact/acc/out, each of the output's shape): it is read as it is (docs/GOLDEN.md).
-READ_VERSIONS = (1, SCHEMA_VERSION)
+# Version 3 added each threshold layer's `requant_table` and stores input_shape without the
+# batch axis; versions 1 and 2 have no requant_table and store input_shape as (1, ...).
+READ_VERSIONS = (1, 2, SCHEMA_VERSION)
+BATCHED_INPUT_SHAPE = (1, 2)  # versions whose input_shape attribute includes the batch axis 1
+REQUANT_TABLE_SINCE = 3  # the first version whose threshold layers hold requant_table
 V1_TYPES = {"Linear", "Conv2d", "Add", "MaxPool2d", "AvgPool2d", "Flatten"}
 MAX_VECTORS = 10**7
 _HEX = set("0123456789abcdef")
@@ -135,6 +139,11 @@ def read_golden(path, strict=True):
     strict=False (used to read hardware dumps for `diff`) still requires the schema
     structure, but does not check dataset checksums, layer parameters or value ranges:
     a dump may legitimately hold wrong values; diff reports them.
+
+    Files of schema versions 1, 2 and 3 are read and presented alike: attrs["input_shape"] is
+    one vector's shape without the batch axis, and (strict only, the expected side) a
+    version-1/2 file's threshold layers get the `requant_table` derived from the stored model;
+    attrs["schema_version"] is the file's.
     """
     path = os.fspath(path)
     _LOC["where"] = "/"
@@ -195,6 +204,13 @@ def _read(path, strict):
             _fail(path, "/ (n_vectors)", f"{attrs['n_vectors']} is outside [1, {MAX_VECTORS}]")
         if not attrs["input_shape"] or any(d < 1 for d in attrs["input_shape"]):
             _fail(path, "/ (input_shape)", f"{attrs['input_shape']} must hold positive dimensions")
+        if version in BATCHED_INPUT_SHAPE and (len(attrs["input_shape"]) < 2 or attrs["input_shape"][0] != 1):
+            _fail(
+                path,
+                "/ (input_shape)",
+                f"{list(attrs['input_shape'])}: a version-{version} file stores the batch axis 1 first "
+                "(version 3 stores one vector's shape without it)",
+            )
         _expect_members(path, where, f, ("model", "layers", "vectors"))
         where = _LOC["where"] = "/model"
         try:
@@ -221,7 +237,10 @@ def _read(path, strict):
             _fail(path, "/ (layer_order)", "does not match the stored model's layer order")
         seeds = _json_attr(path, f, "seeds", dict)
         n_vec = attrs["n_vectors"]
+        # in_shape: the shape of every vector's datasets, (1, *one vector's shape)
         in_shape = tuple(attrs["input_shape"])
+        if version not in BATCHED_INPUT_SHAPE:
+            in_shape = (1,) + in_shape
         try:
             created = datetime.datetime.fromisoformat(str(attrs["created"]))
         except ValueError:
@@ -240,6 +259,19 @@ def _read(path, strict):
                 _fail(path, w, f"attributes {sorted(g.attrs.keys())}; expected ['info']")
             want_ds, want_info = layer_params(n.layer)
             want_info["inputs"] = list(n.inputs)
+            derived, table_due = {}, version >= REQUANT_TABLE_SINCE
+            if "requant_table" in want_ds:
+                if not table_due:  # not in an older file: derived from the model below
+                    derived["requant_table"] = want_ds.pop("requant_table")
+                if ("requant_table" in g) != table_due:
+                    _fail(
+                        path,
+                        f"{w}/requant_table",
+                        f"missing: schema version {version} requires it for every threshold requantizer"
+                        if table_due
+                        else f"present in a version-{version} file "
+                        f"(schema version {REQUANT_TABLE_SINCE} added it)",
+                    )
             _expect_members(path, w, g, want_ds)
             try:
                 info = json.loads(h5attr(g, "info", "str", w), parse_constant=_no_constant)
@@ -255,6 +287,8 @@ def _read(path, strict):
                 for k, v in want_ds.items():
                     if dss[k].shape != v.shape or not np.array_equal(dss[k], v):
                         _fail(path, f"{w}/{k}", "does not match the stored model's tables")
+            if strict:  # the expected side is complete: an older file's requant_table from its model
+                dss.update(derived)
             layers[n.name] = {"info": info, "datasets": dss}
         # vectors
         where = "/vectors"
@@ -264,7 +298,11 @@ def _read(path, strict):
         try:  # every stage of a layer has the shape its layer declares for this input shape
             shapes = stage_shapes(graph, in_shape)
         except ValueError as e:
-            _fail(path, "/ (input_shape)", f"{in_shape} cannot be run by the stored model ({e})")
+            _fail(
+                path,
+                "/ (input_shape)",
+                f"{list(attrs['input_shape'])} (vectors {in_shape}) cannot be run by the stored model ({e})",
+            )
         vectors = []
         for vk in vkeys:
             w = f"/vectors/{vk}"
@@ -274,7 +312,7 @@ def _read(path, strict):
             _expect_members(path, w, g, ["input"] + lkeys)
             x = _read_ds(path, w, g, "input", strict, in_shape)
             if x.shape != in_shape:
-                _fail(path, f"{w}/input", f"shape {x.shape}; input_shape attribute says {in_shape}")
+                _fail(path, f"{w}/input", f"shape {x.shape}; (1, *input_shape) is {in_shape}")
             if strict and irange and x.size and (x.min() < irange[0] or x.max() > irange[1]):
                 bad = int(x.min()) if x.min() < irange[0] else int(x.max())
                 _fail(
@@ -308,7 +346,8 @@ def _read(path, strict):
                 stages[n.name] = st
             vectors.append({"input": x.astype(np.int64), "stages": stages})
     attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in attrs.items()}
-    attrs["seeds"], attrs["layer_order"], attrs["input_shape"] = seeds, order, list(in_shape)
+    # input_shape: one vector's shape without the batch axis, whatever the file's version
+    attrs["seeds"], attrs["layer_order"], attrs["input_shape"] = seeds, order, list(in_shape[1:])
     attrs["n_vectors"] = n_vec
     return Golden(attrs, graph, layers, vectors, path)
 

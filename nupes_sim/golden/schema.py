@@ -43,7 +43,52 @@ def layer_params(layer):
     if meta is not None:
         info["formats"] = {k: v for k, v in meta.items() if k.endswith("_format")}  # exponents and scales
         info["relu"] = meta.get("relu")
-    return {k: np.ascontiguousarray(v) for k, v in ds.items()}, info
+    ds = {k: np.ascontiguousarray(v) for k, v in ds.items()}
+    if "thresholds" in ds:  # schema 3: the requantizer's boundary values (docs/GOLDEN.md)
+        ds["requant_table"] = requant_table_array(
+            ds["thresholds"], info["out_qmin"], requant_input_range(layer)
+        )
+    return ds, info
+
+
+INT64_RANGE = (-(2**63), 2**63 - 1)
+REQUANT_TABLE_COLUMNS = ("row", "threshold", "code_at_t", "code_at_t_minus_1")
+
+
+def requant_input_range(layer):
+    """(lo, hi) of the value a layer's requantizer reads, so that requant_table holds only
+    thresholds that value can reach: the accumulator's range when `acc` is the stage before
+    `out` (Linear, Conv2d, Add, MatMul; its thresholds lie in [lo, hi + 1], hi + 1 = never
+    reached; for 64 bits INT64_MAX stands for it and is left out too), else that stage's
+    declared range (Softmax prob, LayerNorm y), the int64 range when it declares none."""
+    names = tuple(layer.stages())
+    src = names[names.index("out") - 1] if "out" in names and names.index("out") > 0 else None
+    if src == "acc":  # 64 bits: INT64_MAX stands for never reached (tables.threshold_table)
+        return int(layer.acc.lo), min(int(layer.acc.hi), 2**63 - 2)
+    r = layer.stage_range(src, ()) if src is not None else None
+    return (int(r[0]), int(r[1])) if r is not None else INT64_RANGE
+
+
+def requant_table_array(thr, out_qmin, value_range):
+    """int64 (M, 4) `requant_table`: per threshold row r, each threshold t of the row with
+    lo <= t <= hi (value_range: what the requantizer's input can hold, so the "never reached"
+    acc_max + 1 is left out), in row then column order: [r, t, code at value t, code at
+    value t - 1], code = out_qmin + #{j : value >= thr[r, j]} (docs/ARITHMETIC.md §6). Counts
+    are exact integer comparisons (sorted copy + searchsorted; t - 1 is never formed, so no
+    int64 overflow at t = -2^63), whatever the order of a row."""
+    thr = np.asarray(thr, np.int64)
+    lo, hi = (int(v) for v in value_range)
+    qmin = int(out_qmin)
+    parts = []
+    for r, row in enumerate(thr):
+        srt = np.sort(row)
+        t = row[(row >= lo) & (row <= hi)]
+        if not t.size:
+            continue
+        at_t = qmin + np.searchsorted(srt, t, side="right")  # #{thr <= t}
+        below = qmin + np.searchsorted(srt, t, side="left")  # #{thr <= t - 1} = #{thr < t}
+        parts.append(np.stack([np.full(t.shape, r, np.int64), t, at_t, below], axis=1))
+    return np.ascontiguousarray(np.concatenate(parts), np.int64) if parts else np.zeros((0, 4), np.int64)
 
 
 def stage_names(layer):
@@ -102,8 +147,8 @@ def stage_range(graph, i, stage):
 
 
 def stage_shapes(graph, input_shape):
-    """{layer name: {stage: shape}} for inputs of `input_shape` (batch first, as stored in
-    golden files: (1, ...)): the output's shape, except where a layer says otherwise
+    """{layer name: {stage: shape}} for inputs of `input_shape` (batch first: each golden
+    vector is (1, *input_shape attribute)): the output's shape, except where a layer says otherwise
     (`Layer.stage_shapes`: Softmax's row sums, LayerNorm's mean and inv)."""
     return graph.stage_shapes(tuple(input_shape))
 
@@ -124,6 +169,10 @@ __all__ = [
     "layer_key",
     "vector_key",
     "layer_params",
+    "requant_input_range",
+    "requant_table_array",
+    "REQUANT_TABLE_COLUMNS",
+    "INT64_RANGE",
     "stage_names",
     "input_range",
     "out_code_range",

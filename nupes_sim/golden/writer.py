@@ -77,7 +77,7 @@ def write_golden(graph, inputs, path, backend="numpy", seeds=None, compression="
         if count == 0:
             raise ValueError("no input vectors given")
         f.attrs["n_vectors"] = count
-        f.attrs["input_shape"] = np.asarray(shape, np.int64)
+        f.attrs["input_shape"] = np.asarray(shape[1:], np.int64)  # one vector, no batch (as save_model)
     return count
 
 
