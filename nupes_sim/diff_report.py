@@ -72,6 +72,7 @@ class DiffReport:
     stages: set = field(default_factory=set)  # stage names compared ('input' for the input codes)
     params: int = 0  # layer-parameter tensors compared
     param_elements: int = 0
+    params_how: str = None  # how the parameters were compared when not against a dump (verify)
     param_mismatches: list = field(default_factory=list)  # Divergence per differing parameter tensor / info
     not_compared: list = field(default_factory=list)  # golden tensors absent from the dump (allowed)
     failures: list = field(default_factory=list)  # reasons the comparison cannot pass
@@ -99,6 +100,7 @@ class DiffReport:
             f"{self.compared} elements in {self.tensors} tensors ({len(self.vectors)} vectors, "
             f"{len(self.layers)} layers{lay}; stages {st}) "
             f"and {self.param_elements} entries in {self.params} layer parameter tensors"
+            + (f" ({self.params_how})" if self.params_how else "")
         )
 
     def to_dict(self):
@@ -114,6 +116,7 @@ class DiffReport:
             "stages": [s for s in STAGES if s in self.stages],
             "param_tensors": self.params,
             "param_elements": self.param_elements,
+            "params_how": self.params_how,
             "param_mismatches": [d.to_dict() for d in self.param_mismatches],
             "not_compared": self.not_compared,
             "failures": self.failures,

@@ -251,3 +251,19 @@ def test_requant_table_checksum_and_attributes_are_checked(files, tmp_path):
         f["layers/000_fc/requant_table"].attrs["extra"] = 1
     with pytest.raises(GoldenFormatError, match="000_fc/requant_table: attributes"):
         read_golden(q)
+
+
+@pytest.mark.parametrize("name", ["conv.h5", "old/conv_schema2.h5"])
+def test_verify_counts_the_layer_tables_it_checked(name):
+    """verify's OK line states the layer tables the strict reader compared with the stored
+    model: every /layers dataset the file holds (an older file's derived requant_table is not
+    one of them), never '0 entries in 0 tensors' for a file that has tables."""
+    path = os.path.join(FIX, name)
+    with h5py.File(path) as f:
+        held = [f["layers"][k][d] for k in f["layers"] for d in f["layers"][k]]
+        want = (len(held), sum(int(d.size) for d in held))
+    rep = verify(path)
+    assert rep.ok and (rep.params, rep.param_elements) == want and want[0] > 0
+    assert (
+        f"and {want[1]} entries in {want[0]} layer parameter tensors (read from the file" in rep.format_text()
+    )

@@ -31,8 +31,10 @@ class Golden:
     """Validated content of a golden file.
 
     attrs: root attributes (seeds and layer_order decoded from JSON); graph: the model;
-    layers: {name: {"info": dict, "datasets": {name: array}}}; vectors: list of
-    {"input": array, "stages": {layer name: {stage: array}}}; source: the path.
+    layers: {name: {"info": dict, "datasets": {name: array}, "derived": [names]}} ("derived":
+    datasets not in the file but derived from the stored model: an older version's
+    requant_table); vectors: list of {"input": array, "stages": {layer name: {stage: array}}};
+    source: the path.
     """
 
     def __init__(self, attrs, graph, layers, vectors, source):
@@ -287,9 +289,10 @@ def _read(path, strict):
                 for k, v in want_ds.items():
                     if dss[k].shape != v.shape or not np.array_equal(dss[k], v):
                         _fail(path, f"{w}/{k}", "does not match the stored model's tables")
-            if strict:  # the expected side is complete: an older file's requant_table from its model
-                dss.update(derived)
-            layers[n.name] = {"info": info, "datasets": dss}
+            if not strict:
+                derived = {}
+            dss.update(derived)  # the expected side is complete: an older file's requant_table
+            layers[n.name] = {"info": info, "datasets": dss, "derived": sorted(derived)}
         # vectors
         where = "/vectors"
         vkeys = [vector_key(v) for v in range(n_vec)]
