@@ -4,7 +4,7 @@
     gv = GoldenVectors("golden.h5")
     dump = DumpWriter("rtl_dump/", gv)
     for v in range(gv.n_vectors):
-        x = gv.input(v)                      # int64 codes, shape (1, *input_shape)
+        x = gv.input(v)                      # int64 codes, shape (1, *gv.input_shape)
         ...drive the DUT, collect its accumulators and output codes...
         dump.put(v, "fc", "acc", acc_values)
         dump.put(v, "fc", "out", out_codes)
@@ -35,6 +35,11 @@ class GoldenVectors:
     @property
     def n_vectors(self):
         return len(self.golden.vectors)
+
+    @property
+    def input_shape(self):
+        """One vector's input shape without the batch axis (each gv.input(v) is (1, ...))."""
+        return tuple(self.golden.attrs["input_shape"])
 
     @property
     def model_hash(self):

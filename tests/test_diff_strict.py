@@ -281,6 +281,7 @@ def test_tb_helper_round_trip(gold, tmp_path):
 
     gv = GoldenVectors(gold["path"])
     dw = DumpWriter(tmp_path / "tb", gv)
+    assert gv.input_shape == conv_inputs(1).shape[1:] and gv.input(0).shape == (1, *gv.input_shape)
     for v in range(gv.n_vectors):
         dw.put_input(v, gv.input(v).reshape(-1).tolist())
         for layer in gv.layers:
