@@ -34,7 +34,7 @@ from nupes_sim.transformer.layers import (
     Softmax,
     Transpose,
 )
-from nupes_sim.transformer.tables import gelu_erf
+from nupes_sim.transformer.tables import FUNCTIONS
 
 from .export import _frac_bits, _product_max, _table_max, _weight_codes, calibrate_format
 
@@ -118,12 +118,17 @@ class _Builder:
         return self.op(name, [a, b], lambda x, y: x + y, "power", make)
 
     def layernorm(self, name, mod, src):
-        C = mod.normalized_shape[0]
-        w, b = mod.weight.detach().double(), mod.bias.detach().double()
+        return self.norm(name, src, mod.weight, mod.bias, mod.eps)
+
+    def norm(self, name, src, weight, bias, eps):
+        """LayerNorm over the last axis; weight/bias None: γ = 1, β = 0."""
+        C = weight.shape[0]
+        w = weight.detach().double()
+        b = torch.zeros(C, dtype=torch.float64) if bias is None else bias.detach().double()
         return self.op(
             name,
             [src],
-            lambda x: F.layer_norm(x, (C,), w, b, mod.eps),
+            lambda x: F.layer_norm(x, (C,), w, b, eps),
             "power",
             lambda fm, c: LayerNorm.build(
                 name,
@@ -132,7 +137,7 @@ class _Builder:
                 channels=C,
                 gamma=w.numpy(),
                 beta=b.numpy(),
-                eps=mod.eps,
+                eps=eps,
                 x_lut_bits=c.x_lut_bits,
                 rounding=c.rounding,
                 tensor_id=self._next_tid(),
@@ -166,12 +171,17 @@ class _Builder:
         return self.op(name, [src], lambda x: F.linear(x, wd, bias), "last" if last else "power", make)
 
     def gelu(self, name, src):
+        return self.elementwise(name, src, "gelu")
+
+    def elementwise(self, name, src, function):
+        """A code->code table (§15) of a built-in function (tables.FUNCTIONS)."""
+        fn = FUNCTIONS[function]
         return self.op(
             name,
             [src],
-            lambda x: torch.from_numpy(gelu_erf(x.numpy())),
+            lambda x: torch.from_numpy(fn(x.numpy())),
             "power",
-            lambda fm, c: ElementwiseTable.build(name, fm[src], fm[name], "gelu", c.rounding),
+            lambda fm, c: ElementwiseTable.build(name, fm[src], fm[name], function, c.rounding),
         )
 
     def layout(self, layer, src, f):
@@ -194,31 +204,49 @@ class _Builder:
             r = self.reshape(f"{prefix}.{nm}_heads", src, (-1, T, H, D))
             heads.append(self.transpose(f"{prefix}.{nm}_bh", r, 1, 2))
         qh, kh, vh = heads
-        alpha = 1.0 / math.sqrt(D)
-        sc = f"{prefix}.scores"
-        self.op(
-            sc,
-            [qh, kh],
-            lambda a, b: (a @ b.transpose(-2, -1)) * alpha,
-            "uniform",
-            lambda fm, c: MatMul.build(
-                sc,
-                fm[qh],
-                fm[kh],
-                k_max=D,
-                transpose_b=True,
+        sc = self.matmul(
+            f"{prefix}.scores", qh, kh, D, transpose_b=True, alpha=1.0 / math.sqrt(D), out="uniform"
+        )
+        sm = self.softmax(f"{prefix}.softmax", sc, mask, causal)
+        av = self.matmul(f"{prefix}.av", sm, vh, T, a_max=1.0)
+        t = self.transpose(f"{prefix}.merge_t", av, 1, 2)
+        return self.reshape(f"{prefix}.merge", t, (-1, C))
+
+    def matmul(self, name, a, b, k_max, transpose_b=False, alpha=1.0, out="power", a_max=None):
+        """a @ b (b given as (..., n, k) if transpose_b) × alpha folded into the requantization;
+        out 'uniform' for attention scores (§13). a_max: a bound on |a| known before
+        calibration (1.0 for probabilities), else the largest value of a's format."""
+
+        def f(x, y):
+            z = x @ (y.transpose(-2, -1) if transpose_b else y)
+            return z * alpha if alpha != 1.0 else z
+
+        def make(fm, c):
+            return MatMul.build(
+                name,
+                fm[a],
+                fm[b],
+                k_max=k_max,
+                transpose_b=transpose_b,
                 alpha=alpha,
-                out_fmt=fm[sc],
+                out_fmt=fm[name],
                 acc=c.acc,
                 datapath="operand",
-                mult_bits=min(31, 63 - c.acc.width),
-                a_frac_bits=_frac_bits(_table_max(fm[qh]), c.x_lut_bits),
-                b_frac_bits=_frac_bits(_table_max(fm[kh]), c.x_lut_bits),
+                mult_bits=min(31, 63 - c.acc.width) if out == "uniform" else 31,
+                a_frac_bits=_frac_bits(_table_max(fm[a]) if a_max is None else a_max, c.x_lut_bits),
+                b_frac_bits=_frac_bits(_table_max(fm[b]), c.x_lut_bits),
                 rounding=c.rounding,
                 tensor_id=self._next_tid(),
-            ),
-        )
-        sm = f"{prefix}.softmax"
+            )
+
+        return self.op(name, [a, b], f, out, make)
+
+    def softmax(self, name, sc, mask=None, causal=False, max_len=None):
+        """Softmax over the last axis of uniform scores (§12): the causal rule and/or the
+        key-padding mask `mask` (a PadMask value) are part of the op; max_len: the longest
+        row (default T)."""
+        T = self.T
+        max_len = max_len or T
 
         def soft(s, m=None):
             keep = torch.ones(s.shape, dtype=torch.bool)
@@ -229,16 +257,16 @@ class _Builder:
             z = s.masked_fill(~keep, float("-inf")).softmax(-1)
             return torch.nan_to_num(z, nan=0.0)  # a fully masked row: 0 (ARITHMETIC.md §12)
 
-        self.op(
-            sm,
+        return self.op(
+            name,
             [sc] + ([mask] if mask else []),
             soft,
             "power_unsigned",
             lambda fm, c: Softmax.build(
-                sm,
+                name,
                 fm[sc],
-                fm[sm],
-                max_len=T,
+                fm[name],
+                max_len=max_len,
                 exp_frac_bits=c.exp_frac_bits,
                 prob_bits=c.prob_bits,
                 acc=Accumulator(48, "saturate"),
@@ -248,27 +276,6 @@ class _Builder:
                 tensor_id=self._next_tid(),
             ),
         )
-        av = f"{prefix}.av"
-        self.op(
-            av,
-            [sm, vh],
-            lambda p, x: p @ x,
-            "power",
-            lambda fm, c: MatMul.build(
-                av,
-                fm[sm],
-                fm[vh],
-                k_max=T,
-                out_fmt=fm[av],
-                acc=c.acc,
-                a_frac_bits=_frac_bits(1.0, c.x_lut_bits),
-                b_frac_bits=_frac_bits(_table_max(fm[vh]), c.x_lut_bits),
-                rounding=c.rounding,
-                tensor_id=self._next_tid(),
-            ),
-        )
-        t = self.transpose(f"{prefix}.merge_t", av, 1, 2)
-        return self.reshape(f"{prefix}.merge", t, (-1, C))
 
     def padmask(self, name, src, pad_id):
         return self.op(
