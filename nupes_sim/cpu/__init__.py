@@ -8,8 +8,9 @@ compare every path). ``STATS`` counts the paths taken.
 
 Modules: kernels (integer numba kernels over the shared primitives), gemm (the exact
 float-GEMM planner and its one proof: chunking, splits, one-hot decomposition), fused (the
-fused GEMM path), requant, threads (worker pool, opt-in passive OpenMP wait), jit (numba with
-a never-stale on-disk cache), options, ops (the layer functions). Floating point appears only
+fused GEMM path), plancache (its weight-side plans kept per layer), requant, threads (worker
+pool, opt-in passive OpenMP wait), jit (numba with a never-stale on-disk cache), options, ops
+(the layer functions). Floating point appears only
 in the GEMMs that gemm.py proves exact; everything else is int64. Importing this package
 changes no environment variable.
 """

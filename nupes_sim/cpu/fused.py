@@ -12,7 +12,7 @@ import numpy as np
 from numba import prange
 
 from .. import primitives as P
-from . import intmm
+from . import intmm, plancache
 from .gemm import decomposition, fused_plan, maxabs
 from .jit import kernel
 from .kernels import count_ge, wrap
@@ -116,20 +116,14 @@ def fused(layer, x, xmin, xmax, opts, conv=None):
     O = layer.out_channels
     groups = conv[0] if conv else 1
     Og = O // groups
-    if conv:  # k' = (i, j, c), c fastest: each tap is a run in the NHWC features
-        _, Cg, kh, kw = conv[:4]
-        perm = np.arange(Cg * kh * kw).reshape(Cg, kh, kw).transpose(1, 2, 0).reshape(-1)
-    else:
-        perm = np.arange(layer.k)
-    iplans = _int8_plans(layer, xmin, xmax, perm, groups, Og, opts, conv is not None)  # rule: intmm.py
-    if iplans is None:
-        plans = [
-            fused_plan(layer, xmin, xmax, slice(g * Og, (g + 1) * Og), perm, opts) for g in range(groups)
-        ]
-        if any(p is None for p in plans):
-            return None
-        if conv and any(p[4].shape[1] != plans[0][4].shape[1] or p[3] is not plans[0][3] for p in plans):
-            return None  # the groups share one padded NHWC feature image
+    iplans, plans = plancache.cached(
+        layer,
+        ("fused", xmin, xmax, opts, intmm.available() is not None),
+        lambda: _plans(layer, xmin, xmax, conv, opts),
+        opts,
+    )
+    if iplans is None and plans is None:
+        return None
     xk = as_kernel_codes(x)
     if conv:
         ho, wo = conv[-2:]
@@ -158,6 +152,28 @@ def fused(layer, x, xmin, xmax, opts, conv=None):
     else:
         out = requantize(acc, rq, 1, layer.seed, layer.tensor_id)
     return dict(acc_exact=exact, acc=acc, out=out)
+
+
+def _plans(layer, xmin, xmax, conv, opts):
+    """(int8 plans, None), (None, float plans) or (None, None) when the fused path does not
+    apply: the weight side of the call, a function of (layer, xmin, xmax, opts) only."""
+    O = layer.out_channels
+    groups = conv[0] if conv else 1
+    Og = O // groups
+    if conv:  # k' = (i, j, c), c fastest: each tap is a run in the NHWC features
+        _, Cg, kh, kw = conv[:4]
+        perm = np.arange(Cg * kh * kw).reshape(Cg, kh, kw).transpose(1, 2, 0).reshape(-1)
+    else:
+        perm = np.arange(layer.k)
+    iplans = _int8_plans(layer, xmin, xmax, perm, groups, Og, opts, conv is not None)  # rule: intmm.py
+    if iplans is not None:
+        return iplans, None
+    plans = [fused_plan(layer, xmin, xmax, slice(g * Og, (g + 1) * Og), perm, opts) for g in range(groups)]
+    if any(p is None for p in plans):
+        return None, None
+    if conv and any(p[4].shape[1] != plans[0][4].shape[1] or p[3] is not plans[0][3] for p in plans):
+        return None, None  # the groups share one padded NHWC feature image
+    return None, plans
 
 
 def int8_sides(layer, xmin, xmax, opts):

@@ -30,7 +30,9 @@ class CpuOptions:
         its rule (limb pairs <= int8_max_pairs), True wherever its proof applies, False never.
     int8_max_pairs: the automatic rule's largest number of limb pairs (GEMMs per chunk).
     int8_max_conv: for conv, the automatic rule's largest limb pairs x one-hot columns.
-    int8_chunk_k: k-chunk of the int8 GEMMs (<= 2^16, claim (I); tests lower it)."""
+    int8_chunk_k: k-chunk of the int8 GEMMs (<= 2^16, claim (I); tests lower it).
+    cache_plans: keep the fused path's weight-side plans per layer object (cpu/plancache.py:
+        valid while the layer's arrays stay read-only); False builds them at every call."""
 
     fast: bool = True
     fused: bool = True
@@ -46,9 +48,10 @@ class CpuOptions:
     int8_max_pairs: int = 9
     int8_max_conv: int = 4
     int8_chunk_k: int = 1 << 16
+    cache_plans: bool = True
 
     def __post_init__(self):
-        for name in ("fast", "fused", "use_float32"):
+        for name in ("fast", "fused", "use_float32", "cache_plans"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"CpuOptions.{name} must be a bool, got {getattr(self, name)!r}")
         if self.int8 is not None and not isinstance(self.int8, bool):
