@@ -3,8 +3,9 @@ tensors, Softmax with masks, LayerNorm, element-wise code->code tables, layout o
 
 `layers` gathers the layer types (registered with the layer protocol when this package is
 imported: one module per job, see its docstring), `tables` builds their tables on the host,
-`oracle` is the plain NumPy truth, `prims` the scalar integer rules compiled for both
-backends and `cpu` the Numba kernels; the numba.cuda kernels live in cuda/transformer.py.
+`oracle` is the plain NumPy truth, `prims` the scalar integer rules and `bodies` what one
+kernel thread computes (both compiled for both backends), `cpu` the Numba loops over the
+bodies; the numba.cuda launches live in cuda/transformer.py.
 """
 
 from . import layers  # noqa: F401 (registers the layer types)

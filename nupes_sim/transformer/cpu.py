@@ -1,17 +1,18 @@
 """Numba CPU kernels of the transformer ops: bit-exact twins of transformer.oracle.
 
-Integers only (int64; no floats, no fastmath). The scalar rules are nupes_sim.primitives and
-transformer.prims, compiled here with numba.njit from their own bytecode. Pure data movement
-(embedding lookup, element-wise table lookup, layout ops) is NumPy indexing: no arithmetic.
+Integers only (int64; no floats, no fastmath). What one output element or row computes is
+transformer.bodies (with the primitives it calls), compiled here with numba.njit from the
+bytecode cuda/transformer.py compiles; this file holds the loops and the host side. Pure data
+movement (embedding lookup, element-wise table lookup, layout ops) is NumPy indexing: no
+arithmetic.
 """
 
 import numpy as np
 from numba import njit, prange
 
-from .. import primitives as P
-from ..tables import Rescale, Thresholds
+from ..primitives import OVERFLOW_IDS
+from . import bodies
 from . import oracle as _oracle
-from . import prims
 from .layers import (
     ElementwiseTable,
     Embedding,
@@ -24,127 +25,32 @@ from .layers import (
     Transpose,
 )
 
-_p = P.compile_all(njit)
-_q = prims.compile_all(njit)
-sat_add, wrap, hash32, count_ge, rescale = _p.sat_add, _p.wrap, _p.hash32, _p.count_ge, _p.rescale
-round_div, isqrt = _q.round_div, _q.isqrt
-
-MODE_EXACT, MODE_WRAP, MODE_SAT = 0, 1, 2
-_MODES = {"exact": MODE_EXACT, "wrap": MODE_WRAP, "saturate": MODE_SAT}
-RQ_NONE, RQ_THR, RQ_RESCALE = 0, 1, 2
+# The bodies, and the saturating step they call per product, are inlined into the loops (numba
+# IR inlining): called, the saturating MatMul ran ~25% slower; inlining every primitive too
+# took the first-call compile from ~10 s to ~23 s for no measurable gain.
+_inline = njit(inline="always")
 
 
-# ---- requantization of a flat int64 array (one per-tensor row) ------------------------------------
-@njit(inline="always")
-def _requant_one(v, i, kind, thr, monotone, qmin, m, sh, zp, lo, hi, mode, seed, tid):
-    if kind == RQ_NONE:
-        return v
-    if kind == RQ_THR:
-        n = thr.shape[1]
-        if monotone:
-            return qmin + count_ge(v, thr, 0, n)
-        c = 0
-        for j in range(n):
-            if v >= thr[0, j]:
-                c += 1
-        return qmin + c
-    r = hash32(seed, tid, i) if mode == P.STOCHASTIC else 0
-    return rescale(v, m, sh, zp, lo, hi, mode, r)
+def _jit(f):
+    return (_inline if f.__name__ in ("sat_step", "sat_add") else njit)(f)
 
 
-def _rq_args(requant):
-    """Kernel arguments of a per-tensor Thresholds/Rescale/None (layers check one row)."""
-    empty = np.zeros((1, 0), np.int64)
-    if requant is None:
-        return (RQ_NONE, empty, True, 0, 0, 0, 0, 0, 0, 0)
-    if isinstance(requant, Thresholds):
-        thr = np.ascontiguousarray(requant.thr[:1], np.int64)
-        mono = bool(thr.shape[1] < 2 or (np.diff(thr, axis=1) >= 0).all())
-        return (RQ_THR, thr, mono, requant.qmin, 0, 0, 0, 0, 0, 0)
-    assert isinstance(requant, Rescale)
-    return (
-        RQ_RESCALE,
-        empty,
-        True,
-        0,
-        int(requant.multiplier[0]),
-        int(requant.shift[0]),
-        requant.zero_point,
-        requant.qmin,
-        requant.qmax,
-        requant.rounding,
-    )
+_b = bodies.compile_all(_jit, _inline)
+matmul_element, softmax_row, layernorm_row = _b.matmul_element, _b.softmax_row, _b.layernorm_row
 
 
 # ---- MatMul -------------------------------------------------------------------------------------------
 @njit(parallel=True)
 def _matmul(
-    a,
-    b,
-    dp,
-    alut,
-    aq0,
-    blut,
-    bq0,
-    plut,
-    pbase,
-    pstep,
-    mode,
-    width,
-    tile,
-    lo,
-    hi,
-    kind,
-    thr,
-    mono,
-    qmin,
-    m,
-    sh,
-    zp,
-    rlo,
-    rhi,
-    rmode,
-    seed,
-    tid,
-    exact,
-    acc,
-    out,
-):
-    """a (G, M, K), b (G, K, N) codes -> (G, M, N); products k ascending, §4 accumulator."""
-    G, M, K = a.shape
-    N = b.shape[2]
-    for r in prange(G * M * N):
-        g = r // (M * N)
-        mm = (r // N) % M
-        n = r % N
-        s = 0
-        sat = 0
-        part = 0
-        for k in range(K):
-            qa = a[g, mm, k]
-            qb = b[g, k, n]
-            if dp == 0:
-                p = alut[qa - aq0] * blut[qb - bq0]
-            else:
-                ma = qa if qa >= 0 else -qa
-                mb = qb if qb >= 0 else -qb
-                idx = pbase[ma] + pstep[ma] * mb  # ProductTable.index(ma, mb), host terms
-                sg = ((qa > 0) - (qa < 0)) * ((qb > 0) - (qb < 0))
-                p = sg * plut[idx]
-            s += p  # |every prefix| <= k_max·max|p| < 2^63 (MatMul construction)
-            if mode == MODE_SAT:
-                if tile == 0:
-                    sat = sat_add(sat, p, lo, hi)
-                else:
-                    if k % tile == 0:
-                        part = 0
-                    part = sat_add(part, p, lo, hi)
-                    if k % tile == tile - 1 or k == K - 1:
-                        sat = sat_add(sat, part, lo, hi)
-        exact[r] = s
-        v = s if mode == MODE_EXACT else (wrap(s, width) if mode == MODE_WRAP else sat)
-        acc[r] = v
-        out[r] = _requant_one(v, r, kind, thr, mono, qmin, m, sh, zp, rlo, rhi, rmode, seed, tid)
+    a, b, dp, alut, aq0, blut, bq0, plut, pbase, pstep, mode, width, tile, lo, hi,
+    kind, thr, qmin, m, sh, zp, rlo, rhi, rmode, seed, tid, exact, acc, out,
+):  # fmt: skip
+    """a (G, M, K), b (G, K, N) codes -> (G, M, N) flat: bodies.matmul_element per output."""
+    for r in prange(out.size):
+        matmul_element(
+            r, a, b, dp, alut, aq0, blut, bq0, plut, pbase, pstep, mode, width, tile, lo, hi,
+            kind, thr, qmin, m, sh, zp, rlo, rhi, rmode, seed, tid, exact, acc, out,
+        )  # fmt: skip
 
 
 def matmul(layer, a, b):
@@ -153,52 +59,11 @@ def matmul(layer, a, b):
     G = int(np.prod(lead, dtype=np.int64))
     A = np.ascontiguousarray(a, np.int64).reshape(G, M, K)
     B = np.ascontiguousarray(bk, np.int64).reshape(G, K, N)
-    z1 = np.zeros(1, np.int64)
-    if layer.datapath == "operand":
-        args = (
-            0,
-            np.ascontiguousarray(layer.a_table.lut[0], np.int64),
-            layer.a_range.qmin,
-            np.ascontiguousarray(layer.b_table.lut[0], np.int64),
-            layer.b_range.qmin,
-            z1,
-            z1,
-            z1,
-        )
-    else:
-        pt = layer.p_table
-        base, step = pt.index_terms(np.arange(layer.a_range.max_magnitude + 1, dtype=np.int64))
-        lut = np.ascontiguousarray(pt.lut[0], np.int64)
-        args = (
-            1,
-            z1,
-            0,
-            z1,
-            0,
-            lut,
-            np.ascontiguousarray(base, np.int64),
-            np.ascontiguousarray(step, np.int64),
-        )
     size = G * M * N
     exact, acc, out = (np.empty(size, np.int64) for _ in range(3))
-    ac = layer.acc
     if size:
-        _matmul(
-            A,
-            B,
-            *args,
-            _MODES[ac.overflow],
-            ac.width,
-            ac.tile,
-            ac.lo,
-            ac.hi,
-            *_rq_args(layer.requant),
-            layer.seed,
-            layer.tensor_id,
-            exact,
-            acc,
-            out,
-        )
+        rq = bodies.requant_args(layer.requant)
+        _matmul(A, B, *bodies.matmul_args(layer), *rq, layer.seed, layer.tensor_id, exact, acc, out)
     shape = lead + (M, N)
     return dict(
         acc_exact=exact.reshape(shape),
@@ -210,58 +75,14 @@ def matmul(layer, a, b):
 # ---- Softmax ------------------------------------------------------------------------------------------
 @njit(parallel=True)
 def _softmax(
-    x,
-    keep,
-    lut,
-    pbits,
-    prmode,
-    mode,
-    width,
-    lo,
-    hi,
-    kind,
-    thr,
-    mono,
-    qmin,
-    m,
-    sh,
-    zp,
-    rlo,
-    rhi,
-    rmode,
-    seed,
-    tid,
-    exact,
-    acc,
-    prob,
-    out,
-):
-    R, T = x.shape
-    for r in prange(R):
-        qm = 0
-        any_kept = False
-        for j in range(T):
-            if keep[r, j] and (not any_kept or x[r, j] > qm):
-                qm = x[r, j]
-                any_kept = True
-        s = 0
-        sat = 0
-        for j in range(T):
-            if keep[r, j]:
-                e = lut[qm - x[r, j]]
-                s += e
-                sat = sat_add(sat, e, lo, hi)
-        exact[r] = s
-        v = s if mode == MODE_EXACT else (wrap(s, width) if mode == MODE_WRAP else sat)
-        acc[r] = v
-        for j in range(T):
-            i = r * T + j
-            p = 0
-            if keep[r, j] and v > 0:
-                w = hash32(seed, tid, i) if prmode == P.STOCHASTIC else 0
-                p = round_div(lut[qm - x[r, j]] << pbits, v, prmode, w)
-            prob[i] = p
-            out[i] = _requant_one(p, i, kind, thr, mono, qmin, m, sh, zp, rlo, rhi, rmode, seed, tid)
+    x, keep, lut, pbits, prmode, mode, width, lo, hi,
+    kind, thr, qmin, m, sh, zp, rlo, rhi, rmode, seed, tid, exact, acc, prob, out,
+):  # fmt: skip
+    for r in prange(x.shape[0]):
+        softmax_row(
+            r, x, keep, lut, pbits, prmode, mode, width, lo, hi,
+            kind, thr, qmin, m, sh, zp, rlo, rhi, rmode, seed, tid, exact, acc, prob, out,
+        )  # fmt: skip
 
 
 def softmax(layer, x, mask=None):
@@ -279,11 +100,11 @@ def softmax(layer, x, mask=None):
             layer.exp_lut,
             layer.prob_bits,
             layer.prob_rounding,
-            _MODES[ac.overflow],
+            OVERFLOW_IDS[ac.overflow],
             ac.width,
             ac.lo,
             ac.hi,
-            *_rq_args(layer.requant),
+            *bodies.requant_args(layer.requant),
             layer.seed,
             layer.tensor_id,
             exact,
@@ -306,51 +127,14 @@ def softmax(layer, x, mask=None):
 # ---- LayerNorm ----------------------------------------------------------------------------------------
 @njit(parallel=True)
 def _layernorm(
-    x,
-    lut,
-    q0,
-    eps,
-    R,
-    G,
-    Bt,
-    mrmode,
-    kind,
-    thr,
-    mono,
-    qmin,
-    m,
-    sh,
-    zp,
-    rlo,
-    rhi,
-    rmode,
-    seed,
-    tid,
-    mean,
-    inv,
-    y,
-    out,
-):
-    rows, C = x.shape
-    num = C << (2 * R)  # < 2^62 (LayerNorm construction)
-    for r in prange(rows):
-        s = 0
-        for c in range(C):
-            s += lut[x[r, c] - q0]
-        w = hash32(seed, tid, r) if mrmode == P.STOCHASTIC else 0
-        mu = round_div(s, C, mrmode, w)
-        V = 0
-        for c in range(C):
-            d = lut[x[r, c] - q0] - mu
-            V += d * d
-        iv = isqrt(num // (V + C * eps))
-        mean[r] = mu
-        inv[r] = iv
-        for c in range(C):
-            i = r * C + c
-            v = (lut[x[r, c] - q0] - mu) * iv * G[c] + Bt[c]
-            y[i] = v
-            out[i] = _requant_one(v, i, kind, thr, mono, qmin, m, sh, zp, rlo, rhi, rmode, seed, tid)
+    x, lut, q0, eps, R, G, Bt, mrmode,
+    kind, thr, qmin, m, sh, zp, rlo, rhi, rmode, seed, tid, mean, inv, y, out,
+):  # fmt: skip
+    for r in prange(x.shape[0]):
+        layernorm_row(
+            r, x, lut, q0, eps, R, G, Bt, mrmode,
+            kind, thr, qmin, m, sh, zp, rlo, rhi, rmode, seed, tid, mean, inv, y, out,
+        )  # fmt: skip
 
 
 def layernorm(layer, x):
@@ -369,7 +153,7 @@ def layernorm(layer, x):
             layer.gamma,
             layer.beta,
             layer.mean_rounding,
-            *_rq_args(layer.requant),
+            *bodies.requant_args(layer.requant),
             layer.seed,
             layer.tensor_id,
             mean,
