@@ -17,6 +17,7 @@ coverage report states what the vectors reached for every layer.
 import numpy as np
 
 from .golden import input_range
+from .golden.schema import requant_input_stage
 from .graph import INPUT
 from .oracle import _mac_products
 from .tables import Thresholds
@@ -169,7 +170,8 @@ def stress_inputs(graph, input_shape, seed=0, max_vectors=1024):
 
 def coverage(golden):
     """[{layer, ...counts}] of what a Golden's vectors reached per layer with an accumulator:
-    thresholds hit exactly and at t - 1 (reachable ones: inside the accumulator range),
+    thresholds hit exactly and at t - 1 by the value the requantizer reads (the rows of the
+    layer's requant_table: reachable thresholds only),
     accumulators changed by saturation or wrap (acc != acc_exact), codes at out_qmin/out_qmax."""
     rows = []
     for i, n in enumerate(golden.graph.nodes):
@@ -194,19 +196,21 @@ def coverage(golden):
         if rq is not None:
             r["at_qmin"] = int((out == rq.qmin).sum())
             r["at_qmax"] = int((out == rq.qmax).sum())
-        if isinstance(rq, Thresholds):
-            ch = np.moveaxis(acc, 1, -1).reshape(-1, acc.shape[1]) if acc.ndim > 1 else acc[:, None]
-            hit = hit1 = total = 0
-            for row in range(rq.thr.shape[0]):
-                vals = ch if rq.thr.shape[0] == 1 else ch[:, row : row + 1]
-                seen = set(np.unique(vals).tolist())
-                for t in rq.thr[row]:
-                    t = int(t)
-                    if L.acc.lo <= t <= L.acc.hi:
-                        total += 1
-                        hit += t in seen
-                        hit1 += (t - 1) in seen
-            r.update(thresholds=total, thresholds_hit=hit, thresholds_minus_1_hit=hit1)
+        tab = golden.layers[n.name]["datasets"].get("requant_table")
+        if tab is not None:  # the thresholds the requantizer's input can reach (docs/GOLDEN.md)
+            src = requant_input_stage(L)  # acc, or Softmax's prob
+            vals = acc if src == "acc" else np.stack([v["stages"][n.name][src][0] for v in golden.vectors])
+            if rq.thr.shape[0] == 1:
+                seen = [set(np.unique(vals).tolist())]
+            else:  # one row per output channel: axis 1 of the stacked (vector, channel, ...) values
+                ch = np.moveaxis(vals, 1, -1).reshape(-1, vals.shape[1]) if vals.ndim > 1 else vals[:, None]
+                seen = [set(np.unique(ch[:, row]).tolist()) for row in range(rq.thr.shape[0])]
+            pairs = tab[:, :2].tolist()
+            r.update(
+                thresholds=len(pairs),
+                thresholds_hit=sum(t in seen[row] for row, t in pairs),
+                thresholds_minus_1_hit=sum(t - 1 in seen[row] for row, t in pairs),
+            )
         rows.append(r)
     return rows
 

@@ -267,3 +267,28 @@ def test_verify_counts_the_layer_tables_it_checked(name):
     assert (
         f"and {want[1]} entries in {want[0]} layer parameter tensors (read from the file" in rep.format_text()
     )
+
+
+def test_coverage_counts_the_requant_table_against_the_requantized_value(files):
+    """`golden`'s coverage line counts the requant_table's thresholds, hit by the value the
+    requantizer reads: Softmax's prob (not its row sums), the accumulator elsewhere; a 64-bit
+    MatMul's never-reached INT64_MAX is not counted."""
+    from nupes_sim.stress import coverage
+
+    g, p = files["attention"]
+    gold = read_golden(p)
+    rows = {r["layer"]: r for r in coverage(gold)}
+    assert {"sm", "av", "emb", "res"} <= set(rows)
+    assert "thresholds" not in rows["qk"]  # a rescale MatMul: no table, nothing counted
+    for name, r in rows.items():
+        if name == "qk":
+            continue
+        L = g.nodes[[n.name for n in g.nodes].index(name)].layer
+        tab = gold.layers[name]["datasets"]["requant_table"]
+        assert L.requant.thr.shape[0] == 1  # per tensor: every value meets the one row
+        src = "prob" if type(L).__name__ == "Softmax" else "acc"
+        seen = {int(x) for v in gold.vectors for x in v["stages"][name][src].reshape(-1)}
+        assert r["thresholds"] == len(tab) and I64_MAX not in tab[:, 1].tolist()
+        assert r["thresholds_hit"] == sum(int(t) in seen for t in tab[:, 1])
+        assert r["thresholds_minus_1_hit"] == sum(int(t) - 1 in seen for t in tab[:, 1])
+    assert rows["sm"]["thresholds_hit"] > 0  # prob values do meet prob thresholds

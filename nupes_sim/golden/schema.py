@@ -55,14 +55,19 @@ INT64_RANGE = (-(2**63), 2**63 - 1)
 REQUANT_TABLE_COLUMNS = ("row", "threshold", "code_at_t", "code_at_t_minus_1")
 
 
+def requant_input_stage(layer):
+    """Name of the stage a layer's requantizer reads (the one before `out`), or None."""
+    names = tuple(layer.stages())
+    return names[names.index("out") - 1] if "out" in names and names.index("out") > 0 else None
+
+
 def requant_input_range(layer):
     """(lo, hi) of the value a layer's requantizer reads, so that requant_table holds only
     thresholds that value can reach: the accumulator's range when `acc` is the stage before
     `out` (Linear, Conv2d, Add, MatMul; its thresholds lie in [lo, hi + 1], hi + 1 = never
     reached; for 64 bits INT64_MAX stands for it and is left out too), else that stage's
     declared range (Softmax prob, LayerNorm y), the int64 range when it declares none."""
-    names = tuple(layer.stages())
-    src = names[names.index("out") - 1] if "out" in names and names.index("out") > 0 else None
+    src = requant_input_stage(layer)
     if src == "acc":  # 64 bits: INT64_MAX stands for never reached (tables.threshold_table)
         return int(layer.acc.lo), min(int(layer.acc.hi), 2**63 - 2)
     r = layer.stage_range(src, ()) if src is not None else None
@@ -169,6 +174,7 @@ __all__ = [
     "layer_key",
     "vector_key",
     "layer_params",
+    "requant_input_stage",
     "requant_input_range",
     "requant_table_array",
     "REQUANT_TABLE_COLUMNS",
