@@ -88,8 +88,8 @@ class _Walk:
 
     def module_of(self, node, kind):
         t = self.params.get(node.name) if hasattr(node, "name") else None
-        if t is None:
-            raise _Unsupported(f"its {kind} weight is not a parameter of a module")
+        if t is None or "." not in t:
+            raise _Unsupported(f"its {kind} weight is not a parameter of a submodule")
         path = t.rsplit(".", 1)[0]
         return path, self.model.get_submodule(path)
 
@@ -255,6 +255,9 @@ class _Walk:
                     raise _Unsupported(f"node kind {n.op}")
             except _Unsupported as e:
                 bad.append((n, str(e)))
+                self.env[n.name] = _Bad()
+            except (KeyError, IndexError, TypeError, AttributeError, RuntimeError) as e:
+                bad.append((n, f"arguments not understood: {type(e).__name__}: {e}"))
                 self.env[n.name] = _Bad()
         if bad:
             items = []
