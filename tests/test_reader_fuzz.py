@@ -42,6 +42,26 @@ def test_mutated_files_give_clean_errors_or_identical_values(sources, tmp_path, 
     assert outcomes
 
 
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_mutated_old_schema_files_give_clean_errors_or_identical_values(tmp_path, kind):
+    """The same on the committed schema-1 and schema-2 files (read without requant_table,
+    input_shape with the batch axis): the older layout gets no weaker checks."""
+    rng = np.random.default_rng(sum(map(ord, "old" + kind)))
+    outcomes = []
+    for i, src in enumerate(fuzz_campaign.OLD_GOLDEN * 2):
+        dst = str(tmp_path / f"m{i}.h5")
+        try:
+            forbidden = KINDS[kind](src, dst, rng)
+        except Exception:  # the mutation does not apply to this file
+            continue
+        res, detail = fuzz_campaign.check_golden(dst)
+        if res == "accepted" and forbidden:
+            res = "forbidden"
+        outcomes.append(res)
+        assert res in ("clean", "accepted"), (kind, i, res, detail)
+    assert outcomes
+
+
 def test_huge_declared_dataset_is_refused_without_reading(sources, tmp_path):
     import h5py
 
