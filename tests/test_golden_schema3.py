@@ -292,3 +292,13 @@ def test_coverage_counts_the_requant_table_against_the_requantized_value(files):
         assert r["thresholds_hit"] == sum(int(t) in seen for t in tab[:, 1])
         assert r["thresholds_minus_1_hit"] == sum(int(t) - 1 in seen for t in tab[:, 1])
     assert rows["sm"]["thresholds_hit"] > 0  # prob values do meet prob thresholds
+
+
+def test_hex_export_of_an_old_file_is_in_todays_layout(tmp_path):
+    """Exporting a schema-2 file gives today's folder: the same files and tensors as the
+    schema-3 conv.h5 fixture's export (the requant_table derived from the stored model)."""
+    old = export_hex(os.path.join(FIX, "old", "conv_schema2.h5"), tmp_path / "old")
+    new = export_hex(os.path.join(FIX, "conv.h5"), tmp_path / "new")
+    assert old["schema_version"] == new["schema_version"] == 3 and old["input_shape"] == [2, 4, 4]
+    assert old["tensors"] == new["tensors"] and old["layers"] == new["layers"]
+    assert sorted(os.listdir(tmp_path / "old")) == sorted(os.listdir(tmp_path / "new"))
