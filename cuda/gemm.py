@@ -54,7 +54,8 @@ def make_gemm(acc_type, dp, BM=128, BN=128, BK=16, TM=8, TN=8, lut_shared=0, GRO
     Arguments: (AT, B1, B2, lut, bias, N, O, K, mode, width, HW, O_total, o_off, exact_out,
     acc_out). Operand datapath: B1 = the decoded weights WV (K, O), B2 unused (a placeholder),
     p = AT[k, n] * WV[k, o]. Product datapath: B1 = Bbase (table row offsets), B2 = Bm (signed
-    magnitude multipliers), both int32 (K, O); v = Bm[k, o] * AT[k, n] (|v| <= Mw*Mx < 2^15),
+    magnitude multipliers), both int32 (K, O); v = Bm[k, o] * AT[k, n] (|v| <= Mw*Mx <= 128·255 < 2^15
+    with full-range 8-bit weights and unsigned 8-bit activations),
     p = sign(v) * lut[Bbase[k, o] + |v|] (v == 0 reads lut[Bbase], a valid entry, adds 0).
     lut_shared > 0 (product datapath): the flattened product LUT (<= lut_shared entries) is
     copied to shared memory once per block.

@@ -15,21 +15,38 @@ GRANULARITIES = ("tensor", "channel", "group")
 EXPONENT_MIN, EXPONENT_MAX = 1e-3, 16.0
 
 
+def check_full_range(full_range, signed):
+    """full_range is a bool, and True only for signed codes (unsigned codes use all 2^b)."""
+    if not isinstance(full_range, (bool, np.bool_)):
+        raise TypeError(f"full_range must be a bool, got {full_range!r} ({type(full_range).__name__})")
+    if full_range and not signed:
+        raise ValueError(
+            "full_range=True is not allowed with signed=False; allowed: full_range=True with "
+            "signed codes only (unsigned codes [0, 2^b-1] already use all 2^b levels)"
+        )
+
+
 @dataclass(frozen=True)
 class CodeRange:
-    """b-bit codes: signed symmetric [-M, M], M = 2^(b-1)-1, or unsigned [0, 2^b-1]."""
+    """b-bit codes: signed symmetric [-M, M], M = 2^(b-1)-1, signed full [-2^(b-1), M]
+    (`full_range`: all 2^b levels, as int-b), or unsigned [0, 2^b-1]."""
 
     bits: int
     signed: bool
+    full_range: bool = False
 
     def __post_init__(self):
         check_int("bits", self.bits, 2, 8)
         if not isinstance(self.signed, (bool, np.bool_)):
             raise TypeError(f"signed must be a bool, got {self.signed!r}")
+        check_full_range(self.full_range, self.signed)
+        object.__setattr__(self, "full_range", bool(self.full_range))
 
     @property
     def qmin(self):
-        return -(2 ** (self.bits - 1) - 1) if self.signed else 0
+        if not self.signed:
+            return 0
+        return -(2 ** (self.bits - 1)) if self.full_range else -(2 ** (self.bits - 1) - 1)
 
     @property
     def qmax(self):
@@ -56,6 +73,7 @@ class PowerFormat:
 
     scale has one entry ('tensor'), one per output channel ('channel', dim 0), or one per
     (channel, group of group_size consecutive input elements) ('group', shape (C, K/g)).
+    Signed codes are [-M, M] (M = 2^(b-1)-1), or [-2^(b-1), M] with full_range=True.
     """
 
     bits: int
@@ -64,10 +82,12 @@ class PowerFormat:
     scale: np.ndarray
     granularity: str = "tensor"
     group_size: int = 0
+    full_range: bool = False
     range: CodeRange = field(init=False)
 
     def __post_init__(self):
-        object.__setattr__(self, "range", CodeRange(self.bits, self.signed))
+        object.__setattr__(self, "range", CodeRange(self.bits, self.signed, self.full_range))
+        object.__setattr__(self, "full_range", bool(self.full_range))
         object.__setattr__(
             self, "exponent", check_real("exponent", self.exponent, EXPONENT_MIN, EXPONENT_MAX)
         )
@@ -153,7 +173,8 @@ class UniformFormat:
 
 @dataclass(frozen=True)
 class UniformRange(CodeRange):
-    """Uniform int codes use the full two's complement range [-2^(b-1), 2^(b-1)-1]."""
+    """Uniform int codes use the full two's complement range [-2^(b-1), 2^(b-1)-1] (always:
+    `full_range` is a power-format option; the class tells uniform codes apart)."""
 
     @property
     def qmin(self):

@@ -37,7 +37,8 @@ from .versions import MODEL_FORMAT_VERSION
 MODEL_FORMAT = "nupes-sim-model"
 MODEL_VERSION = MODEL_FORMAT_VERSION  # the model *file* layout (root attributes, groups)
 # The graph description inside it (graph_to_dict, hashed by model_hash): unchanged since
-# model format 1, so the same graph keeps its model_hash across file versions.
+# model format 1 except for the optional `full_range` key of a code range (model format 3,
+# written only when true), so the same graph keeps its model_hash across file versions.
 GRAPH_VERSION = 1
 LAYER_CLASSES = LAYER_TYPES  # class name -> layer class (the registry of nupes_sim.layers)
 STRUCT_CLASSES = {c.__name__: c for c in (DecodeTable, ProductTable, Thresholds, Rescale, Accumulator)}
@@ -76,7 +77,10 @@ def _encode(value, key, arrays):
     if isinstance(value, tuple):
         return {"t": "tuple", "v": [_encode(v, f"{key}/{i}", arrays) for i, v in enumerate(value)]}
     if isinstance(value, CodeRange):
-        return {"t": type(value).__name__, "bits": int(value.bits), "signed": bool(value.signed)}
+        tag = {"t": type(value).__name__, "bits": int(value.bits), "signed": bool(value.signed)}
+        if value.full_range:  # written only when set: graphs without it keep their model_hash
+            tag["full_range"] = True
+        return tag
     if type(value).__name__ in STRUCT_CLASSES:
         return {
             "t": type(value).__name__,
@@ -109,7 +113,17 @@ def _decode(tag, arrays, where):
     if t == "tuple":
         return tuple(_decode(v, arrays, f"{where}[{i}]") for i, v in enumerate(tag["v"]))
     if t in RANGE_CLASSES:
-        return RANGE_CLASSES[t](tag["bits"], tag["signed"])
+        extra = set(tag) - {"t", "bits", "signed", "full_range"}
+        if extra:
+            raise ModelFormatError(f"{where}: unknown code range keys {sorted(extra)}")
+        if "full_range" in tag and tag["full_range"] is not True:
+            raise ModelFormatError(
+                f"{where}: code range full_range={tag['full_range']!r}; allowed: true, or the key absent"
+            )
+        try:
+            return RANGE_CLASSES[t](tag["bits"], tag["signed"], "full_range" in tag)
+        except (TypeError, ValueError) as e:
+            raise ModelFormatError(f"{where}: {e}") from None
     if t in STRUCT_CLASSES:
         kw = {k: _decode(v, arrays, f"{where}.{k}") for k, v in tag["fields"].items()}
         try:  # the table's own constructor validates it (tables.py); say which node holds it
@@ -425,7 +439,7 @@ ROOT_ATTRS = {
 }
 OPTIONAL_ROOT_ATTRS = {"input_shape", "input_format", "output_unit"}
 # Versions this reader reads: 1 (before input_format/output_unit) and the current one.
-READABLE_VERSIONS = (1, MODEL_VERSION)
+READABLE_VERSIONS = (1, 2, MODEL_VERSION)
 V2_ATTRS = {"input_format", "output_unit"}
 
 

@@ -140,9 +140,11 @@ class ProductTable:
                 f"product table channel_factor must be 1-D, got shape {self.channel_factor.shape}"
             )
 
-    def length(self, mw):
-        """Entries per row needed for weight magnitudes <= mw and activation magnitudes <= mx."""
-        return mw * self.mx + 1 if self.by_product else (mw + 1) * (self.mx + 1)
+    def length(self, mw, mx=None):
+        """Entries per row needed for weight magnitudes <= mw and activation magnitudes <= mx
+        (default: this table's mx)."""
+        mx = self.mx if mx is None else mx
+        return mw * mx + 1 if self.by_product else (mw + 1) * (mx + 1)
 
     def index(self, mw, mx):
         """THE product-table index of magnitudes |qw| = mw, |qx| = mx (ints or int arrays,

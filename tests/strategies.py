@@ -36,9 +36,11 @@ def exponents():
 
 
 @st.composite
-def power_format(draw, bits=None, signed=None, granularity="tensor", channels=1, k=1):
+def power_format(draw, bits=None, signed=None, granularity="tensor", channels=1, k=1, full_range=None):
+    """A power format; signed ones are symmetric or full range (the code -2^(b-1) too)."""
     b = draw(st.integers(2, 8)) if bits is None else bits
     s = draw(st.booleans()) if signed is None else signed
+    full = (draw(st.booleans()) if full_range is None else full_range) and s
     a = draw(exponents())
     qmax = 2 ** (b - 1) - 1 if s else 2**b - 1
     # real range: the largest code decodes to about top = (scale*qmax)^(1/a)
@@ -46,13 +48,13 @@ def power_format(draw, bits=None, signed=None, granularity="tensor", channels=1,
     base = top**a / qmax
     if granularity == "tensor":
         scale = np.array([base])
-        return PowerFormat(b, s, a, scale)
+        return PowerFormat(b, s, a, scale, full_range=full)
     if granularity == "channel":
         f = draw(st.lists(st.floats(0.25, 4.0), min_size=channels, max_size=channels))
-        return PowerFormat(b, s, a, base * np.array(f), "channel")
+        return PowerFormat(b, s, a, base * np.array(f), "channel", full_range=full)
     g = draw(st.sampled_from([d for d in range(1, k + 1) if k % d == 0]))
     f = draw(st.lists(st.floats(0.25, 4.0), min_size=channels * (k // g), max_size=channels * (k // g)))
-    return PowerFormat(b, s, a, base * np.array(f).reshape(channels, k // g), "group", g)
+    return PowerFormat(b, s, a, base * np.array(f).reshape(channels, k // g), "group", g, full_range=full)
 
 
 @st.composite

@@ -1,7 +1,7 @@
 """A user's own CNN from float data to a passing comparison on the command line (#12 item 3
 and "Done means"): torch.export -> quantize -> simulate --float-input -> golden --hex ->
 verify -> diff -> audit, in process (nupes_sim.cli.main); the model file's stored input
-format and output unit (model format 2), old version-1 files, and the audit's counts (#12.7)."""
+format and output unit (model format 2 and later), old version-1 files, and the audit's counts (#12.7)."""
 
 import json
 import os
@@ -53,7 +53,7 @@ def test_quantize_stores_input_format_and_output_unit_and_prints_the_scale_exact
     user, model, capsys, tmp_path
 ):
     m = load_model(model, full=True)
-    assert m.version == MODEL_FORMAT_VERSION == 2
+    assert m.version == MODEL_FORMAT_VERSION == 3
     assert m.input_format is not None and m.input_format.granularity == "tensor"
     assert np.allclose(m.output_unit, m.graph.nodes[-1].layer.unit, rtol=0, atol=0)
     rc, out, _ = cli(capsys, "quantize", user / "my.pt2", "--calib", user / "calib.npy", "--method", "rtn",
@@ -147,7 +147,7 @@ def test_old_model_files_still_read_and_float_input_says_why_not(user, model, ca
         ("input_format", "NaN", "input_format"),
         ("output_unit", '{"kind": "accumulator", "unit": -1.0}', "output_unit"),
         ("output_unit", '{"kind": "accumulator", "unit": 1.0, "x": 2}', "output_unit"),
-        ("version", np.int64(3), "version 3"),
+        ("version", np.int64(4), "version 4"),
     ],
 )
 def test_bad_stored_float_io_is_refused_naming_the_field(model, tmp_path, attr, value, match):

@@ -19,7 +19,10 @@ B[kJ+j, o] = H[key(o,k), j] of gemm.py's decomposition (*); operand datapath: J 
 decoded values) are split into balanced base-256 limbs, v = sum_l 2^(8l)·v_l with
 v_l in [-128, 127] (d = ((r + 128) & 255) - 128, r <- (r - d) >> 8, exact in int64), as many
 limbs as the actual used values need (a table of <= 8 bits of magnitude: 1 limb; the product
-datapath's one-hot side (+-1): 1 limb). Then
+datapath's one-hot side (+-1): 1 limb). Codes never enter these matrices, only limbs of
+table entries and the one-hot +-1/0, so a full-range format (ARITHMETIC.md §1: the code
+-2^(b-1), magnitude 2^(b-1) in the product index) changes table values only, which the split
+takes whatever they are, and (I) holds for every int8 value, -128 included. Then
     A @ B = sum_{l, m} 2^(8(l+m)) · sum_chunks (A_l[:, chunk] @ B_m[chunk, :])
 with chunks of <= int8_chunk_k (<= 2^16) consecutive k, each limb GEMM exact by (I). The
 recombination is done in int64 (``_finish_limbs``); every partial sum there is bounded by

@@ -122,6 +122,7 @@ def format_meta(fmt):
             "scale_shape": list(fmt.scale.shape),
             "granularity": fmt.granularity,
             "group_size": int(fmt.group_size),
+            **({"full_range": True} if fmt.full_range else {}),  # absent: meta (and hash) as before
         }
     if isinstance(fmt, UniformFormat):
         return {
@@ -140,7 +141,15 @@ def format_from_meta(d):
         return None
     if d["kind"] == "power":
         scale = np.asarray(d["scale"], np.float64).reshape(d["scale_shape"])
-        return PowerFormat(d["bits"], d["signed"], d["exponent"], scale, d["granularity"], d["group_size"])
+        return PowerFormat(
+            d["bits"],
+            d["signed"],
+            d["exponent"],
+            scale,
+            d["granularity"],
+            d["group_size"],
+            d.get("full_range", False),
+        )
     return UniformFormat(d["bits"], d["signed"], d["scale"], d["zero_point"])
 
 

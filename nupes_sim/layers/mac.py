@@ -118,13 +118,13 @@ class MacLayer(AccLayer):
                 raise ValueError(f"{n}: w_table and x_table must be None for the product datapath")
             for r, rng in (("w_range", self.w_range), ("x_range", self.x_range)):
                 if isinstance(rng, UniformRange):
-                    raise ValueError(f"{n}.{r}: the product datapath needs power-format (symmetric) codes")
-            pt, need = self.p_table, self.p_table.length(self.w_range.max_magnitude)
-            if pt.mx != self.x_range.max_magnitude or pt.lut.shape[1] != need:
+                    raise ValueError(f"{n}.{r}: the product datapath needs power-format codes (not uniform)")
+            pt, mx = self.p_table, self.x_range.max_magnitude
+            need = pt.length(self.w_range.max_magnitude, mx)  # of the ranges, not of the table's mx
+            if pt.mx != mx or pt.lut.shape[1] != need:
                 raise ValueError(
                     f"{n}.p_table has mx={pt.mx} and {pt.lut.shape[1]} entries per row; allowed: "
-                    f"mx={self.x_range.max_magnitude} and {self.p_table.length(self.w_range.max_magnitude)} "
-                    "entries (every weight and activation magnitude of the code ranges)"
+                    f"mx={mx} and {need} entries (every weight and activation magnitude of the code ranges)"
                 )
             if pt.channel_factor is not None and pt.channel_factor.size not in (1, O):
                 raise ValueError(

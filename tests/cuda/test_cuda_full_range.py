@@ -1,0 +1,70 @@
+"""Full-range power formats (#14 item 1) on the cuda backend against the oracle: layers whose
+weights and inputs hold every code (bits 2 and 4) and the 8-bit extremes (-128 with -128,
+127 and the unsigned 255: the largest product-table index 128·255), every datapath."""
+
+import numpy as np
+import pytest
+from cuda_gate import cuda_unavailable_reason, require_or_skip
+from test_full_range import every_code_layer, full
+
+from nupes_sim import oracle
+from nupes_sim.formats import PowerFormat, UniformFormat
+from nupes_sim.layers import Accumulator, Linear
+
+_REASON = cuda_unavailable_reason()
+
+
+@pytest.fixture(scope="module")
+def cb():
+    if _REASON is not None:
+        require_or_skip(_REASON)
+    from nupes_sim.cuda import backend
+
+    return backend
+
+
+def same(cb, layer, x):
+    want = oracle.run_layer(layer, x)
+    got = cb.run_layer(layer, x)
+    assert sorted(got) == sorted(want)
+    for k in want:
+        assert got[k].shape == want[k].shape and (got[k] == want[k]).all(), k
+    return want
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+@pytest.mark.parametrize(
+    "datapath, xkind",
+    [("operand", "full"), ("operand", "uniform"), ("product", "full"), ("product", "unsigned")],
+)
+@pytest.mark.parametrize("overflow, width", [("wrap", 64), ("saturate", 20)])
+def test_every_code(cb, bits, datapath, xkind, overflow, width):
+    layer, x = every_code_layer(bits, datapath, xkind, overflow, width)
+    same(cb, layer, x)
+
+
+@pytest.mark.parametrize("datapath", ["operand", "product"])
+@pytest.mark.parametrize("xkind", ["full", "unsigned"])
+def test_8bit_extremes(cb, datapath, xkind):
+    w = np.array([[-128, 127, -127, 0], [127, -128, 1, -128]])
+    xf = full(8, 0.6, 0.03) if xkind == "full" else PowerFormat(8, False, 0.6, 0.03)
+    x = (
+        np.array([[-128, 127, -128, 0], [127, -128, 1, -128]])
+        if xkind == "full"
+        else np.array([[255, 0, 255, 1]])
+    )
+    layer = Linear.build(
+        "x8",
+        w,
+        full(8, 0.6, np.array([0.02, 0.05]), granularity="channel"),
+        xf,
+        datapath=datapath,
+        w_frac_bits=10,
+        x_frac_bits=8,
+        product_frac_bits=12,
+        acc=Accumulator(48, "wrap"),
+        out_fmt=UniformFormat(8, True, 0.5, 0),
+        mult_bits=15,
+    )
+    assert layer.datapath != "product" or layer.p_table.lut.shape[1] == 128 * xf.range.max_magnitude + 1
+    same(cb, layer, x.astype(np.int8) if xkind == "full" else x)
