@@ -137,14 +137,17 @@ class PowerFormat:
         x = np.asarray(x, dtype=np.float64)
         if not np.isfinite(x).all():
             raise ValueError("cannot encode non-finite values")
+        q = round_float(self.scaled(x), rounding, seed, tensor_id)
+        return np.clip(q, self.range.qmin, self.range.qmax)
+
+    def scaled(self, x):
+        """The value encode rounds: sign(x)|x|^a / s (float64 x; cpu/fakequant.py reuses it)."""
         if self.granularity == "tensor":
             s = self.scale[0]
         else:
             idx = self.scale_index(x.shape).reshape(x.shape)
             s = self.scale.reshape(-1)[idx]
-        z = np.sign(x) * np.abs(x) ** self.exponent / s
-        q = round_float(z, rounding, seed, tensor_id)
-        return np.clip(q, self.range.qmin, self.range.qmax)
+        return np.sign(x) * np.abs(x) ** self.exponent / s
 
 
 @dataclass(frozen=True, eq=False)

@@ -14,7 +14,9 @@ activations a weight quantizer is optimized against are the ones the integer gra
 import numpy as np
 import torch
 
+from nupes_sim.cpu.fakequant import fake_quantize
 from nupes_sim.formats import PowerFormat
+from nupes_sim.rounding import DEFAULT
 
 from .quantizer import check_finite_tensor
 
@@ -69,7 +71,8 @@ def quantize_act(fmt, t):
     """Float64 fake quantization of a torch tensor with a PowerFormat (host contract rounding;
     an unsigned format saturates negative inputs to code 0)."""
     arr = t.detach().double().cpu().numpy()
-    return torch.from_numpy(fmt.decode_real(fmt.encode(arr)))
+    fast = fake_quantize(fmt, arr, DEFAULT)  # the same values in one pass (cpu/fakequant.py)
+    return torch.from_numpy(fast if fast is not None else fmt.decode_real(fmt.encode(arr)))
 
 
 def activation_from_batchnorm(bn, bits=8, relu=True, n_per_channel=4096, seed=0, **kw):

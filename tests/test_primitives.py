@@ -128,6 +128,24 @@ def test_count_ge_against_direct_count():
             assert P.count_ge(v, thr, 0, n) == int((thr[0] <= v).sum())
 
 
+def test_count_ge_exhaustive_small():
+    """Every non-decreasing row of length <= 7 over 4 values (with ties), every v around
+    them, in a later row of the table: Python and the compiled kernel primitive alike."""
+    from itertools import combinations_with_replacement
+
+    from nupes_sim.cpu import prim
+
+    for n in range(8):
+        for row in combinations_with_replacement(range(4), n):
+            thr = np.zeros((2, 8), np.int64)
+            thr[1, :n] = row
+            thr[1, n:] = -5  # beyond n: never read
+            for v in range(-1, 5):
+                want = sum(t <= v for t in row)
+                assert P.count_ge(v, thr, 1, n) == want, (row, v)
+                assert prim.count_ge(v, thr, 1, n) == want, (row, v)
+
+
 @given(a=st.integers(0, 2**32 - 1), b=st.integers(0, 2**32 - 1))
 def test_mul32(a, b):
     assert P.mul32(a, b) == (a * b) % 2**32
