@@ -182,3 +182,68 @@ class UniformRange(CodeRange):
     @property
     def qmin(self):
         return -(2 ** (self.bits - 1)) if self.signed else 0
+
+
+WEIGHT_GRANULARITIES = ("tensor", "channel")
+
+
+@dataclass(frozen=True, eq=False)
+class UniformWeightFormat:
+    """Affine uniform weights with a zero point per scale entry: ŵ = s_t·(q − z_t)
+    (docs/ARITHMETIC.md §1), e.g. GPTQ's standard asymmetric min-max grid (unsigned codes
+    [0, 2^b-1], one scale and zero point per output channel).
+
+    scale (float64 > 0) and zero_point (ints, each a code of the range) have one entry
+    ('tensor') or one per output channel ('channel', dim 0). On the operand datapath the
+    decode LUT row t is (q − z_t)·2^F, exact, and s_t moves into the accumulator unit (§2).
+    """
+
+    bits: int
+    signed: bool
+    scale: np.ndarray
+    zero_point: np.ndarray
+    granularity: str = "channel"
+    range: CodeRange = field(init=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "range", UniformRange(self.bits, self.signed))
+        check_choice("granularity", self.granularity, WEIGHT_GRANULARITIES)
+        s = check_finite_positive("scale", self.scale).reshape(-1).copy()
+        zp = np.asarray(self.zero_point)
+        if zp.dtype.kind not in "iu" and not (zp.dtype.kind == "f" and (zp == np.round(zp)).all()):
+            raise TypeError(f"zero_point must hold integers, got dtype {zp.dtype}")
+        zp = zp.astype(np.int64).reshape(-1).copy()
+        check_int_array("zero_point", zp, self.range.qmin, self.range.qmax)
+        if self.granularity == "tensor" and s.size != 1:
+            raise ValueError(f"scale must have 1 entry for granularity='tensor', got {s.size}")
+        if zp.shape != s.shape:
+            raise ValueError(
+                f"zero_point has {zp.size} entries and scale {s.size}; allowed: one zero point per scale"
+            )
+        for a in (s, zp):
+            a.setflags(write=False)
+        object.__setattr__(self, "scale", s)
+        object.__setattr__(self, "zero_point", zp)
+
+    def scale_index(self, shape):
+        """Per-element index into scale for a weight of shape (C, K...)."""
+        C = shape[0]
+        K = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        if self.granularity == "tensor":
+            return np.zeros((C, K), np.int64)
+        if self.scale.size != C:
+            raise ValueError(f"scale has {self.scale.size} channels but the tensor has {C}")
+        return np.repeat(np.arange(C, dtype=np.int64)[:, None], K, axis=1)
+
+    def decode_real(self, codes, scale_index=None):
+        """Float64 ŵ = s·(q − z) (host only): one float64 product of exact operands."""
+        q = np.asarray(codes, dtype=np.int64)
+        t = 0 if scale_index is None else scale_index
+        return self.scale[t] * (q - self.zero_point[t]).astype(np.float64)
+
+    def encode(self, x, rounding=DEFAULT, seed=0, tensor_id=0):
+        """Codes clip(R(x/s) + z, qmin, qmax) of a weight x of shape (C, K...) (host only)."""
+        x = np.asarray(x, dtype=np.float64)
+        idx = self.scale_index(x.shape).reshape(x.shape)
+        q = round_float(x / self.scale[idx], rounding, seed, tensor_id) + self.zero_point[idx]
+        return np.clip(q, self.range.qmin, self.range.qmax)

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import primitives as P
 from .exactreal import cr_float, decide_exact, round_fraction, rounded_table
-from .formats import PowerFormat, UniformFormat
+from .formats import PowerFormat, UniformFormat, UniformWeightFormat
 from .rounding import DEFAULT, HOST_MODES, mode_id, random_words
 from .validate import check_int, check_real, frozen_float_array, frozen_int_array, set_fields
 
@@ -52,7 +52,9 @@ class DecodeTable:
     For a power format, lut = round(x̂·2^F) and unit = 2^-F; entries of negative codes are
     the negated entries of positive codes when the rounding is sign-symmetric (half_even,
     half_away, toward_zero), otherwise each entry is rounded on its own value. For a
-    uniform format, lut = (q − zero_point)·2^F and unit = scale·2^-F (exact).
+    uniform format, lut = (q − zero_point)·2^F and unit = scale·2^-F (exact). For a
+    UniformWeightFormat, row t is (q − z_t)·2^F and unit = 2^-F: the scales s_t are not in
+    the table (the layer's accumulator unit carries them, docs/ARITHMETIC.md §2).
     """
 
     lut: np.ndarray  # int64 (T, n_codes)
@@ -79,8 +81,14 @@ def decode_table(fmt, frac_bits, rounding=DEFAULT, seed=0, tensor_id=0):
         codes = fmt.range.all_codes()
         lut = ((codes - fmt.zero_point) << F)[None, :].astype(np.int64)
         return DecodeTable(lut, fmt.range.qmin, fmt.scale * 2.0**-F, F)
+    if isinstance(fmt, UniformWeightFormat):
+        codes = fmt.range.all_codes()
+        lut = (codes[None, :] - fmt.zero_point[:, None]) << F  # exact: |q - z| < 2^8, F <= 40
+        return DecodeTable(lut.astype(np.int64), fmt.range.qmin, 2.0**-F, F)
     if not isinstance(fmt, PowerFormat):
-        raise TypeError(f"format must be a PowerFormat or UniformFormat, got {type(fmt).__name__}")
+        raise TypeError(
+            f"format must be a PowerFormat, UniformFormat or UniformWeightFormat, got {type(fmt).__name__}"
+        )
     mode = mode_id(rounding, HOST_MODES)
     codes = fmt.range.all_codes()
     lut = _pow_table(

@@ -15,7 +15,7 @@ import numpy as np
 from hypothesis import assume
 from hypothesis import strategies as st
 
-from nupes_sim.formats import PowerFormat, UniformFormat
+from nupes_sim.formats import PowerFormat, UniformFormat, UniformRange, UniformWeightFormat
 from nupes_sim.layers import Accumulator, Add, AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d
 from nupes_sim.rounding import HOST_MODES, RESCALE_MODES
 from nupes_sim.tables import rescale_table, threshold_table
@@ -65,6 +65,18 @@ def uniform_format(draw, bits=None, signed=None):
     zp = draw(st.integers(lo, hi))
     scale = draw(st.sampled_from([2.0**-6, 0.01, 0.1, 1.0]))
     return UniformFormat(b, s, scale, zp)
+
+
+@st.composite
+def uniform_weight_format(draw, granularity="channel", channels=1):
+    """Uniform weights with a zero point per tensor or per channel (operand datapath only)."""
+    b = draw(st.integers(2, 8))
+    s = draw(st.booleans())
+    r = UniformRange(b, s)
+    n = 1 if granularity == "tensor" else channels
+    zp = draw(st.lists(st.integers(r.qmin, r.qmax), min_size=n, max_size=n))
+    sc = draw(st.lists(st.sampled_from([2.0**-6, 0.01, 0.1, 1.0]), min_size=n, max_size=n))
+    return UniformWeightFormat(b, s, np.array(sc), np.array(zp, np.int64), granularity)
 
 
 @st.composite
@@ -133,6 +145,8 @@ def _mac_common(draw, cls, w_shape, k, extra):
     datapath = draw(st.sampled_from(["operand", "product"]))
     gran = draw(st.sampled_from(["tensor", "channel", "group"]))
     wfmt = draw(power_format(granularity=gran, channels=O, k=k))
+    if datapath == "operand" and gran != "group" and draw(st.integers(0, 3)) == 0:
+        wfmt = draw(uniform_weight_format(gran, O))
     if datapath == "product":
         xfmt = draw(power_format(granularity="tensor"))
     else:

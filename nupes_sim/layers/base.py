@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..formats import CodeRange, PowerFormat, UniformFormat
+from ..formats import CodeRange, PowerFormat, UniformFormat, UniformWeightFormat
 from ..rounding import DEFAULT
 from ..rounding import NAMES as ROUNDING_NAMES
 from ..tables import DecodeTable, Rescale, Thresholds, rescale_table, threshold_table
@@ -124,6 +124,15 @@ def format_meta(fmt):
             "group_size": int(fmt.group_size),
             **({"full_range": True} if fmt.full_range else {}),  # absent: meta (and hash) as before
         }
+    if isinstance(fmt, UniformWeightFormat):
+        return {
+            "kind": "uniform_weight",
+            "bits": int(fmt.bits),
+            "signed": bool(fmt.signed),
+            "scale": fmt.scale.tolist(),
+            "zero_point": fmt.zero_point.tolist(),
+            "granularity": fmt.granularity,
+        }
     if isinstance(fmt, UniformFormat):
         return {
             "kind": "uniform",
@@ -149,6 +158,11 @@ def format_from_meta(d):
             d["granularity"],
             d["group_size"],
             d.get("full_range", False),
+        )
+    if d["kind"] == "uniform_weight":
+        zp = np.asarray(d["zero_point"], np.int64)
+        return UniformWeightFormat(
+            d["bits"], d["signed"], np.asarray(d["scale"], np.float64), zp, d["granularity"]
         )
     return UniformFormat(d["bits"], d["signed"], d["scale"], d["zero_point"])
 

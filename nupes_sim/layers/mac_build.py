@@ -4,6 +4,7 @@ constructor then validates the result like any other."""
 
 import numpy as np
 
+from ..formats import UniformWeightFormat
 from ..rounding import DEFAULT
 from ..tables import bias_table, decode_table, product_table
 from ..validate import check_choice
@@ -18,6 +19,9 @@ def _tables_for(
     if datapath == "operand":
         wt = decode_table(w_fmt, w_frac_bits, rounding, seed, tensor_id)
         xt = decode_table(x_fmt, x_frac_bits, rounding, seed, tensor_id + 1)
+        if isinstance(w_fmt, UniformWeightFormat):  # unit[o] = fl(s_w[o]·2^-F_w·u_x) (§2)
+            u = wt.unit * xt.unit * w_fmt.scale
+            return dict(w_table=wt, x_table=xt), (float(u[0]) if w_fmt.granularity == "tensor" else u)
         return dict(w_table=wt, x_table=xt), wt.unit * xt.unit
     pt = product_table(w_fmt, x_fmt, product_frac_bits, rounding, seed, tensor_id)
     if pt.channel_factor is None:

@@ -1,6 +1,7 @@
 """Full-range power formats (#14 item 1) on the cuda backend against the oracle: layers whose
 weights and inputs hold every code (bits 2 and 4) and the 8-bit extremes (-128 with -128,
-127 and the unsigned 255: the largest product-table index 128·255), every datapath."""
+127 and the unsigned 255: the largest product-table index 128·255), every datapath; and
+uniform weights with per-channel zero points (#14 item 2)."""
 
 import numpy as np
 import pytest
@@ -68,3 +69,13 @@ def test_8bit_extremes(cb, datapath, xkind):
     )
     assert layer.datapath != "product" or layer.p_table.lut.shape[1] == 128 * xf.range.max_magnitude + 1
     same(cb, layer, x.astype(np.int8) if xkind == "full" else x)
+
+
+@pytest.mark.parametrize("signed, xkind", [(False, "power"), (True, "uniform")])
+def test_uniform_zero_point_weights(cb, signed, xkind):
+    """#14 item 2: per-channel zero points absorbed by the decode LUT rows (every code, 4 bits)."""
+    from test_uniform_weights import _every_code_layer
+
+    for overflow, width in (("wrap", 48), ("saturate", 20)):
+        layer, x, _, _ = _every_code_layer(4, signed, xkind, overflow, width)
+        same(cb, layer, x)
