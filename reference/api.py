@@ -23,7 +23,7 @@ import warnings
 import torch
 from torch import nn
 
-from .baselines import FAKE_METHODS, fake_layer
+from .baselines import FAKE_METHODS, fake_layer, gptq_asym_layer
 from .calibrate import (
     PowerActQuant,
     as_batches,
@@ -110,6 +110,7 @@ def quantize_model(
     float_inputs=None,
     input_fn=None,
     input_hessians=None,
+    full_range=False,
 ):
     """Quantize the Linear/Conv2d weights of `model` (and optionally the inputs of those layers).
 
@@ -117,7 +118,9 @@ def quantize_model(
     'gptq' (uniform GPTQ), 'gptq_power' (GPTQ on the PowerQuant grid), 'nupes'; and the
     fake-quant-only baselines of baselines.py (no `nupes_quant`, not exportable): 'nf'
     (NormalFloat RTN), 'gptq_nf' (GPTQ on the NF grid), 'gptq_asym' (GPTQ on the reference's
-    asymmetric zero-point grid), 'kmeans' (Hessian-diagonal-weighted k-means per channel).
+    asymmetric zero-point grid; with granularity 'channel' it is exportable: its `nupes_quant`
+    is a baselines.AsymWeight, the simulator's UniformWeightFormat), 'kmeans'
+    (Hessian-diagonal-weighted k-means per channel).
     wbits/abits: weight/activation bits (abits None: float activations). calib: a tensor
     (split into `batch_size` batches; a NumPy array or any float dtype is accepted and cast to the
     model's dtype) or an iterable of input batches; required for 'gptq',
@@ -143,6 +146,8 @@ def quantize_model(
     unfolded input (datafree.bn_input_hessians: from batch-norm statistics); layers that the
     calibration data does not reach (all of them with calib=None) then use the data-free
     objective LayerObjective(W, H) instead of the weight error.
+    full_range: signed weight codes [-2^(b-1), 2^(b-1)-1] (2^b levels, ARITHMETIC.md §1) for the
+    grid methods (rtn, powerquant, gptq, gptq_power, nupes); default scales max|w|^a/(M + 1/2).
     Returns (qmodel, report).
     """
     t_start = time.perf_counter()
@@ -164,7 +169,12 @@ def quantize_model(
         raise ValueError(
             "input_fn needs calib, mode='sequential' and abits=None (it supplies the activations)"
         )
-    PowerQuantizer(wbits, True, 1.0, granularity, group_size)  # validates bits/granularity/group_size
+    PowerQuantizer(wbits, True, 1.0, granularity, group_size, full_range)  # validates the weight spec
+    if full_range and method in FAKE_METHODS:
+        raise ValueError(
+            f"full_range=True is not allowed with method={method!r}; allowed with "
+            "rtn, powerquant, gptq, gptq_power and nupes (power-grid codes)"
+        )
     if abits is not None:
         PowerQuantizer(abits, True, 1.0, "tensor")
     if exponent is not None:
@@ -229,6 +239,7 @@ def quantize_model(
                 group_size,
                 bounds=EXPONENT_BOUNDS,
                 names=order,
+                full_range=full_range,
             ).exponent
         report = dict(
             method=method,
@@ -236,6 +247,7 @@ def quantize_model(
             abits=abits,
             granularity=granularity,
             group_size=group_size,
+            full_range=bool(full_range),
             mode=mode if batches is not None else "data-free",
             exponent=exponent or net_exponent,
             layers=[],
@@ -287,8 +299,10 @@ def quantize_model(
             elif net_exponent is not None:
                 a = net_exponent
             else:
-                a = search_exponent(w, wbits, granularity, group_size, bounds=EXPONENT_BOUNDS).exponent
-            q = PowerQuantizer(wbits, True, a, granularity, group_size)
+                a = search_exponent(
+                    w, wbits, granularity, group_size, bounds=EXPONENT_BOUNDS, full_range=full_range
+                ).exponent
+            q = PowerQuantizer(wbits, True, a, granularity, group_size, full_range)
             s = q.scales(w)
             base = QuantizedWeight.from_codes(q, q.encode(w, s), s, "rtn" if a == 1.0 else "powerquant")
             tgt = target or ("float" if method == "nupes" else "local")
@@ -299,7 +313,16 @@ def quantize_model(
             else:
                 obj = LayerObjective.weight_error(mod, n)
             info = {}
-            if method in FAKE_METHODS:  # fake quantization only: no nupes_quant, not exportable
+            exportable_asym = method == "gptq_asym" and granularity == "channel"
+            if exportable_asym:  # the standard grid per channel: codes + (scale, zero point) per row
+                base = gptq_asym_layer(mod, obj.hessians, wbits, name=n, calibrated=False)
+                if x_fp is not None:
+                    qw = gptq_asym_layer(
+                        mod, obj.hessians, wbits, obj.target_weight(percdamp), blocksize, percdamp, n
+                    )
+                else:
+                    qw = base
+            elif method in FAKE_METHODS:  # fake quantization only: no nupes_quant, not exportable
                 w_hat, start = fake_layer(
                     method, mod, obj, wbits, granularity, group_size, x_fp is not None, blocksize, percdamp, n
                 )
@@ -324,7 +347,9 @@ def quantize_model(
                     )
                 )
                 continue
-            if method in ("rtn", "powerquant"):
+            if exportable_asym:
+                pass
+            elif method in ("rtn", "powerquant"):
                 qw = base
             elif method in ("gptq", "gptq_power") or (method == "nupes" and nupes_init == "gptq_power"):
                 if x_q is None and obj.kind == "datafree_rel_mse":
@@ -340,6 +365,7 @@ def quantize_model(
                         actorder,
                         name=n,
                         method="gptq" if a == 1.0 else "gptq_power",
+                        full_range=full_range,
                     )
                 elif x_q is None:
                     warnings.warn(
@@ -361,6 +387,7 @@ def quantize_model(
                         name=n,
                         method="gptq" if a == 1.0 else "gptq_power",
                         weight=obj.target_weight(percdamp),
+                        full_range=full_range,
                     )
                 if method == "nupes":
                     base = qw
@@ -375,6 +402,7 @@ def quantize_model(
                     config=config,
                     name=n,
                     seed=seed,
+                    full_range=full_range,
                 )
             w_hat = qw.decode()
             check_finite_tensor(f"layer {n!r}: quantized weight", w_hat)

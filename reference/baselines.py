@@ -1,8 +1,10 @@
-"""Baselines that users pick instead of power formats, in fake quantization (float64 weights).
+"""Baselines that users pick instead of power formats (float64 weights).
 
-None of these has an integer format in the simulator yet (a zero-point weight format and a
-general codebook format are separate work), so a model quantized with them cannot be
-exported; they exist to put NUPES next to what users run.
+GPTQ on the standard asymmetric grid per channel (`gptq_asym_layer`, method 'gptq_asym' with
+granularity 'channel') exports: its `AsymWeight` is the simulator's UniformWeightFormat
+(ARITHMETIC.md §1-§2: the decode LUT absorbs the zero point). The others (and 'gptq_asym'
+per group) are fake quantization only (a general codebook format is separate work), so a
+model quantized with them cannot be exported; they put NUPES next to what users run.
 
 - `AsymElement`: the reference GPTQ's standard grid (IST-DASLab `Quantizer`, sym=False):
   2^b levels 0..2^b−1 with a zero point, per-row min-max range widened to include 0,
@@ -18,9 +20,13 @@ The elements follow `gptq.gptq`'s element protocol (scales(block) → per-row pa
 __call__(col, params) → (fake, code)), so GPTQ's error compensation runs on these grids too.
 """
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from scipy.stats import norm
+
+from nupes_sim.formats import UniformWeightFormat
 
 
 def NF_CODEBOOK(bits, offset=0.9677083):
@@ -72,6 +78,77 @@ class CodebookElement:
         lv = s.unsqueeze(1) * self.values.unsqueeze(0)  # (C, L)
         idx = torch.argmin((col.unsqueeze(1) - lv).abs(), 1)
         return lv.gather(1, idx.unsqueeze(1)).squeeze(1), idx
+
+
+@dataclass
+class AsymWeight:
+    """Codes on the standard asymmetric grid (attached as `module.nupes_quant`, exportable):
+    ŵ = scales[o]·(codes − zero_points[o]) per output channel o, codes uint8 in [0, 2^b−1]."""
+
+    codes: torch.Tensor
+    scales: torch.Tensor  # (C,) float64
+    zero_points: torch.Tensor  # (C,) int64
+    bits: int
+    method: str = "gptq_asym"
+    granularity: str = "channel"
+    group_size: int = 0
+    exponent: float = 1.0
+    signed: bool = False
+    full_range: bool = False
+
+    def format(self):
+        """The simulator's UniformWeightFormat of these codes."""
+        return UniformWeightFormat(
+            self.bits, False, self.scales.numpy(), self.zero_points.numpy().astype(np.int64), "channel"
+        )
+
+    def decode(self):
+        """Float64 ŵ in the weight's shape: one product s·(q − z) per element, as the simulator."""
+        q = self.codes.to(torch.int64).reshape(self.codes.shape[0], -1)
+        w = self.scales.reshape(-1, 1) * (q - self.zero_points.reshape(-1, 1)).to(torch.float64)
+        return w.reshape(self.codes.shape)
+
+
+def asym_params(W, bits):
+    """(scales (C,), zero points (C,) int64) of the standard grid for the rows of W (C, K)."""
+    p = AsymElement(bits).scales(W.to(torch.float64))
+    return p[:, 0].clone(), p[:, 1].to(torch.int64)
+
+
+def gptq_asym_layer(
+    module, hessians, bits, weight=None, blocksize=128, percdamp=0.01, name="layer", calibrated=True
+):
+    """GPTQ on the standard asymmetric grid per output channel (per conv group), as the
+    reference does it: per-row min-max of the weight before the sweep (widened to contain 0),
+    scale = (max − min)/(2^b − 1), zero = round(−min/scale), codes in [0, 2^b − 1]. Returns an
+    AsymWeight; `calibrated=False` gives round-to-nearest on the same grid."""
+    from .gptq import gptq
+
+    w = module.weight.detach().to(torch.float64) if weight is None else weight.to(torch.float64)
+    W = w.reshape(module.weight.shape[0], -1)
+    el = AsymElement(bits)
+    if not calibrated:
+        p = el.scales(W)
+        q = torch.clamp(torch.round(W / p[:, :1]) + p[:, 1:], 0, el.maxq)  # AsymElement per column
+        return _asym(q, p, bits, module, "rtn_asym")
+    G = len(hessians)
+    O = W.shape[0] // G
+    cs, ps = [], []
+    for i, H in enumerate(hessians):
+        c, p, _ = gptq(W[i * O : (i + 1) * O], H, el, "channel", None, None, blocksize, percdamp, False, name)
+        cs.append(c)
+        ps.append(p)
+    return _asym(torch.cat(cs, 0), torch.cat(ps, 0), bits, module, "gptq_asym")
+
+
+def _asym(codes, params, bits, module, method):
+    return AsymWeight(
+        codes.to(torch.int64).to(torch.uint8).reshape(module.weight.shape),
+        params[:, 0].clone(),
+        params[:, 1].to(torch.int64),
+        bits,
+        method,
+    )
 
 
 def rtn_element(W, element, granularity="channel", group_size=None):

@@ -3,13 +3,13 @@ power grid, coordinate descent over the whole code range, and a 1-D exponent ref
 
 Levels: for exponent a and per-slice magnitude m (the value the largest code decodes to),
 the scale is the contract's s = m^a / M (all-zero slices, m = 0: s = 1, codes stay 0) and
-level l ∈ [−M, M] decodes to sign(l)·(s·|l|)^(1/a), evaluated with the quantizer's own pow
+level l ∈ [−M, M] (full range: [−(M+1), M]; a table of L levels starts at −(L//2)) decodes to sign(l)·(s·|l|)^(1/a), evaluated with the quantizer's own pow
 kernel, so a weight gathered from the level table is bit for bit `QuantizedWeight.decode`.
 
 Coordinate descent: the loss is a quadratic form in ŵ with rows independent given H, so
 for column j and every row at once the change of L when ŵ[:, j] moves by δ is
 H_jj·δ² + 2δ·R[:, j] (R = D·H + G₀, the current residual). Each sweep visits the columns in
-order, moves every row's code to the best of *all* 2M+1 levels (not only ±1) when that
+order, moves every row's code to the best of *all* levels (not only ±1) when that
 lowers the loss by more than a relative 1e-12, and updates R by a rank-1 product. The loss
 never increases; it is recomputed exactly at the end.
 """
@@ -27,10 +27,11 @@ def scales_for(m, a, M):
     return torch.where(m > 0, s, torch.ones_like(s))
 
 
-def levels(m, a, M):
-    """(R, G, 2M+1) float64 decoded value of every code −M..M for each slice."""
+def levels(m, a, M, full_range=False):
+    """(R, G, L) float64 decoded value of every code −M..M (L = 2M+1), or −(M+1)..M with
+    full_range (L = 2M+2), for each slice. Code c sits at index c + L//2."""
     s = scales_for(m, a, M)
-    c = torch.arange(-M, M + 1, dtype=torch.float64)
+    c = torch.arange(-M - int(bool(full_range)), M + 1, dtype=torch.float64)
     mag = _t_pow(s.unsqueeze(-1) * c.abs(), 1.0 / a)
     return torch.sign(c) * mag
 
@@ -38,8 +39,7 @@ def levels(m, a, M):
 def gather(lv, codes, shape_rgg):
     """Decoded weight (R, G, g) of integer codes (R, G, g) from the level table (R, G, L)."""
     R, G, g = shape_rgg
-    M = (lv.shape[-1] - 1) // 2
-    idx = codes.reshape(R, G, g).to(torch.int64) + M
+    idx = codes.reshape(R, G, g).to(torch.int64) + lv.shape[-1] // 2
     return torch.gather(lv.expand(R, G, -1) if lv.shape[0] != R else lv, 2, idx)
 
 
@@ -54,7 +54,7 @@ def coordinate_descent(obj, codes, lv, shape_rgg, sweeps=1):
     what = gather(lv, codes, shape_rgg).reshape(C, K)
     D = what - obj.W
     Res = obj.residual(D)
-    M = (lv.shape[-1] - 1) // 2
+    off = lv.shape[-1] // 2  # index of code 0 (levels())
     tol = 1e-12 * obj.norm
     # per (row of W, column) the level table row: tensor → row 0; channel → row r; group → (r, j // g)
     lvr = lv.expand(C, G, -1) if lv.shape[0] != C else lv
@@ -78,7 +78,7 @@ def coordinate_descent(obj, codes, lv, shape_rgg, sweeps=1):
                 if not bool(mask.any()):
                     continue
                 d = torch.where(mask, delta.gather(1, best.unsqueeze(1)).squeeze(1), torch.zeros_like(gain))
-                newc = torch.where(mask, best - M, cflat[r0:r1, j])
+                newc = torch.where(mask, best - off, cflat[r0:r1, j])
                 changed += int(mask.sum())
                 cflat[r0:r1, j] = newc
                 what[r0:r1, j] = torch.where(
@@ -92,12 +92,12 @@ def coordinate_descent(obj, codes, lv, shape_rgg, sweeps=1):
     return cflat.reshape(R, G, g), loss, moved
 
 
-def hard_loss(obj, m, a, M, codes, shape_rgg):
+def hard_loss(obj, m, a, M, codes, shape_rgg, full_range=False):
     """Exact loss of hard codes at exponent a (scales follow a: s = m^a/M)."""
-    return obj.value(gather(levels(m, a, M), codes, shape_rgg))
+    return obj.value(gather(levels(m, a, M, full_range), codes, shape_rgg))
 
 
-def refine_exponent(obj, m, M, codes, shape_rgg, a0, bounds, width=0.05, iters=14):
+def refine_exponent(obj, m, M, codes, shape_rgg, a0, bounds, width=0.05, iters=14, full=False):
     """Golden-section search of L(a) with the codes fixed on [a0 − width, a0 + width] ∩ bounds.
     Returns (a, loss) of the best point evaluated, a0 included."""
     lo, hi = max(bounds[0], a0 - width), min(bounds[1], a0 + width)
@@ -105,7 +105,7 @@ def refine_exponent(obj, m, M, codes, shape_rgg, a0, bounds, width=0.05, iters=1
 
     def f(a):
         if a not in cache:
-            cache[a] = hard_loss(obj, m, a, M, codes, shape_rgg)
+            cache[a] = hard_loss(obj, m, a, M, codes, shape_rgg, full)
         return cache[a]
 
     f(a0)

@@ -25,7 +25,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from nupes_sim.formats import PowerFormat
+from nupes_sim.formats import PowerFormat, UniformWeightFormat
 from nupes_sim.graph import Graph, Node
 from nupes_sim.layers import Accumulator, Add, AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d
 
@@ -84,6 +84,8 @@ def _weight_codes(module, name):
         raise ValueError(f"layer {name!r} has no quantized weights (nupes_quant); quantize the model first")
     codes = np.asarray(q.codes.cpu().numpy() if torch.is_tensor(q.codes) else q.codes).astype(np.int64)
     codes = codes.reshape(module.weight.shape)
+    if hasattr(q, "zero_points"):  # baselines.AsymWeight: uniform weights with a zero point
+        return codes, q.format()
     scales = np.asarray(q.scales.cpu().numpy() if torch.is_tensor(q.scales) else q.scales, dtype=np.float64)
     gran = q.granularity
     if gran == "group":
@@ -92,7 +94,8 @@ def _weight_codes(module, name):
         scales = scales.reshape(-1)
     else:
         scales = scales.reshape(1)
-    fmt = PowerFormat(int(q.bits), True, float(q.exponent), scales, gran, int(q.group_size or 0))
+    full = bool(getattr(q, "full_range", False))
+    fmt = PowerFormat(int(q.bits), True, float(q.exponent), scales, gran, int(q.group_size or 0), full)
     return codes, fmt
 
 
@@ -331,11 +334,18 @@ def export_model(model, calib, config=None, input_signed=None, walk=None):
             codes, wfmt = weights[op.name]
             xfmt = formats[op.inputs[0]]
             xmax = float(np.abs(xfmt.decode_real(xfmt.range.all_codes())).max())
+            uniform_w = isinstance(wfmt, UniformWeightFormat)
+            if uniform_w and cfg.datapath != "operand":
+                raise ValueError(
+                    f"{op.name}: datapath={cfg.datapath!r} is not allowed for uniform zero-point weights; "
+                    "allowed: 'operand' (the product datapath needs power formats)"
+                )
             kw = dict(
                 datapath=cfg.datapath,
-                w_frac_bits=_frac_bits(_table_max(wfmt), cfg.w_lut_bits),
+                # uniform weights: the LUT (q - z)·2^F is exact for every F, so F = 0
+                w_frac_bits=0 if uniform_w else _frac_bits(_table_max(wfmt), cfg.w_lut_bits),
                 x_frac_bits=_frac_bits(xmax, cfg.x_lut_bits),
-                product_frac_bits=_frac_bits(_product_max(wfmt, xmax), cfg.p_lut_bits),
+                product_frac_bits=0 if uniform_w else _frac_bits(_product_max(wfmt, xmax), cfg.p_lut_bits),
                 bias=None if op.module.bias is None else op.module.bias.detach().double().numpy(),
                 acc=cfg.acc,
                 out_fmt=out_fmt,

@@ -27,12 +27,12 @@ from .quantizer import PowerQuantizer, QuantizedWeight, _t_pow, check_finite_ten
 class PowerElement:
     """Element quantizer on the power grid of exponent a (a = 1: uniform RTN grid)."""
 
-    def __init__(self, bits, exponent=1.0):
-        self.q = PowerQuantizer(bits, True, exponent, "channel")
+    def __init__(self, bits, exponent=1.0, full_range=False):
+        self.q = PowerQuantizer(bits, True, exponent, "channel", full_range=full_range)
         self.exponent = float(exponent)
 
     def scales(self, block):
-        """Per-row scale of a (C, n) block: max|w|^a / M, 1 for all-zero rows."""
+        """Per-row scale of a (C, n) block: max|w|^a / D (quantizer.py), 1 for all-zero rows."""
         return self.q.scales(block)
 
     def __call__(self, col, s):
@@ -206,15 +206,17 @@ def gptq_layer(
     name="layer",
     method=None,
     weight=None,
+    full_range=False,
 ):
     """GPTQ of an nn.Linear / nn.Conv2d from per-conv-group Hessians (see `input_rows`).
 
     Returns a QuantizedWeight (codes in the weight's shape, contract scales). `element`
     defaults to the power grid with the given exponent (1.0: uniform GPTQ). `weight`: the
     weight to quantize instead of the module's (same numel; the float-target weight W* of
-    `objective.LayerObjective.target_weight`), scales included.
+    `objective.LayerObjective.target_weight`), scales included. full_range: signed codes
+    [-2^(b-1), 2^(b-1)-1] (quantizer.py).
     """
-    qspec = PowerQuantizer(bits, True, exponent, granularity, group_size)
+    qspec = PowerQuantizer(bits, True, exponent, granularity, group_size, full_range)
     w = module.weight.detach().to(torch.float64)
     if weight is not None:
         if weight.numel() != w.numel():
@@ -225,7 +227,7 @@ def gptq_layer(
     check_finite_tensor(f"layer {name!r}: weight", w)
     W = w.reshape(w.shape[0], -1)
     qspec.blocks_shape(w.shape)  # validates group size against the flattened shape
-    element = element or PowerElement(bits, exponent)
+    element = element or PowerElement(bits, exponent, full_range)
     G = len(hessians)
     O = W.shape[0] // G
     fixed = qspec.scales(w).reshape(1) if granularity == "tensor" else None

@@ -11,7 +11,8 @@ taken from the start's scales and kept; scales follow the exponent, s(a) = m^a/M
 
 Parameters: a learnable exponent a (clamped to [0.1, 2.0]) and a real latent ε in code
 space, one per weight, initialized at the start's codes (dsq is exact at integers, so the
-first soft loss is the start's hard loss). Codes are c = clip(dsq_β(ε), −M, M) with the
+first soft loss is the start's hard loss). Codes are c = clip(dsq_β(ε), lo, M) (lo = −M, or
+−(M+1) for a full-range format: the start's quantizer decides) with the
 differentiable soft quantizer dsq_β(ε) = ⌊ε⌋ + 1/2 + tanh(β(ε−⌊ε⌋−1/2)) / (2·tanh(β/2)).
 
 Schedule (one documented scheme, `NupesConfig`):
@@ -28,7 +29,7 @@ Schedule (one documented scheme, `NupesConfig`):
 3. the better of the start and the result is returned (≤ by construction); info says
    which, and how far codes moved (histogram of |code − start code|).
 
-Guards: ŵ = sign(c)·m·(|c|/M)^(1/a) with |c|/M ∈ [0, 1]; the a-gradient involves log(|c|/M)
+Guards: ŵ = sign(c)·m·(|c|/M)^(1/a) with |c|/M ∈ [0, |lo|/M]; the a-gradient involves log(|c|/M)
 only, evaluated as log(where(c ≠ 0, max(|c|/M, 1e-6), 1)) with the value masked to 0 at
 c = 0 — both branches of every `where` are finite, so no NaN can reach the gradient. Any
 non-finite loss, parameter or gradient raises FloatingPointError naming the layer and step.
@@ -113,21 +114,21 @@ def soft_decode(c, m, a, M):
 
 
 class _SoftPowerWeight(torch.autograd.Function):
-    """Fused ŵ = soft_decode(clip(dsq_β(ε), −M, M), m, a) with a hand-written backward
+    """Fused ŵ = soft_decode(clip(dsq_β(ε), lo, M), m, a) with a hand-written backward
     (same guards; about half the elementwise passes of autograd on the composition).
 
-    ∂ŵ/∂ε = |ŵ|/(a·max(|c|, M·1e-6)) · β(1−t²)/(2 tanh(β/2)) · [−M < c < M], t = tanh(β(ε−⌊ε⌋−½));
+    ∂ŵ/∂ε = |ŵ|/(a·max(|c|, M·1e-6)) · β(1−t²)/(2 tanh(β/2)) · [lo < c < M], t = tanh(β(ε−⌊ε⌋−½));
     ∂ŵ/∂a = −ŵ·log(u_safe)/a², u_safe = 1 where c = 0 (so the log term is 0 there).
     """
 
     @staticmethod
-    def forward(ctx, eps, a, m, beta, M):
+    def forward(ctx, eps, a, m, beta, M, lo):
         f = torch.floor(eps)
         t = torch.tanh((eps - f - 0.5) * beta)
         k = 1.0 / (2.0 * math.tanh(beta / 2.0))
         c = t * k + f + 0.5
-        inside = (c > -M) & (c < M)
-        c.clamp_(-M, M)
+        inside = (c > lo) & (c < M)
+        c.clamp_(lo, M)
         ac = c.abs()
         pos = ac > 0
         lu = torch.where(pos, (ac / M).clamp_min_(_TINY), torch.ones_like(ac)).log_()
@@ -143,12 +144,12 @@ class _SoftPowerWeight(torch.autograd.Function):
         dc = (1.0 - t * t).mul_(ctx.beta * ctx.k).mul_(inside)
         g_eps = (g * w.abs()).div_(ac.clamp_min(ctx.M * _TINY)).div_(a).mul_(dc)
         g_a = -(g * w * lu).sum() / (a * a)
-        return g_eps, g_a, None, None, None
+        return g_eps, g_a, None, None, None, None
 
 
-def soft_power_weight(eps, a, m, beta, M):
-    """ŵ(ε, a) = soft_decode(clip(dsq_β(ε), −M, M), m, a), fused (see _SoftPowerWeight)."""
-    return _SoftPowerWeight.apply(eps, a, m, float(beta), int(M))
+def soft_power_weight(eps, a, m, beta, M, lo=None):
+    """ŵ(ε, a) = soft_decode(clip(dsq_β(ε), lo, M), m, a) (lo default −M), fused (see _SoftPowerWeight)."""
+    return _SoftPowerWeight.apply(eps, a, m, float(beta), int(M), -int(M) if lo is None else int(lo))
 
 
 def layer_forward(module):
@@ -192,8 +193,12 @@ def nupes_layer(
     target="float",
     name="layer",
     seed=0,
+    full_range=False,
 ):
     """Optimise one nn.Linear / nn.Conv2d with NUPES. Returns (QuantizedWeight, info).
+
+    full_range: signed codes [-2^(b-1), 2^(b-1)-1] for the power-RTN start; a given `init`
+    brings its own code range (it must agree).
 
     init: the QuantizedWeight to start from (GPTQ-power / PowerQuant codes), else power RTN
     at `exponent` (or the PowerQuant per-layer optimum). objective: a LayerObjective; else
@@ -226,16 +231,23 @@ def nupes_layer(
         a0 = (
             exponent
             if exponent is not None
-            else search_exponent(w, bits, granularity, group_size, bounds=EXPONENT_BOUNDS).exponent
+            else search_exponent(
+                w, bits, granularity, group_size, bounds=EXPONENT_BOUNDS, full_range=full_range
+            ).exponent
         )
-        q0 = PowerQuantizer(bits, True, a0, granularity, group_size)
+        q0 = PowerQuantizer(bits, True, a0, granularity, group_size, full_range)
         s0 = q0.scales(w, f"layer {name!r}: weight")
         init = QuantizedWeight.from_codes(q0, q0.encode(w, s0), s0, "powerquant")
     a_init = float(init.exponent)
-    spec = PowerQuantizer(bits, True, a_init, granularity, group_size)
+    full = bool(init.full_range)  # the start's code range is the result's
+    if full != bool(full_range):
+        raise ValueError(
+            f"layer {name!r}: full_range={full_range!r} but init has full_range={full}; allowed: equal"
+        )
+    spec = PowerQuantizer(bits, True, a_init, granularity, group_size, full)
     R, G, g = spec.blocks_shape(shape)
     rgg = (R, G, g)
-    M = spec.qmax
+    M, lo = spec.qmax, spec.qmin
     C, K = obj.W.shape
     codes0 = init.codes.to(torch.int64).reshape(R, G, g)
     # magnitude the largest code decodes to, from the start's scales; 0 where the slice is all zero
@@ -277,7 +289,7 @@ def nupes_layer(
             t = step / max(n - 1, 1)
             beta = b0 * (b1 / b0) ** t
             lam = config.reg * max(0.0, 2.0 * t - 1.0)
-            ws = soft_power_weight(eps, a, m, beta, M).reshape(C, K)
+            ws = soft_power_weight(eps, a, m, beta, M, lo).reshape(C, K)
             D = ws.detach() - W
             with torch.no_grad():
                 Res = obj.residual(D)
@@ -294,29 +306,29 @@ def nupes_layer(
             _check(name, "gradient (of ε or of the exponent)", step, gnorm)
             opt.step()
             with torch.no_grad():
-                eps.clamp_(-M, M)
+                eps.clamp_(lo, M)
                 a.clamp_(a_lo, a_hi)
             _check(name, "exponent", step, a.detach())
             _check(name, "latent ε", step, eps.detach())
             if (step + 1) % config.harden_every == 0 or step == n - 1:
-                hc = torch.clamp(torch.round(eps.detach().double()), -M, M).to(torch.int64)
+                hc = torch.clamp(torch.round(eps.detach().double()), lo, M).to(torch.int64)
                 ah = float(a.detach())
-                consider(hc, ah, codesearch.hard_loss(obj, m64, ah, M, hc, rgg))
+                consider(hc, ah, codesearch.hard_loss(obj, m64, ah, M, hc, rgg, full))
     loss_dsq = best[0]
 
     # ---- 2. code phase: exact coordinate descent and exponent refinement --------------------
     if config.sweeps:
         _, codes, a1 = best
         codes, l1, _ = codesearch.coordinate_descent(
-            obj, codes, codesearch.levels(m64, a1, M), rgg, config.sweeps
+            obj, codes, codesearch.levels(m64, a1, M, full), rgg, config.sweeps
         )
         consider(codes, a1, l1)
         if config.refine_exponent:
-            a2, l2 = codesearch.refine_exponent(obj, m64, M, codes, rgg, a1, EXPONENT_BOUNDS)
+            a2, l2 = codesearch.refine_exponent(obj, m64, M, codes, rgg, a1, EXPONENT_BOUNDS, full=full)
             if a2 != a1 and l2 < l1:
                 consider(codes, a2, l2)
                 codes, l3, _ = codesearch.coordinate_descent(
-                    obj, codes, codesearch.levels(m64, a2, M), rgg, 1
+                    obj, codes, codesearch.levels(m64, a2, M, full), rgg, 1
                 )
                 consider(codes, a2, l3)
     l_hard = best[0]
@@ -338,7 +350,15 @@ def nupes_layer(
         if not math.isfinite(v):
             raise FloatingPointError(f"NUPES layer {name!r} step {config.steps}: non-finite {what} ({v})")
     out = QuantizedWeight(
-        out.codes, out.scales, out.exponent, out.bits, out.granularity, out.group_size, "nupes", out.signed
+        out.codes,
+        out.scales,
+        out.exponent,
+        out.bits,
+        out.granularity,
+        out.group_size,
+        "nupes",
+        out.signed,
+        out.full_range,
     )
     moves = move_histogram(init.codes, out.codes)
     info = dict(

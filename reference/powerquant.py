@@ -88,6 +88,7 @@ def search_exponent(
     fine_step=0.005,
     xatol=1e-4,
     names=None,
+    full_range=False,
 ):
     """Data-free exponent search for one weight tensor or a list of them (one shared a).
 
@@ -102,13 +103,13 @@ def search_exponent(
     names = names or [f"weights[{i}]" for i in range(len(ws))]
     for n, w in zip(names, ws):
         check_finite_tensor(n, w)
-    PowerQuantizer(bits, True, 1.0, granularity, group_size)  # validates the spec
+    PowerQuantizer(bits, True, 1.0, granularity, group_size, full_range)  # validates the spec
     for w in ws:
-        PowerQuantizer(bits, True, 1.0, granularity, group_size).blocks_shape(w.shape)
+        PowerQuantizer(bits, True, 1.0, granularity, group_size, full_range).blocks_shape(w.shape)
     norms = [1.0] if single else [float(np.sum(w * w)) or 1.0 for w in ws]
 
     def objective(a):
-        q = PowerQuantizer(bits, True, a, granularity, group_size)
+        q = PowerQuantizer(bits, True, a, granularity, group_size, full_range)
         return sum(weight_error_np(w, q) / n for w, n in zip(ws, norms))
 
     return minimize_exponent(objective, bounds, grid_step, fine_step, xatol)

@@ -2,11 +2,16 @@
 
 Encode ``q = clip(round(sign(w)·|w|^a / s), qmin, qmax)`` (round = half-to-even), decode
 ``ŵ = sign(q)·(s·|q|)^(1/a)``; ``a = 1`` is uniform symmetric RTN. Signed codes are
-``[-M, M]``, ``M = 2^(b-1)-1``; unsigned codes ``[0, 2^b-1]``. One scale per tensor, per
+``[-M, M]``, ``M = 2^(b-1)-1``, or ``[-(M+1), M]`` with ``full_range`` (all 2^b levels, as
+int-b); unsigned codes ``[0, 2^b-1]``. One scale per tensor, per
 output channel (dim 0) or per group of ``group_size`` consecutive input elements (dim 1;
 conv weights are flattened over dims 1.. in (C, kh, kw) order), shapes ``(1,)``, ``(C,)``
-and ``(C, K/g)``. Default scale ``s = max|w|^a / qmax`` over the slice (the largest
-magnitude maps to the largest code); an all-zero slice gets ``s = 1`` (codes 0).
+and ``(C, K/g)``. Default scale ``s = max|w|^a / D`` over the slice with ``D =
+(qmax - qmin)/2`` for signed codes (``M``: the largest magnitude maps to the largest code;
+full range ``M + 1/2``: ``±max|w|`` map to ``±(M + 1/2)``, the 2^b-level symmetric grid of the
+GPTQ reference, ``scale = 2·max/(2^b - 1)`` at a = 1: a finer step than ``D = M``; RTN reaches
+``-2^(b-1)`` only at that tie, GPTQ and NUPES wherever it lowers their objective) and
+``D = qmax`` for unsigned codes; an all-zero slice gets ``s = 1`` (codes 0).
 
 Exactness: the simulator's host side computes in float64 NumPy. Torch's vectorised ``pow``
 differs from NumPy's by one ulp on a few percent of inputs, which would flip codes that sit
@@ -23,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from nupes_sim.formats import CodeRange
+from nupes_sim.formats import CodeRange, check_full_range
 from nupes_sim.validate import check_choice, check_int, check_real
 
 #: exponents accepted by the quantizer (validation range).
@@ -73,11 +78,14 @@ class PowerQuantizer:
     exponent: float = 1.0
     granularity: str = "channel"
     group_size: int = None
+    full_range: bool = False
 
     def __post_init__(self):
         check_int("bits", self.bits, 2, 8)
         if not isinstance(self.signed, (bool, np.bool_)):
             raise TypeError(f"signed must be a bool, got {self.signed!r}")
+        check_full_range(self.full_range, self.signed)
+        object.__setattr__(self, "full_range", bool(self.full_range))
         if isinstance(self.exponent, bool):
             raise TypeError(f"exponent must be a real number, got {self.exponent!r}")
         object.__setattr__(
@@ -97,14 +105,21 @@ class PowerQuantizer:
     # ---- code range -------------------------------------------------------------------
     @property
     def qmin(self):  # the simulator's code range is the one definition (formats.CodeRange)
-        return CodeRange(self.bits, self.signed).qmin
+        return CodeRange(self.bits, self.signed, self.full_range).qmin
 
     @property
     def qmax(self):
-        return CodeRange(self.bits, self.signed).qmax
+        return CodeRange(self.bits, self.signed, self.full_range).qmax
+
+    @property
+    def divisor(self):
+        """D of the default scale max|w|^a / D (module doc): (qmax - qmin)/2 signed, qmax unsigned."""
+        return (self.qmax - self.qmin) / 2 if self.signed else float(self.qmax)
 
     def with_exponent(self, exponent):
-        return PowerQuantizer(self.bits, self.signed, exponent, self.granularity, self.group_size)
+        return PowerQuantizer(
+            self.bits, self.signed, exponent, self.granularity, self.group_size, self.full_range
+        )
 
     # ---- shapes -------------------------------------------------------------------------
     def blocks_shape(self, shape):
@@ -160,7 +175,7 @@ class PowerQuantizer:
 
     # ---- torch --------------------------------------------------------------------------
     def scales(self, w, name="w"):
-        """Default scales (float64 torch): max|w|^a / qmax per slice, 1 for all-zero slices."""
+        """Default scales (float64 torch): max|w|^a / D per slice, 1 for all-zero slices."""
         if not torch.is_tensor(w):
             raise TypeError(f"{name} must be a torch tensor; use scales_np for numpy arrays")
         self._check_w(w, name)
@@ -170,7 +185,7 @@ class PowerQuantizer:
             if g
             else torch.zeros(R, G, dtype=torch.float64)
         )
-        s = _t_pow(m, self.exponent) / self.qmax
+        s = _t_pow(m, self.exponent) / self.divisor
         s = torch.where(m > 0, s, torch.ones_like(s))
         self._check_representable(m.numpy(), s.numpy(), name)
         return s.reshape(self.scales_shape(w.shape))
@@ -180,7 +195,7 @@ class PowerQuantizer:
         if bad.any():
             v = float(m[bad].reshape(-1)[0])
             raise ValueError(
-                f"{name}: max|w|^a / qmax = {v!r}^{self.exponent} / {self.qmax} is not a finite "
+                f"{name}: max|w|^a / D = {v!r}^{self.exponent} / {self.divisor} is not a finite "
                 f"positive float64 (under/overflow); rescale the tensor or use an exponent closer to 1"
             )
 
@@ -219,7 +234,7 @@ class PowerQuantizer:
         self._check_w(w, name)
         R, G, g = self.blocks_shape(w.shape)
         m = np.abs(w.astype(np.float64).reshape(R, G, g)).max(axis=2) if g else np.zeros((R, G))
-        s = _np_pow(m, self.exponent) / self.qmax
+        s = _np_pow(m, self.exponent) / self.divisor
         s = np.where(m > 0, s, 1.0)
         self._check_representable(m, s, name)
         return s.reshape(self.scales_shape(w.shape))
@@ -266,6 +281,7 @@ class QuantizedWeight:
     group_size: int
     method: str
     signed: bool = True
+    full_range: bool = False
 
     @property
     def quantizer(self):
@@ -275,6 +291,7 @@ class QuantizedWeight:
             self.exponent,
             self.granularity,
             self.group_size if self.granularity == "group" else None,
+            self.full_range,
         )
 
     def decode(self):
@@ -296,6 +313,7 @@ class QuantizedWeight:
             int(q.group_size or 0) if q.granularity == "group" else 0,
             method,
             q.signed,
+            q.full_range,
         )
 
 
