@@ -342,10 +342,9 @@ def export_model(model, calib, config=None, input_signed=None, walk=None):
                 )
             kw = dict(
                 datapath=cfg.datapath,
-                # uniform weights: the LUT (q - z)·2^F is exact for every F, so F = 0
-                w_frac_bits=0 if uniform_w else _frac_bits(_table_max(wfmt), cfg.w_lut_bits),
+                w_frac_bits=_frac_bits(_table_max(wfmt), cfg.w_lut_bits),
                 x_frac_bits=_frac_bits(xmax, cfg.x_lut_bits),
-                product_frac_bits=0 if uniform_w else _frac_bits(_product_max(wfmt, xmax), cfg.p_lut_bits),
+                product_frac_bits=_frac_bits(_product_max(wfmt, xmax), cfg.p_lut_bits),
                 bias=None if op.module.bias is None else op.module.bias.detach().double().numpy(),
                 acc=cfg.acc,
                 out_fmt=out_fmt,
@@ -412,6 +411,10 @@ def export_model(model, calib, config=None, input_signed=None, walk=None):
 
 
 def _table_max(fmt):
+    """Largest |real value| of the format's decode LUT (before the 2^F scaling); uniform
+    weights: max |q − z| (their scale lives in the accumulator unit, ARITHMETIC.md §2)."""
+    if isinstance(fmt, UniformWeightFormat):
+        return float(np.abs(fmt.range.all_codes()[None, :] - fmt.zero_point[:, None]).max())
     return (
         float(np.abs(fmt.decode_real(np.array([fmt.range.max_magnitude]), None)).max())
         if fmt.granularity == "tensor"
@@ -421,8 +424,9 @@ def _table_max(fmt):
 
 def _product_max(wfmt, xmax):
     """Largest real value in the product table: per-tensor/channel weight scales are
-    factored out of it (tables.ProductTable), per-group scales are not."""
-    if wfmt.granularity == "group":
+    factored out of it (tables.ProductTable), per-group scales are not. Uniform weights have
+    no product table (the product datapath refuses them); the value only sizes an unused F."""
+    if wfmt.granularity == "group" or isinstance(wfmt, UniformWeightFormat):
         return _table_max(wfmt) * xmax
     return wfmt.range.max_magnitude ** (1 / wfmt.exponent) * xmax
 

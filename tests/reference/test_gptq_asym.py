@@ -103,3 +103,29 @@ def test_product_datapath_is_refused_naming_the_field():
     qm, _ = quantize_model(net, "gptq_asym", 4, calib=X, progress=False)
     with pytest.raises(ValueError, match="datapath='product' is not allowed for uniform zero-point weights"):
         export_model(qm, X, ExportConfig(datapath="product", act_exponent=0.7))
+
+
+def test_transformer_export_takes_uniform_weights():
+    """The MiniLM exporter (the model #14's table needs this row for) builds the same layers."""
+    from nupes_sim.reference.export_transformer import export_minilm
+    from nupes_sim.reference.models import MiniLM
+
+    torch.manual_seed(0)
+    kw = dict(vocab_size=20, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    model = MiniLM(**kw, max_position_embeddings=8, layer_norm_eps=1e-12).eval()
+    ids = torch.randint(1, 20, (6, 8), generator=torch.Generator().manual_seed(2))
+    wrapped = type(
+        "Ids", (nn.Module,), {"forward": lambda self, x: self.m(x.long(), torch.ones_like(x).long())}
+    )()
+    wrapped.m = model
+    qw, _ = quantize_model(wrapped, "gptq_asym", 8, calib=ids, progress=False)
+    ex = export_minilm(qw.m.eval(), ids)
+    kinds = {
+        n.layer.meta["w_format"]["kind"]
+        for n in ex.graph.nodes
+        if getattr(n.layer, "w_codes", None) is not None
+    }
+    assert kinds == {"uniform_weight"}
+    twin, integer = ex.fake_quant(ids).numpy(), ex.integer(ids.numpy())
+    cos = (twin * integer).sum(1) / np.linalg.norm(twin, axis=1) / np.linalg.norm(integer, axis=1)
+    assert cos.mean() > 0.98
