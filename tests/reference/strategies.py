@@ -31,4 +31,5 @@ def weight_matrices(draw, max_rows=6, max_groups=4, group_sizes=(1, 2, 3, 4), ze
 @st.composite
 def quantizers(draw, group_size=None):
     gran = draw(st.sampled_from(["tensor", "channel"] + (["group"] if group_size else [])))
-    return PowerQuantizer(draw(bits), True, draw(exponents), gran, group_size if gran == "group" else None)
+    g = group_size if gran == "group" else None
+    return PowerQuantizer(draw(bits), True, draw(exponents), gran, g, full_range=draw(st.booleans()))

@@ -75,9 +75,11 @@ def test_torch_and_numpy_agree_exactly(wg, data):
     assert np.isfinite(q.fake_quant_np(w)).all()
 
 
-@given(bits, exponents, st.sampled_from(["tensor", "channel", "group"]), st.integers(0, 2**31 - 1))
-def test_encode_decode_round_trip_on_codes(b, a, gran, seed):
-    q = PowerQuantizer(b, True, a, gran, 2 if gran == "group" else None)
+@given(
+    bits, exponents, st.sampled_from(["tensor", "channel", "group"]), st.integers(0, 2**31 - 1), st.booleans()
+)
+def test_encode_decode_round_trip_on_codes(b, a, gran, seed, full):
+    q = PowerQuantizer(b, True, a, gran, 2 if gran == "group" else None, full)  # full: -2^(b-1) too
     rng = np.random.default_rng(seed)
     codes = rng.integers(q.qmin, q.qmax + 1, size=(3, 4))
     s = np.exp(rng.uniform(-5, 5, size=q.scales_shape(codes.shape)))
