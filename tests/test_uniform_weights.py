@@ -126,3 +126,20 @@ def test_serialization_and_meta_round_trip():
     assert (back.scale == wf.scale).all() and (back.zero_point == wf.zero_point).all()
     ref = layer.float_reference((x,))  # the audit's float64 reference reads the real format
     assert ref is not None
+
+
+def test_golden_file_and_hex_export(tmp_path):
+    from nupes_sim.golden import export_hex, read_golden, write_golden
+
+    layer, x, wf, _ = _every_code_layer(3, False, "power")
+    p = str(tmp_path / "g.h5")
+    write_golden(Graph([layer]), x, p)
+    g = read_golden(p)
+    lay = g.layers["uw"]
+    assert lay["info"]["weight_range"]["kind"] == "UniformRange" and lay["info"]["formats"]["w_format"][
+        "kind"
+    ] == ("uniform_weight")
+    assert (lay["datasets"]["w_lut"] == layer.w_table.lut).all() and lay["datasets"]["w_lut"].shape == (8, 8)
+    assert (g.vectors[3]["stages"]["uw"]["out"] == oracle.run_layer(layer, x[3:4])["out"]).all()
+    export_hex(p, tmp_path / "hex")
+    assert (tmp_path / "hex" / "manifest.json").is_file()
