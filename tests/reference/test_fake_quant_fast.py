@@ -22,6 +22,7 @@ FORMATS = [
     PowerFormat(4, True, 1.0, np.array([0.5 / 7])),
     PowerFormat(4, False, 0.25, np.array([3.0**0.25 / 15])),
     PowerFormat(8, False, 1.5, np.array([0.1])),
+    PowerFormat(4, True, 0.7, np.array([0.2]), full_range=True),  # codes [-8, 7]
 ]
 
 
