@@ -29,6 +29,7 @@ FILES = (
     ("THR_FILE", "thresholds"),
     ("MULT_FILE", "multiplier"),
     ("SHIFT_FILE", "shift"),
+    ("RQ_TABLE_FILE", "requant_table"),
 )
 
 
@@ -173,6 +174,14 @@ def header_params(golden, i, layout):
             ),
             ("THR_NEVER", never, "1 if some threshold is 2^(ACC_W-1), which no ACC_W-bit acc reaches"),
         ]
+        if "requant_table" in ds:
+            p.append(
+                (
+                    "RQ_TABLE_ROWS",
+                    ds["requant_table"].shape[0],
+                    "rows of RQ_TABLE_FILE, 4 words each: row, t, code at t, code at t-1",
+                )
+            )
     elif rq == "rescale":
         p += [
             ("MULT_ROWS", ds["multiplier"].shape[0], ""),

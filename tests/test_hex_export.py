@@ -64,6 +64,14 @@ def test_manifest_is_self_contained(gfile, tmp_path):
             (thr < t).sum()
         )
         assert r["code_at_t"] > r["code_at_t_minus_1"]
+    # the header names the table's hex file (M rows of 4 words) so a bench needs nothing else
+    tab = read_golden(q).layers["fc"]["datasets"]["requant_table"]
+    assert f"localparam integer RQ_TABLE_ROWS = {tab.shape[0]};" in hdr
+    assert 'RQ_TABLE_FILE = {`NUPES_HEX_DIR, "layers__000_fc__requant_table.hex"};' in hdr
+    words = (tmp_path / "sat" / "layers__000_fc__requant_table.hex").read_text().split()
+    assert len(words) == 4 * tab.shape[0]
+    pool = (tmp_path / "hex" / "layers__001_pool__params.vh").read_text()
+    assert 'localparam RQ_TABLE_FILE = "none";' in pool and "RQ_TABLE_ROWS" not in pool
 
 
 def test_selection_and_reader_never_masks(gfile, tmp_path):
