@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..primitives import OVERFLOW_IDS
-from . import bodies
+from . import bodies, cpu_matmul
 from . import oracle as _oracle
 from .layers import (
     ElementwiseTable,
@@ -37,6 +37,7 @@ def _jit(f):
 
 _b = bodies.compile_all(_jit, _inline)
 matmul_element, softmax_row, layernorm_row = _b.matmul_element, _b.softmax_row, _b.layernorm_row
+_finish = cpu_matmul.make_finish(_b.accumulated, _b.requant_one)
 
 
 # ---- MatMul -------------------------------------------------------------------------------------------
@@ -53,16 +54,27 @@ def _matmul(
         )  # fmt: skip
 
 
-def matmul(layer, a, b):
+def matmul(layer, a, b, fast=None, gemm="auto"):
+    """fast: None = the exact-GEMM path (cpu_matmul) wherever its claim (E) applies, False =
+    always the k-ascending scalar kernel, True = the GEMM path or ValueError. gemm: that
+    path's GEMM (auto, int64, float64). Results never depend on either."""
     bk, K = layer.check_inputs(a, b)
     lead, M, N = a.shape[:-2], a.shape[-2], bk.shape[-1]
     G = int(np.prod(lead, dtype=np.int64))
-    A = np.ascontiguousarray(a, np.int64).reshape(G, M, K)
-    B = np.ascontiguousarray(bk, np.int64).reshape(G, K, N)
     size = G * M * N
     exact, acc, out = (np.empty(size, np.int64) for _ in range(3))
-    if size:
-        rq = bodies.requant_args(layer.requant)
+    use = cpu_matmul.applies(layer) if fast is None else bool(fast)
+    if use and not cpu_matmul.applies(layer):
+        raise ValueError(f"{layer.name}: fast=True but the exact-GEMM path does not apply")
+    rq = bodies.requant_args(layer.requant)
+    if size and use:
+        s = cpu_matmul.exact_sums(layer, a.reshape(G, M, K), bk.reshape(G, K, N), gemm)
+        _finish(
+            s.reshape(-1), *cpu_matmul.finish_args(layer), *rq, layer.seed, layer.tensor_id, exact, acc, out
+        )
+    elif size:
+        A = np.ascontiguousarray(a, np.int64).reshape(G, M, K)
+        B = np.ascontiguousarray(bk, np.int64).reshape(G, K, N)
         _matmul(A, B, *bodies.matmul_args(layer), *rq, layer.seed, layer.tensor_id, exact, acc, out)
     shape = lead + (M, N)
     return dict(
