@@ -516,3 +516,24 @@ def test_fused_input_dtypes_and_views():
         for dt in (np.uint8, np.int16, np.uint64, np.int64):
             check(layer, (np.asarray(x, dt),))
             check(layer, (np.asfortranarray(x.astype(dt)),))
+
+
+@pytest.mark.parametrize(
+    "acc",
+    [
+        Accumulator(8, "wrap"),
+        Accumulator(8, "saturate"),
+        Accumulator(8, "saturate", 1),
+        Accumulator(8, "saturate", 2),
+        Accumulator(64, "exact"),
+    ],
+)
+def test_add_every_code_pair_at_the_clamps(acc):
+    """Add (the fused per-element kernel): every (a, b) code pair of two 4-bit signed power
+    formats whose decoded values reach +-2^7 each, so 8-bit sums wrap and saturate."""
+    fa = PowerFormat(4, True, 1.0, np.array([1.0 / 7]))
+    fb = PowerFormat(4, True, 0.5, np.array([1.0 / 7]))
+    layer = Add.build("add", fa, fb, frac_bits=7 if acc.width == 8 else 20, acc=acc)
+    a, b = np.meshgrid(np.arange(-7, 8), np.arange(-7, 8), indexing="ij")
+    want = check(layer, (a.reshape(15, 15), b.reshape(15, 15)), both=False)
+    assert (want["acc_exact"] != want["acc"]).any() == (acc.width == 8)  # the clamps act

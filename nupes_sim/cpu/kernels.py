@@ -57,6 +57,29 @@ def accumulate_rows(prods, start, mode, width, tile, lo, hi):
     return exact, acc
 
 
+@kernel(parallel=True)
+def add_values(a, b, alut, aq0, blut, bq0, mode, width, tile, lo, hi):
+    """The Add layer's (exact, acc) per element: accumulate_rows on the rows (va, vb) with
+    start 0 (a then b), the same arithmetic, without materializing the (n, 2) products."""
+    n = a.size
+    exact = np.empty(n, np.int64)
+    acc = np.empty(n, np.int64)
+    for i in prange(n):
+        va = alut[a[i] - aq0]
+        vb = blut[b[i] - bq0]
+        s = np.int64(0) + va + vb  # |va| + |vb| <= layer bound < 2^63
+        exact[i] = s
+        if mode == EXACT:
+            acc[i] = s
+        elif mode == WRAP:
+            acc[i] = wrap(s, width)
+        else:
+            x, part = sat_step(np.int64(0), np.int64(0), va, 0, 2, tile, lo, hi)
+            x, part = sat_step(x, part, vb, 1, 2, tile, lo, hi)
+            acc[i] = x
+    return exact, acc
+
+
 # ---- MAC integer kernels: X (N, K) per row, weights (O, K) per output; result (N, O) -----------
 # operand datapath: product = WV[o, k] * XV[n, k] (decoded values; padded taps have XV = 0).
 # product datapath: product = wsign[o,k] * sign(q) * lut[off[o,k] + mul[o,k] * |q|], q = XC[n, k]

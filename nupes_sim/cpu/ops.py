@@ -152,10 +152,20 @@ def add(layer, a, b):
     layer.b_range.check_codes(f"{layer.name} input b", b)
     if a.shape != b.shape:
         raise ValueError(f"{layer.name}: input shapes differ: {a.shape} and {b.shape}")
-    va = np.asarray(layer.a_table.lut[0], np.int64)[a.astype(np.int64) - layer.a_range.qmin]
-    vb = np.asarray(layer.b_table.lut[0], np.int64)[b.astype(np.int64) - layer.b_range.qmin]
-    prods = np.stack([va.reshape(-1), vb.reshape(-1)], axis=1)  # order: a then b, start 0
-    exact, acc = _accumulate(prods, 0, layer.acc)
+    cfg = layer.acc
+    exact, acc = K.add_values(  # accumulate_rows of (va, vb), start 0, element by element
+        np.ascontiguousarray(a, np.int64).reshape(-1),
+        np.ascontiguousarray(b, np.int64).reshape(-1),
+        np.ascontiguousarray(layer.a_table.lut[0], np.int64),
+        layer.a_range.qmin,
+        np.ascontiguousarray(layer.b_table.lut[0], np.int64),
+        layer.b_range.qmin,
+        P.OVERFLOW_IDS[cfg.overflow],
+        cfg.width,
+        cfg.tile,
+        cfg.lo,
+        cfg.hi,
+    )
     exact, acc = exact.reshape(a.shape), acc.reshape(a.shape)
     out = requantize(acc, layer.requant, 1 if acc.ndim > 1 else 0, layer.seed, layer.tensor_id)
     return dict(acc_exact=exact, acc=acc, out=out)
