@@ -11,7 +11,8 @@ import numpy as np
 from numba import njit, prange
 
 from ..primitives import OVERFLOW_IDS
-from . import bodies, cpu_matmul
+from ..tables import Thresholds
+from . import bodies, cpu_matmul, thrsearch
 from . import oracle as _oracle
 from .layers import (
     ElementwiseTable,
@@ -38,6 +39,22 @@ def _jit(f):
 _b = bodies.compile_all(_jit, _inline)
 matmul_element, softmax_row, layernorm_row = _b.matmul_element, _b.softmax_row, _b.layernorm_row
 _finish = cpu_matmul.make_finish(_b.accumulated, _b.requant_one)
+
+# Threshold requantization as a separate pass over the stage by thrsearch's directory (same
+# codes, claim (D)) instead of count_ge inside the kernels; False: inside (tests flip it).
+THRESHOLD_PASS = True
+
+
+def _requant(layer):
+    """(kernel requant args, Thresholds for the separate pass or None)."""
+    if THRESHOLD_PASS and isinstance(layer.requant, Thresholds):
+        return bodies.requant_args(None), layer.requant
+    return bodies.requant_args(layer.requant), None
+
+
+def _threshold_pass(thr, v, out):
+    if thr is not None and v.size:
+        thrsearch.requantize(thr, v, out)
 
 
 # ---- MatMul -------------------------------------------------------------------------------------------
@@ -66,7 +83,7 @@ def matmul(layer, a, b, fast=None, gemm="auto"):
     use = cpu_matmul.applies(layer) if fast is None else bool(fast)
     if use and not cpu_matmul.applies(layer):
         raise ValueError(f"{layer.name}: fast=True but the exact-GEMM path does not apply")
-    rq = bodies.requant_args(layer.requant)
+    rq, thr = _requant(layer)
     if size and use:
         s = cpu_matmul.exact_sums(layer, a.reshape(G, M, K), bk.reshape(G, K, N), gemm)
         _finish(
@@ -76,6 +93,7 @@ def matmul(layer, a, b, fast=None, gemm="auto"):
         A = np.ascontiguousarray(a, np.int64).reshape(G, M, K)
         B = np.ascontiguousarray(bk, np.int64).reshape(G, K, N)
         _matmul(A, B, *bodies.matmul_args(layer), *rq, layer.seed, layer.tensor_id, exact, acc, out)
+    _threshold_pass(thr, acc, out)
     shape = lead + (M, N)
     return dict(
         acc_exact=exact.reshape(shape),
@@ -105,6 +123,7 @@ def softmax(layer, x, mask=None):
     exact, acc = np.empty(R, np.int64), np.empty(R, np.int64)
     prob, out = np.empty(size, np.int64), np.empty(size, np.int64)
     ac = layer.acc
+    rq, thr = _requant(layer)
     if size:
         _softmax(
             np.ascontiguousarray(x, np.int64).reshape(R, T),
@@ -116,7 +135,7 @@ def softmax(layer, x, mask=None):
             ac.width,
             ac.lo,
             ac.hi,
-            *bodies.requant_args(layer.requant),
+            *rq,
             layer.seed,
             layer.tensor_id,
             exact,
@@ -124,6 +143,7 @@ def softmax(layer, x, mask=None):
             prob,
             out,
         )
+        _threshold_pass(thr, prob, out)
     else:
         exact[:] = 0
         acc[:] = 0
@@ -155,6 +175,7 @@ def layernorm(layer, x):
     rows = x.size // C
     mean, inv = np.empty(rows, np.int64), np.empty(rows, np.int64)
     y, out = np.empty(x.size, np.int64), np.empty(x.size, np.int64)
+    rq, thr = _requant(layer)
     if rows:
         _layernorm(
             np.ascontiguousarray(x, np.int64).reshape(rows, C),
@@ -165,7 +186,7 @@ def layernorm(layer, x):
             layer.gamma,
             layer.beta,
             layer.mean_rounding,
-            *bodies.requant_args(layer.requant),
+            *rq,
             layer.seed,
             layer.tensor_id,
             mean,
@@ -173,6 +194,7 @@ def layernorm(layer, x):
             y,
             out,
         )
+        _threshold_pass(thr, y, out)
     lead = x.shape[:-1]
     return dict(
         mean=mean.reshape(lead),
