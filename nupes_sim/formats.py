@@ -247,3 +247,94 @@ class UniformWeightFormat:
         idx = self.scale_index(x.shape).reshape(x.shape)
         q = round_float(x / self.scale[idx], rounding, seed, tensor_id) + self.zero_point[idx]
         return np.clip(q, self.range.qmin, self.range.qmax)
+
+
+@dataclass(frozen=True, eq=False)
+class CodebookFormat:
+    """Codebook weights: unsigned b-bit codes q index a table of 2^b real values,
+    ŵ = values[t, q] (docs/ARITHMETIC.md §1), e.g. NF4 (absmax·NF values per group) or
+    k-means centroids per channel. Codes are unsigned [0, 2^b-1]: an index has no sign, and
+    all 2^b entries are levels.
+
+    values (finite float64) has shape (1, 2^b) or (2^b,) ('tensor'), (C, 2^b) ('channel',
+    one table per output channel) or (C, K/g, 2^b) ('group', one per (channel, group of
+    group_size consecutive input elements)). On the operand datapath the decode LUT row t is
+    R(values[t, q]·2^F), rounded like a power format's entries (§2).
+    """
+
+    bits: int
+    values: np.ndarray
+    granularity: str = "channel"
+    group_size: int = 0
+    range: CodeRange = field(init=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "range", CodeRange(self.bits, False))
+        check_choice("granularity", self.granularity, GRANULARITIES)
+        v = np.asarray(self.values)
+        if v.dtype.kind not in "fiu":
+            raise TypeError(f"values must hold real numbers, got dtype {v.dtype}")
+        v = v.astype(np.float64)
+        n = self.range.n_codes
+        if v.ndim == 0 or v.shape[-1] != n:
+            raise ValueError(
+                f"values has {v.shape[-1] if v.ndim else 0} entries per table (shape {v.shape}); "
+                f"allowed: 2^bits = {n} values per table"
+            )
+        if not np.isfinite(v).all():
+            bad = v[~np.isfinite(v)].reshape(-1)[0]
+            raise ValueError(f"values contains {bad}; allowed: finite values only")
+        if self.granularity == "tensor" and v.ndim == 1:
+            v = v.reshape(1, n)
+        ndim = 3 if self.granularity == "group" else 2
+        if v.ndim != ndim or (self.granularity == "tensor" and v.shape[0] != 1):
+            need = {"tensor": f"(1, {n})", "channel": f"(C, {n})", "group": f"(C, K/g, {n})"}
+            raise ValueError(
+                f"values has shape {v.shape}; allowed for granularity={self.granularity!r}: "
+                f"{need[self.granularity]}"
+            )
+        if self.granularity == "group":
+            check_int("group_size", self.group_size, 1, None)
+        v = v.copy()
+        v.setflags(write=False)
+        object.__setattr__(self, "values", v)
+
+    @property
+    def tables(self):
+        """(T, 2^b) float64: one table per LUT row t (row-major over channel, group)."""
+        return self.values.reshape(-1, self.range.n_codes)
+
+    def scale_index(self, shape):
+        """Per-element table row t(o, k) for a weight of shape (C, K...) (as PowerFormat's)."""
+        C = shape[0]
+        K = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        if self.granularity == "tensor":
+            return np.zeros((C, K), np.int64)
+        if self.values.shape[0] != C:
+            raise ValueError(
+                f"values has {self.values.shape[0]} channel tables but the tensor has {C} channels"
+            )
+        if self.granularity == "channel":
+            return np.repeat(np.arange(C, dtype=np.int64)[:, None], K, axis=1)
+        g, G = self.group_size, self.values.shape[1]
+        if K % g or G != K // g:
+            raise ValueError(
+                f"group_size={g} and values shape {self.values.shape} do not fit K={K} input elements"
+            )
+        return np.arange(C, dtype=np.int64)[:, None] * G + (np.arange(K, dtype=np.int64) // g)[None, :]
+
+    def decode_real(self, codes, scale_index=None):
+        """Float64 ŵ = values[t, q] (host only; exact: a table read)."""
+        q = np.asarray(codes, dtype=np.int64)
+        t = 0 if scale_index is None else scale_index
+        return self.tables[t, q]
+
+    def encode(self, x, rounding=DEFAULT, seed=0, tensor_id=0):
+        """Codes of the nearest table value to each weight of x (C, K...) (host only; ties go to
+        the lower code; `rounding` is unused: nearest is the only choice for a codebook)."""
+        x = np.asarray(x, dtype=np.float64)
+        if not np.isfinite(x).all():
+            raise ValueError("cannot encode non-finite values")
+        idx = self.scale_index(x.shape).reshape(x.shape)
+        d = np.abs(x[..., None] - self.tables[idx])
+        return np.argmin(d, axis=-1).astype(np.int64)

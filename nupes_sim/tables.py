@@ -13,8 +13,8 @@ import numpy as np
 
 from . import primitives as P
 from .exactreal import cr_float, decide_exact, round_fraction, rounded_table
-from .formats import PowerFormat, UniformFormat, UniformWeightFormat
-from .rounding import DEFAULT, HOST_MODES, mode_id, random_words
+from .formats import CodebookFormat, PowerFormat, UniformFormat, UniformWeightFormat
+from .rounding import DEFAULT, HOST_MODES, mode_id, random_words, round_float
 from .validate import check_int, check_real, frozen_float_array, frozen_int_array, set_fields
 
 FRAC_BITS_MAX = 40
@@ -45,6 +45,22 @@ def _pow_table(rows, mags, a, signs, scale2, mode, seed, tensor_id, name):
     return rounded_table(c, factors, [(y, a)], v, mode, words, name).reshape(T, n)
 
 
+def _codebook_table(fmt, F, rounding, seed, tensor_id):
+    """(T, 2^b) R(values[t, q]·2^F): v·2^F is exact in float64 (a power-of-two scaling of a
+    finite value that cannot overflow below the 2^52 limit round_float checks), so rounding the
+    float64 product rounds the exact real (docs/ARITHMETIC.md §2-§3); stochastic words are
+    hash32(seed, tensor_id, t·2^b + q), as a power table's."""
+    v = fmt.tables
+    scaled = v * 2.0**F
+    if np.abs(scaled).max() >= 2.0**52:
+        raise ValueError(
+            f"codebook values up to {np.abs(v).max():.6g} times 2^{F} exceed the table limit 2^52; "
+            "allowed: |value|·2^frac_bits < 2^52 (lower w_frac_bits)"
+        )
+    words = random_words(seed, tensor_id, v.size)
+    return round_float(scaled.reshape(-1), rounding, words=words).reshape(v.shape).astype(np.int64)
+
+
 @dataclass(frozen=True, eq=False)
 class DecodeTable:
     """Operand decode: value(t, q) = lut[t, q - qmin], in units of `unit` (a real, host only).
@@ -54,7 +70,8 @@ class DecodeTable:
     half_away, toward_zero), otherwise each entry is rounded on its own value. For a
     uniform format, lut = (q − zero_point)·2^F and unit = scale·2^-F (exact). For a
     UniformWeightFormat, row t is (q − z_t)·2^F and unit = 2^-F: the scales s_t are not in
-    the table (the layer's accumulator unit carries them, docs/ARITHMETIC.md §2).
+    the table (the layer's accumulator unit carries them, docs/ARITHMETIC.md §2). For a
+    CodebookFormat, row t is R(values[t, q]·2^F) and unit = 2^-F (§2).
     """
 
     lut: np.ndarray  # int64 (T, n_codes)
@@ -85,9 +102,12 @@ def decode_table(fmt, frac_bits, rounding=DEFAULT, seed=0, tensor_id=0):
         codes = fmt.range.all_codes()
         lut = (codes[None, :] - fmt.zero_point[:, None]) << F  # exact: |q - z| < 2^8, F <= 40
         return DecodeTable(lut.astype(np.int64), fmt.range.qmin, 2.0**-F, F)
+    if isinstance(fmt, CodebookFormat):
+        return DecodeTable(_codebook_table(fmt, F, rounding, seed, tensor_id), 0, 2.0**-F, F)
     if not isinstance(fmt, PowerFormat):
         raise TypeError(
-            f"format must be a PowerFormat, UniformFormat or UniformWeightFormat, got {type(fmt).__name__}"
+            "format must be a PowerFormat, UniformFormat, UniformWeightFormat or CodebookFormat, "
+            f"got {type(fmt).__name__}"
         )
     mode = mode_id(rounding, HOST_MODES)
     codes = fmt.range.all_codes()

@@ -15,7 +15,7 @@ import numpy as np
 from hypothesis import assume
 from hypothesis import strategies as st
 
-from nupes_sim.formats import PowerFormat, UniformFormat, UniformRange, UniformWeightFormat
+from nupes_sim.formats import CodebookFormat, PowerFormat, UniformFormat, UniformRange, UniformWeightFormat
 from nupes_sim.layers import Accumulator, Add, AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d
 from nupes_sim.rounding import HOST_MODES, RESCALE_MODES
 from nupes_sim.tables import rescale_table, threshold_table
@@ -77,6 +77,28 @@ def uniform_weight_format(draw, granularity="channel", channels=1):
     zp = draw(st.lists(st.integers(r.qmin, r.qmax), min_size=n, max_size=n))
     sc = draw(st.lists(st.sampled_from([2.0**-6, 0.01, 0.1, 1.0]), min_size=n, max_size=n))
     return UniformWeightFormat(b, s, np.array(sc), np.array(zp, np.int64), granularity)
+
+
+@st.composite
+def codebook_format(draw, granularity="channel", channels=1, k=1):
+    """Codebook weights: per tensor/channel/group tables of 2^b reals (any order, repeats,
+    exact zeros, ties at the LUT's fractional bits), operand datapath only."""
+    b = draw(st.integers(2, 8))
+    n = 2**b
+    g = draw(st.sampled_from([d for d in range(1, k + 1) if k % d == 0])) if granularity == "group" else 0
+    T = {"tensor": 1, "channel": channels, "group": channels * (k // max(g, 1))}[granularity]
+    top = draw(st.sampled_from([0.01, 0.5, 1.0, 4.0]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    r = np.random.default_rng(seed)
+    v = r.uniform(-top, top, (T, n))
+    kind = draw(st.sampled_from(["random", "ties", "sorted"]))
+    if kind == "ties":
+        v = np.round(v * 64) / 64 + 2.0**-7  # halfway at 6 fractional bits
+    elif kind == "sorted":
+        v = np.sort(v, axis=1)
+        v[:, 0] = 0.0
+    shape = {"tensor": (1, n), "channel": (channels, n), "group": (channels, k // max(g, 1), n)}
+    return CodebookFormat(b, v.reshape(shape[granularity]), granularity, g)
 
 
 @st.composite
@@ -147,6 +169,8 @@ def _mac_common(draw, cls, w_shape, k, extra):
     wfmt = draw(power_format(granularity=gran, channels=O, k=k))
     if datapath == "operand" and gran != "group" and draw(st.integers(0, 3)) == 0:
         wfmt = draw(uniform_weight_format(gran, O))
+    elif datapath == "operand" and draw(st.integers(0, 4)) == 0:
+        wfmt = draw(codebook_format(gran, O, k))
     if datapath == "product":
         xfmt = draw(power_format(granularity="tensor"))
     else:

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..formats import CodeRange, PowerFormat, UniformFormat, UniformWeightFormat
+from ..formats import CodebookFormat, CodeRange, PowerFormat, UniformFormat, UniformWeightFormat
 from ..rounding import DEFAULT
 from ..rounding import NAMES as ROUNDING_NAMES
 from ..tables import DecodeTable, Rescale, Thresholds, rescale_table, threshold_table
@@ -124,6 +124,14 @@ def format_meta(fmt):
             "group_size": int(fmt.group_size),
             **({"full_range": True} if fmt.full_range else {}),  # absent: meta (and hash) as before
         }
+    if isinstance(fmt, CodebookFormat):
+        return {
+            "kind": "codebook",
+            "bits": int(fmt.bits),
+            "values": fmt.values.tolist(),
+            "granularity": fmt.granularity,
+            "group_size": int(fmt.group_size),
+        }
     if isinstance(fmt, UniformWeightFormat):
         return {
             "kind": "uniform_weight",
@@ -158,6 +166,10 @@ def format_from_meta(d):
             d["granularity"],
             d["group_size"],
             d.get("full_range", False),
+        )
+    if d["kind"] == "codebook":
+        return CodebookFormat(
+            d["bits"], np.asarray(d["values"], np.float64), d["granularity"], d["group_size"]
         )
     if d["kind"] == "uniform_weight":
         zp = np.asarray(d["zero_point"], np.int64)

@@ -1,7 +1,7 @@
 """Full-range power formats (#14 item 1) on the cuda backend against the oracle: layers whose
 weights and inputs hold every code (bits 2 and 4) and the 8-bit extremes (-128 with -128,
-127 and the unsigned 255: the largest product-table index 128·255), every datapath; and
-uniform weights with per-channel zero points (#14 item 2)."""
+127 and the unsigned 255: the largest product-table index 128·255), every datapath;
+uniform weights with per-channel zero points (#14 item 2); codebook weights (#14 item 3)."""
 
 import numpy as np
 import pytest
@@ -79,4 +79,14 @@ def test_uniform_zero_point_weights(cb, signed, xkind):
 
     for overflow, width in (("wrap", 48), ("saturate", 20)):
         layer, x, _, _ = _every_code_layer(4, signed, xkind, overflow, width)
+        same(cb, layer, x)
+
+
+@pytest.mark.parametrize("gran, xkind", [("group", "power"), ("channel", "uniform")])
+def test_codebook_weights(cb, gran, xkind):
+    """#14 item 3: per-channel / per-group tables of reals as decode LUT rows (every code, 4 bits)."""
+    from test_codebook import _every_code_layer as codebook_layer
+
+    for overflow, width in (("wrap", 48), ("saturate", 20)):
+        layer, x, _, _ = codebook_layer(4, gran, xkind, overflow, width)
         same(cb, layer, x)
