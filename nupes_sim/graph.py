@@ -43,7 +43,10 @@ def overflow_count(layer, stage):
     if "acc_exact" not in stage:
         return 0
     e = stage["acc_exact"]
-    return int(((e < layer.acc.lo) | (e > layer.acc.hi)).sum())
+    lo, hi = layer.acc.lo, layer.acc.hi
+    if e.size == 0 or (int(e.min()) >= lo and int(e.max()) <= hi):  # the common case: two reductions
+        return 0
+    return int(((e < lo) | (e > hi)).sum())
 
 
 class Graph:

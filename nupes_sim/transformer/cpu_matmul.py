@@ -58,15 +58,17 @@ def exact_sums(layer, a, b, gemm="auto"):
     """s (G, M, N) int64 of codes a (G, M, K), b (G, K, N) on the operand datapath, by (E)."""
     if gemm not in GEMMS:
         raise ValueError(f"gemm={gemm!r}; choose one of {list(GEMMS)}")
-    A = layer.a_table.lut[0][np.asarray(a, np.int64) - layer.a_range.qmin]
-    B = layer.b_table.lut[0][np.asarray(b, np.int64) - layer.b_range.qmin]
     use_f64 = gemm == "float64" or (gemm == "auto" and int(layer.bound[0]) < F64_EXACT)
+    ia = np.asarray(a, np.int64) - layer.a_range.qmin
+    ib = np.asarray(b, np.int64) - layer.b_range.qmin
     if use_f64:
         if int(layer.bound[0]) >= F64_EXACT:
             raise ValueError(
                 f"{layer.name}: bound {int(layer.bound[0])} >= 2^53: the float64 GEMM is not exact"
             )
-        return np.matmul(A.astype(np.float64), B.astype(np.float64)).astype(np.int64)
+        fa, fb = (t.lut[0].astype(np.float64) for t in (layer.a_table, layer.b_table))  # the casts: (E)
+        return np.matmul(fa[ia], fb[ib]).astype(np.int64)
+    A, B = layer.a_table.lut[0][ia], layer.b_table.lut[0][ib]
     S = np.empty((A.shape[0], A.shape[1], B.shape[2]), np.int64)
     _gemm_i64(np.ascontiguousarray(A), np.ascontiguousarray(B), S)
     return S
