@@ -15,9 +15,9 @@ from .. import primitives as P
 from . import intmm, plancache
 from .gemm import decomposition, fused_plan, maxabs
 from .jit import kernel
-from .kernels import count_ge, wrap
+from .kernels import count_ge_ix, wrap
 from .options import note
-from .requant import monotone_thresholds, requantize
+from .requant import monotone_thresholds, requantize, threshold_index
 from .threads import pool
 
 
@@ -70,7 +70,7 @@ def _features_im2col(xp, c0, cg, kh, kw, sh, sw, dh, dw, ho, wo, r0, F):
 
 
 @kernel(parallel=True)
-def _finish(R, bias, o0, Otot, P_, mode, width, thr, qmin, do_thr, exact, acc, out):
+def _finish(R, bias, o0, Otot, P_, mode, width, thr, tix, qmin, do_thr, exact, acc, out):
     """exact = bias + sum of the chunk results (int64), acc (wrap or identity), thresholds;
     written at flat index (b*Otot + o0 + o)*P_ + p for row n = b*P_ + p (linear: P_ = 1).
     Rows go in blocks of up to 64 within one image, o outer and p inner (contiguous writes)."""
@@ -96,7 +96,7 @@ def _finish(R, bias, o0, Otot, P_, mode, width, thr, qmin, do_thr, exact, acc, o
                 a = wrap(s, width) if mode == P.WRAP else s
                 acc[i] = a
                 if do_thr:
-                    out[i] = qmin + count_ge(a, thr, row, nthr)
+                    out[i] = qmin + count_ge_ix(a, thr, row, nthr, tix)
 
 
 def as_kernel_codes(x):
@@ -136,14 +136,19 @@ def fused(layer, x, xmin, xmax, opts, conv=None):
     if not do_thr:
         thr = np.zeros((1, 1), np.int64)
         thr.setflags(write=False)  # as layer tables are: one compiled signature of _finish
+    tix = threshold_index(thr) if do_thr else np.full((1, 1), -1, np.int64)
     exact = np.empty(N * O, np.int64)
     acc = np.empty(N * O, np.int64)
     out = np.empty(N * O, np.int64) if do_thr else acc
     bias = np.ascontiguousarray(layer.bias, np.int64)
     if iplans is not None:
-        _run_int8(layer, xk, conv, iplans, (N, Pn, O, Og), (mode, thr, do_thr), bias, (exact, acc, out), opts)
+        _run_int8(
+            layer, xk, conv, iplans, (N, Pn, O, Og), (mode, thr, tix, do_thr), bias, (exact, acc, out), opts
+        )
     else:
-        _run_float(layer, xk, conv, plans, (N, Pn, O, Og), (mode, thr, do_thr), bias, (exact, acc, out), opts)
+        _run_float(
+            layer, xk, conv, plans, (N, Pn, O, Og), (mode, thr, tix, do_thr), bias, (exact, acc, out), opts
+        )
     if layer.datapath == "product":
         note("product_gemm")
     exact, acc = exact.reshape(shape), acc.reshape(shape)
@@ -231,7 +236,7 @@ def _run_int8(layer, xk, conv, plans, dims, req, bias, outs, opts):
     """The int8-limb GEMMs (exact by claim (I) of intmm.py) and the int64 output pass."""
     torch = intmm.available()
     N, Pn, O, Og = dims
-    mode, thr, do_thr = req
+    mode, thr, tix, do_thr = req
     qmin = layer.x_range.qmin
     ex, nwk = pool()
     (Ga, _, wlm, bounds), Bs = plans
@@ -284,6 +289,7 @@ def _run_int8(layer, xk, conv, plans, dims, req, bias, outs, opts):
             mode,
             layer.acc.width,
             thr,
+            tix,
             layer.requant.qmin if do_thr else 0,
             do_thr,
             *outs,
@@ -293,7 +299,7 @@ def _run_int8(layer, xk, conv, plans, dims, req, bias, outs, opts):
 def _run_float(layer, xk, conv, plans, dims, req, bias, outs, opts):
     """The exact float GEMMs of gemm.py ((E), (1), (3)) and the int64 output pass."""
     N, Pn, O, Og = dims
-    mode, thr, do_thr = req
+    mode, thr, tix, do_thr = req
     exact, acc, out = outs
     rq = layer.requant
     qmin = layer.x_range.qmin
@@ -343,6 +349,7 @@ def _run_float(layer, xk, conv, plans, dims, req, bias, outs, opts):
             mode,
             layer.acc.width,
             thr,
+            tix,
             rq.qmin if do_thr else 0,
             do_thr,
             exact,

@@ -49,7 +49,7 @@ from numba import prange
 
 from .. import primitives as P
 from .jit import kernel
-from .kernels import count_ge, wrap
+from .kernels import count_ge_ix, wrap
 from .options import note
 
 CHUNK_MAX = 2**16  # (I): Kc·255·128 < 2^31
@@ -112,7 +112,7 @@ def limb_split(v):
 
 
 @kernel(parallel=True)
-def finish_limbs(R, wlm, bias, o0, Otot, P_, mode, width, thr, qmin, do_thr, exact, acc, out):
+def finish_limbs(R, wlm, bias, o0, Otot, P_, mode, width, thr, tix, qmin, do_thr, exact, acc, out):
     """exact = bias + sum_{c,l,m} wlm[l, m]·R[c, n, l, m, o] (int64, no overflow: T < 2^63),
     acc (wrap or identity) and the threshold codes, written at flat (b*Otot + o0 + o)*P_ + p
     for row n = b*P_ + p, as fused._finish. Blocks of up to 64 rows of one image: the sums
@@ -147,7 +147,7 @@ def finish_limbs(R, wlm, bias, o0, Otot, P_, mode, width, thr, qmin, do_thr, exa
                 a = wrap(s, width) if mode == P.WRAP else s
                 acc[i] = a
                 if do_thr:
-                    out[i] = qmin + count_ge(a, thr, row, nthr)
+                    out[i] = qmin + count_ge_ix(a, thr, row, nthr, tix)
 
 
 def plan(G, H, KJ, bias_max, opts, conv=False):

@@ -24,6 +24,31 @@ rescale = prim.rescale
 WRAP, SATURATE, EXACT = P.WRAP, P.SATURATE, P.EXACT
 
 
+@njit(inline="always")
+def count_ge_ix(v, thr, row, n, tix):
+    """count_ge(v, thr, row, n) (n >= 1) through the bucket index tix of
+    requant.threshold_index: tix[row, 0] = shift s (-1: no index, binary search),
+    tix[row, 1 + b] = #{j : thr[row, j] <= t0 + (b << s) - 1}, t0 = thr[row, 0].
+    Proof: v < t0 counts 0 and v >= thr[row, n-1] counts n (non-decreasing row). Else
+    0 <= v - t0 < D = thr[row, n-1] - t0 (no overflow: |t0|, D < 2^61, checked), b = (v - t0) >> s
+    is a bucket (D >> s < 2^10), and lo = t0 + (b << s) <= v. The entries <= v form a prefix
+    that contains the prefix of the entries <= lo - 1, of length j = tix[row, 1 + b] <= n - 1
+    (thr[row, n-1] > v >= lo); the scan adds the following entries while they are <= v and
+    stops at thr[row, n-1] at the latest. Few steps: a bucket holds few thresholds."""
+    sh = tix[row, 0]
+    if sh < 0:
+        return count_ge(v, thr, row, n)
+    t0 = thr[row, 0]
+    if v < t0:
+        return 0
+    if v >= thr[row, n - 1]:
+        return n
+    j = tix[row, 1 + ((v - t0) >> sh)]
+    while thr[row, j] <= v:
+        j += 1
+    return j
+
+
 @kernel  # serial: trivial work, and no thread hand-off next to BLAS threads
 def wrap_array(x, width):
     out = np.empty_like(x)

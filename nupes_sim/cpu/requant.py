@@ -42,6 +42,31 @@ def monotone_thresholds(requant):
     return None, False
 
 
+INDEX_BITS = 10  # buckets of threshold_index per row
+
+
+def threshold_index(thr):
+    """(R, 1 + 2^INDEX_BITS) int64 bucket index of a non-decreasing threshold table for
+    kernels.count_ge_ix (its docstring has the proof): per row the shift s with
+    (thr[-1] - thr[0]) >> s < 2^INDEX_BITS, then #{thr <= t0 + (b << s) - 1} per bucket b.
+    A row with fewer than 16 entries, |thr[0]| >= 2^61 or a span >= 2^61 gets s = -1 (binary
+    search); so t0 + (b << s) stays below 2^62 in magnitude."""
+    R, n = thr.shape
+    NB = 1 << INDEX_BITS
+    tix = np.zeros((R, 1 + NB), np.int64)
+    for r in range(R):
+        t0 = int(thr[r, 0]) if n else 0
+        span = int(thr[r, n - 1]) - t0 if n else 0
+        if n < 16 or abs(t0) >= 2**61 or span >= 2**61:
+            tix[r, 0] = -1
+            continue
+        sh = max(0, span.bit_length() - INDEX_BITS)
+        lo = t0 + (np.arange(NB, dtype=np.int64) << np.int64(sh)) - 1
+        tix[r, 0] = sh
+        tix[r, 1:] = np.searchsorted(thr[r], lo, side="right")
+    return tix
+
+
 def requantize(values, requant, channel_axis, seed, tensor_id):
     """Same contract as oracle.requantize: row = channel if the table has several rows (the
     layer's constructor guarantees 1 row or one per channel)."""
