@@ -1,9 +1,10 @@
 """Known answers: today's code must reproduce the committed fixtures bit for bit.
 
-tests/fixtures/ holds golden files and hex folders of two frozen models (known_models.py),
-their model hashes and a hash32 table. A change of any table rule, rounding rule, hash
-constant, accumulator or requantization rule, or stage changes some bit here and fails this
-test. Fixtures change only with a version bump (nupes_sim/versions.py) and a CHANGELOG.md
+tests/fixtures/ holds golden files and hex folders of frozen models (known_models.py: a conv
+net, a residual add, a chain per rescale rounding mode, a chain per threshold rounding mode
+on exact ties, a transformer block), their model hashes and a hash32 table. A change of any
+table rule, rounding rule, hash constant, accumulator or requantization rule, or stage
+changes some bit here and fails this test (on the oracle, and on every CPU MAC path). Fixtures change only with a version bump (nupes_sim/versions.py) and a CHANGELOG.md
 entry (regenerate with tests/fixtures/make_fixtures.py).
 """
 
@@ -23,7 +24,7 @@ from nupes_sim import primitives as P  # noqa: E402
 from nupes_sim.golden import export_hex, read_golden, write_golden  # noqa: E402
 from nupes_sim.rounding import hash_words  # noqa: E402
 from nupes_sim.serialize import graph_to_dict, model_hash  # noqa: E402
-from nupes_sim.verify import verify  # noqa: E402
+from nupes_sim.verify import compare, verify  # noqa: E402
 from nupes_sim.versions import CONTRACT_VERSION, GOLDEN_SCHEMA_VERSION, MODEL_FORMAT_VERSION  # noqa: E402
 
 
@@ -106,6 +107,35 @@ def test_golden_file_known_answer(name, tmp_path):
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_backends_reproduce_the_fixture(name, backend):
     rep = verify(os.path.join(FIX, f"{name}.h5"), backend=backend)
+    assert rep.ok and rep.compared > 0, rep.format_text()
+
+
+# every CPU MAC path (the default picks one per layer): (options, the cpu.STATS key it shows)
+CPU_PATHS = {
+    "int_kernels": (dict(fast=False), "int_sum"),
+    "fused_float": (dict(int8=False), "gemm_float"),
+    "int8": (dict(int8=True), "gemm_int8"),
+    "unfused_gemm": (dict(fused=False), "gemm_f32"),
+}
+
+
+@pytest.mark.parametrize("path", sorted(CPU_PATHS))
+@pytest.mark.parametrize("name", ["rescale", "thresholds"])
+def test_cpu_paths_reproduce_the_fixture(name, path):
+    from nupes_sim import cpu
+    from nupes_sim.cpu.intmm import available as int8_available
+
+    if path == "int8" and not int8_available():
+        pytest.skip("the int8 GEMM (torch) is not available here")
+    opts, stat = CPU_PATHS[path]
+    ref = read_golden(os.path.join(FIX, f"{name}.h5"))
+    cpu.STATS.clear()
+    observed = []
+    for v in ref.vectors:
+        r = ref.graph.run(v["input"], backend="cpu", intermediates=True, options=cpu.CpuOptions(**opts))
+        observed.append({"input": v["input"], "stages": r.stages})
+    assert any(k.startswith(stat) for k in cpu.STATS), (path, dict(cpu.STATS))
+    rep = compare(ref, observed)
     assert rep.ok and rep.compared > 0, rep.format_text()
 
 
