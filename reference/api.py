@@ -33,6 +33,7 @@ from .calibrate import (
     capture_inputs,
     execution_order,
 )
+from .codebooks import CODEBOOK_METHODS, codebook_layer
 from .gptq import gptq_layer
 from .nupes import EXPONENT_BOUNDS, NupesConfig, nupes_layer
 from .objective import TARGETS, LayerObjective
@@ -116,11 +117,13 @@ def quantize_model(
 
     method: 'rtn' (uniform RTN), 'powerquant' (power RTN, data-free exponent search),
     'gptq' (uniform GPTQ), 'gptq_power' (GPTQ on the PowerQuant grid), 'nupes'; and the
-    fake-quant-only baselines of baselines.py (no `nupes_quant`, not exportable): 'nf'
-    (NormalFloat RTN), 'gptq_nf' (GPTQ on the NF grid), 'gptq_asym' (GPTQ on the reference's
-    asymmetric zero-point grid; with granularity 'channel' it is exportable: its `nupes_quant`
-    is a baselines.AsymWeight, the simulator's UniformWeightFormat), 'kmeans'
-    (Hessian-diagonal-weighted k-means per channel).
+    baselines: 'nf' (NormalFloat RTN, absmax per channel or group), 'gptq_nf' (GPTQ on the NF
+    grid), 'kmeans' (Hessian-diagonal-weighted k-means per channel or (channel, group)),
+    'gptq_kmeans' (GPTQ onto those centroids): their `nupes_quant` is a
+    codebooks.CodebookWeight, the simulator's CodebookFormat (exportable); 'gptq_asym' (GPTQ
+    on the reference's asymmetric zero-point grid; with granularity 'channel' its
+    `nupes_quant` is a baselines.AsymWeight, the simulator's UniformWeightFormat; per group it
+    is fake quantization only: no `nupes_quant`, not exportable).
     wbits/abits: weight/activation bits (abits None: float activations). calib: a tensor
     (split into `batch_size` batches; a NumPy array or any float dtype is accepted and cast to the
     model's dtype) or an iterable of input batches; required for 'gptq',
@@ -322,6 +325,10 @@ def quantize_model(
                     )
                 else:
                     qw = base
+            elif method in CODEBOOK_METHODS:  # NF / k-means tables: the simulator's CodebookFormat
+                base, qw = codebook_layer(
+                    method, mod, obj, wbits, granularity, group_size, x_fp is not None, blocksize, percdamp, n
+                )
             elif method in FAKE_METHODS:  # fake quantization only: no nupes_quant, not exportable
                 w_hat, start = fake_layer(
                     method, mod, obj, wbits, granularity, group_size, x_fp is not None, blocksize, percdamp, n
@@ -347,7 +354,7 @@ def quantize_model(
                     )
                 )
                 continue
-            if exportable_asym:
+            if exportable_asym or method in CODEBOOK_METHODS:
                 pass
             elif method in ("rtn", "powerquant"):
                 qw = base

@@ -2,9 +2,9 @@
 
 GPTQ on the standard asymmetric grid per channel (`gptq_asym_layer`, method 'gptq_asym' with
 granularity 'channel') exports: its `AsymWeight` is the simulator's UniformWeightFormat
-(ARITHMETIC.md §1-§2: the decode LUT absorbs the zero point). The others (and 'gptq_asym'
-per group) are fake quantization only (a general codebook format is separate work), so a
-model quantized with them cannot be exported; they put NUPES next to what users run.
+(ARITHMETIC.md §1-§2: the decode LUT absorbs the zero point). The NF and k-means codebooks
+export through codebooks.py (the simulator's CodebookFormat); 'gptq_asym' per group is fake
+quantization only. They put NUPES next to what users run.
 
 - `AsymElement`: the reference GPTQ's standard grid (IST-DASLab `Quantizer`, sym=False):
   2^b levels 0..2^b−1 with a zero point, per-row min-max range widened to include 0,
@@ -165,9 +165,11 @@ def rtn_element(W, element, granularity="channel", group_size=None):
     return out
 
 
-def weighted_kmeans(W, weights, bits, iters=25):
+def weighted_kmeans_tables(W, weights, bits, iters=25):
     """Per-row weighted 1-D k-means of W (C, K) with 2^bits centroids; weights (K,) or (C, K)
-    ≥ 0. Returns the fake-quantized weight (C, K) float64 (each weight → its centroid)."""
+    ≥ 0. Returns (centroids (C, 2^bits) float64, assignment (C, K) int64): Lloyd iterations
+    from quantile initial centroids, each weight assigned to its nearest centroid (the first
+    on ties). Rows shorter than 2^bits get min(2^bits, K) centroids, the last one repeated."""
     W = W.to(torch.float64)
     C, K = W.shape
     k = min(2**bits, K)
@@ -184,6 +186,15 @@ def weighted_kmeans(W, weights, bits, iters=25):
             break
         cent = new
     assign = torch.argmin((W.unsqueeze(2) - cent.unsqueeze(1)).abs(), 2)
+    if k < 2**bits:
+        cent = torch.cat([cent, cent[:, -1:].expand(C, 2**bits - k)], 1)
+    return cent, assign
+
+
+def weighted_kmeans(W, weights, bits, iters=25):
+    """The fake-quantized weight (C, K) float64 of `weighted_kmeans_tables` (each weight → its
+    centroid)."""
+    cent, assign = weighted_kmeans_tables(W, weights, bits, iters)
     return cent.gather(1, assign)
 
 
@@ -225,8 +236,10 @@ def gptq_fake(
     return torch.cat(parts, 0).reshape(module.weight.shape)
 
 
-#: fake-quant-only methods of `api.quantize_model` (no integer format yet) and whether they need data
-FAKE_METHODS = {"nf": False, "gptq_nf": True, "gptq_asym": True, "kmeans": True}
+#: the baseline methods of `api.quantize_model` and whether they need data; the codebook ones
+#: (codebooks.CODEBOOK_METHODS) and 'gptq_asym' per channel export, 'gptq_asym' per group is
+#: fake quantization only (`fake_layer`, which also stays the float64 twin of the codebooks)
+FAKE_METHODS = {"nf": False, "gptq_nf": True, "gptq_asym": True, "kmeans": True, "gptq_kmeans": True}
 
 
 def fake_layer(

@@ -25,7 +25,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from nupes_sim.formats import PowerFormat, UniformWeightFormat
+from nupes_sim.formats import CodebookFormat, PowerFormat, UniformWeightFormat
 from nupes_sim.graph import Graph, Node
 from nupes_sim.layers import Accumulator, Add, AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d
 
@@ -84,7 +84,7 @@ def _weight_codes(module, name):
         raise ValueError(f"layer {name!r} has no quantized weights (nupes_quant); quantize the model first")
     codes = np.asarray(q.codes.cpu().numpy() if torch.is_tensor(q.codes) else q.codes).astype(np.int64)
     codes = codes.reshape(module.weight.shape)
-    if hasattr(q, "zero_points"):  # baselines.AsymWeight: uniform weights with a zero point
+    if hasattr(q, "format"):  # baselines.AsymWeight, codebooks.CodebookWeight: their own format
         return codes, q.format()
     scales = np.asarray(q.scales.cpu().numpy() if torch.is_tensor(q.scales) else q.scales, dtype=np.float64)
     gran = q.granularity
@@ -334,10 +334,10 @@ def export_model(model, calib, config=None, input_signed=None, walk=None):
             codes, wfmt = weights[op.name]
             xfmt = formats[op.inputs[0]]
             xmax = float(np.abs(xfmt.decode_real(xfmt.range.all_codes())).max())
-            uniform_w = isinstance(wfmt, UniformWeightFormat)
-            if uniform_w and cfg.datapath != "operand":
+            if not isinstance(wfmt, PowerFormat) and cfg.datapath != "operand":
+                what = "codebook" if isinstance(wfmt, CodebookFormat) else "uniform zero-point"
                 raise ValueError(
-                    f"{op.name}: datapath={cfg.datapath!r} is not allowed for uniform zero-point weights; "
+                    f"{op.name}: datapath={cfg.datapath!r} is not allowed for {what} weights; "
                     "allowed: 'operand' (the product datapath needs power formats)"
                 )
             kw = dict(
@@ -415,6 +415,8 @@ def _table_max(fmt):
     weights: max |q − z| (their scale lives in the accumulator unit, ARITHMETIC.md §2)."""
     if isinstance(fmt, UniformWeightFormat):
         return float(np.abs(fmt.range.all_codes()[None, :] - fmt.zero_point[:, None]).max())
+    if isinstance(fmt, CodebookFormat):
+        return float(np.abs(fmt.values).max())
     return (
         float(np.abs(fmt.decode_real(np.array([fmt.range.max_magnitude]), None)).max())
         if fmt.granularity == "tensor"
@@ -424,9 +426,9 @@ def _table_max(fmt):
 
 def _product_max(wfmt, xmax):
     """Largest real value in the product table: per-tensor/channel weight scales are
-    factored out of it (tables.ProductTable), per-group scales are not. Uniform weights have
-    no product table (the product datapath refuses them); the value only sizes an unused F."""
-    if wfmt.granularity == "group" or isinstance(wfmt, UniformWeightFormat):
+    factored out of it (tables.ProductTable), per-group scales are not. Uniform and codebook
+    weights have no product table (the product datapath refuses them); the value only sizes an unused F."""
+    if wfmt.granularity == "group" or not isinstance(wfmt, PowerFormat):
         return _table_max(wfmt) * xmax
     return wfmt.range.max_magnitude ** (1 / wfmt.exponent) * xmax
 

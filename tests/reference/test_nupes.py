@@ -208,7 +208,7 @@ def test_nf4_codebook_is_qlora_nf4_and_asym_grid_uses_all_levels():
     assert float(cb[0].abs().max()) == float(W[0].abs().max()) and torch.equal(cb[1], W[1])
 
 
-@pytest.mark.parametrize("method", ["nf", "gptq_nf", "gptq_asym", "kmeans"])
+@pytest.mark.parametrize("method", ["nf", "gptq_nf", "gptq_asym", "kmeans", "gptq_kmeans"])
 def test_fake_baselines_in_quantize_model(method):
     from nupes_sim.reference.api import quantize_model
 
@@ -219,7 +219,7 @@ def test_fake_baselines_in_quantize_model(method):
         q, rep = quantize_model(
             net, method, 3, calib=X, progress=False, target="float", granularity=gran, group_size=gs
         )
-        exportable = method == "gptq_asym" and gran == "channel"  # test_gptq_asym.py
+        exportable = method != "gptq_asym" or gran == "channel"  # test_gptq_asym/test_codebooks_ref
         for layer in rep["layers"]:
             has = hasattr(q.get_submodule(layer["name"]), "nupes_quant")
             assert (
@@ -227,9 +227,15 @@ def test_fake_baselines_in_quantize_model(method):
                 if exportable
                 else (layer["fake_quant_only"] and not has)
             )
-            assert layer["loss_after"] <= layer["loss_before"] + 1e-12
+            # GPTQ onto k-means tables fitted to W (not refitted) need not beat nearest-centroid
+            # on a tiny layer (K = 8 = 2^b: the tables are W itself); test_codebooks_ref checks
+            # that it does on a real-sized one
+            if method != "gptq_kmeans":
+                assert layer["loss_after"] <= layer["loss_before"] + 1e-12
         levels = torch.unique(q[0].weight.detach(), dim=None)
         assert levels.numel() <= 8 * 8 * (4 if gran == "group" else 1)  # at most 2^b values per scale slice
-    if method == "kmeans":
+    if method == "kmeans":  # per (channel, group of 4): at most 2^b centroids each
         w = q[0].weight.detach()
-        assert all(torch.unique(w[r]).numel() <= 8 for r in range(w.shape[0]))
+        assert all(
+            torch.unique(w[r, j : j + 4]).numel() <= 8 for r in range(w.shape[0]) for j in range(0, 16, 4)
+        )
