@@ -227,7 +227,7 @@ def render(results, args, seconds, pending=()):
     L += [
         "Methods. Data-free rows (RTN, PowerQuant, NF RTN, NUPES data-free) are measured once; data-driven rows "
         f"GPTQ uniform, GPTQ-power and NUPES data-driven once per calibration seed {list(SEEDS)}, shown as "
-        "mean ± std; the fake-quant data-driven baselines (GPTQ on the reference's asymmetric grid, k-means) "
+        "mean ± std; the other data-driven baselines (GPTQ on the reference's asymmetric grid, k-means) "
         "at seed 0 only (the 'seeds' column says so: their spread is not measured, so a verdict against them "
         "uses NUPES's spread alone). Every data-driven row is "
         f"sequential (a layer sees the inputs of the partly quantized network) with target '{TARGET}' (it matches "
@@ -242,9 +242,11 @@ def render(results, args, seconds, pending=()):
         "spread is the test-subset sampling error, given next to its verdict. NUPES data-free, LayerNorm "
         "statistics (char LM): the same from its LayerNorms (N(β, γ²) per feature) and weights (values, GELU by "
         "quadrature), measured once. "
-        "'[fake quant]' rows have no integer format in the simulator (a zero-point weight format and a codebook "
-        "format are separate work); NF is NormalFloat with absmax per channel/group, k-means is one 2^b-entry "
-        "codebook per output channel weighted by diag(XᵀX). A verdict is a win or a loss only when the mean "
+        "Every row executes in the simulator: the standard asymmetric grid per channel as uniform weights with "
+        "a zero point, NF and k-means as codebook weights (ARITHMETIC.md §1); the asymmetric grid per group "
+        "('g64'/'g128') is fake quantization only (per-group zero points are not a format). NF is NormalFloat "
+        "with absmax per channel/group, k-means is one 2^b-entry codebook per output channel (per (channel, "
+        "group) with 'g64'/'g128') weighted by diag(XᵀX). A verdict is a win or a loss only when the mean "
         "difference exceeds the sum of the two standard deviations. Symmetric signed codes [-M, M] for the power "
         "and uniform formats; per-channel scales unless 'g64'/'g128'.",
         "",

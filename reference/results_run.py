@@ -11,11 +11,11 @@ import time
 METHODS = [  # (label, method, needs data, extra kwargs); data-driven rows all use target 'float'
     ("RTN (uniform)", "rtn", False, {}),
     ("PowerQuant", "powerquant", False, {}),
-    ("NF RTN [fake quant]", "nf", False, {}),
+    ("NF RTN", "nf", False, {}),
     ("NUPES data-free", "nupes", False, {"nupes_init": "powerquant"}),
     ("GPTQ (uniform, symmetric)", "gptq", True, {}),
-    ("GPTQ (standard asymmetric grid) [fake quant]", "gptq_asym", True, {}),
-    ("k-means, Hessian-weighted [fake quant]", "kmeans", True, {}),
+    ("GPTQ (standard asymmetric grid)", "gptq_asym", True, {}),
+    ("k-means, Hessian-weighted", "kmeans", True, {}),
     ("GPTQ (power grid)", "gptq_power", True, {}),
     ("NUPES data-driven", "nupes", True, {"nupes_init": "gptq_power"}),
 ]

@@ -73,7 +73,11 @@ class MatMul(AccLayer):
             if self.p_table is None or self.p_table.lut.shape[0] != 1:
                 raise ValueError(f"{self.name}: the product datapath needs a one-row p_table")
             if isinstance(self.a_range, UniformRange) or isinstance(self.b_range, UniformRange):
-                raise ValueError(f"{self.name}: the product datapath needs power-format (symmetric) codes")
+                bad = "a" if isinstance(self.a_range, UniformRange) else "b"
+                raise ValueError(
+                    f"{self.name}: the product datapath needs power-format codes; {bad}_range is a "
+                    "UniformRange (allowed: power code ranges, symmetric or full range)"
+                )
             ma, mb = self.a_range.max_magnitude, self.b_range.max_magnitude
             need = self.p_table.index(ma, mb) + 1  # the largest index the codes can form, + 1
             if self.p_table.lut.shape[1] < need or self.p_table.mx < mb:
