@@ -50,6 +50,7 @@ def cmd_quantize(args):
         overflow=args.overflow,
         seed=args.seed,
         progress=not args.quiet,
+        full_range=args.full_range,
     )
     hist = {
         r["name"]: np.array([r["loss_before"], r["loss_after"]], np.float64)
@@ -139,6 +140,12 @@ def register(add):
         type=int_in(1, None, "size"),
         default=None,
         help="input elements per weight scale with --granularity group",
+    )
+    sp.add_argument(
+        "--full-range",
+        action="store_true",
+        help="signed weight codes [-2^(b-1), 2^(b-1)-1] (all 2^b levels, as int-b) instead of the "
+        "symmetric [-(2^(b-1)-1), 2^(b-1)-1] (docs/ARITHMETIC.md §1)",
     )
     sp.add_argument("--steps", type=int_in(0, 10**6, "steps"), default=None, help="NUPES steps per layer")
     sp.add_argument("--datapath", default="operand", choices=("operand", "product"))

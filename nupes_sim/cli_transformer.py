@@ -39,6 +39,7 @@ def cmd_quantize_transformer(args):
         progress=not args.quiet,
         calib_ids=calib,
         act_bits=args.abits,
+        full_range=args.full_range,
     )
     T = int(ids.shape[1])
     save_model(ex.graph, args.out, input_shape=(T,))

@@ -197,6 +197,7 @@ def quantize_to_graph(
     seed=0,
     progress=True,
     nupes_init=None,
+    full_range=False,
 ):
     """(Exported, report): the model quantized by `method` and exported to integer layers.
 
@@ -205,7 +206,8 @@ def quantize_to_graph(
     activations the integer graph computes (quantize_for_export). With calib=None the weights
     are quantized data-free (NUPES: under the input statistics of the model's batch norms,
     datafree.py) and `export_calib` must still give a few inputs to calibrate activation
-    formats (hardware needs activation codes).
+    formats (hardware needs activation codes). full_range: signed weight codes
+    [-2^(b-1), 2^(b-1)-1] (quantize_model's option).
     """
     from nupes_sim.layers import Accumulator
 
@@ -249,6 +251,7 @@ def quantize_to_graph(
         steps=steps,
         seed=seed,
         progress=progress,
+        full_range=full_range,
         **extra,
     )
 

@@ -84,10 +84,12 @@ def quantize_builtin(
     progress=False,
     calib_ids=None,
     act_bits=8,
+    full_range=False,
 ):
     """Quantize a built-in transformer and export it: (float model, ExportedTransformer,
     calibration ids, tokenizer or None). Data-driven methods use the calibration ids for the
-    weights too; the activation formats are always calibrated on them (the twin's run)."""
+    weights too; the activation formats are always calibrated on them (the twin's run).
+    full_range: signed weight codes [-2^(b-1), 2^(b-1)-1] (quantize_model's option)."""
     from ..layers import Accumulator
     from .api import quantize_model
     from .export_transformer import TransformerExportConfig, export_charlm, export_minilm
@@ -101,7 +103,9 @@ def quantize_builtin(
     kw = {"calib": calib, "steps": steps} if method in DATA_DRIVEN else {}
     if method == "nupes":
         kw["nupes_init"] = "gptq_power"
-    qmodel, _ = quantize_model(model, method=method, wbits=wbits, progress=progress, seed=seed, **kw)
+    qmodel, _ = quantize_model(
+        model, method=method, wbits=wbits, progress=progress, seed=seed, full_range=full_range, **kw
+    )
     cfg = TransformerExportConfig(datapath=datapath, act_bits=act_bits, acc=Accumulator(acc_width, overflow))
     if name == "charlm":
         ex = export_charlm(qmodel.eval(), calib, cfg)

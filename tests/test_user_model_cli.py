@@ -66,6 +66,21 @@ def test_quantize_users_model_then_golden_verify(user, tmp_path, model, arch):
     assert r.returncode == 0, r.stderr
 
 
+def test_quantize_full_range_flag(user, tmp_path):
+    """--full-range: every MAC layer's weight codes are [-2^(b-1), 2^(b-1)-1] (ARITHMETIC.md §1),
+    and GPTQ uses the extra code somewhere (the default range is symmetric: the test above)."""
+    from nupes_sim.formats import CodeRange
+    from nupes_sim.serialize import load_model
+
+    out = tmp_path / "m.h5"
+    argv = ["quantize", user / "w.pt", "--arch", "user_models:TinyResNet", "--calib", user / "calib.npy"]
+    r = run(*argv, "--method", "gptq", "--wbits", 3, "--full-range", "--out", out, "-q")
+    assert r.returncode == 0, r.stderr
+    macs = [n.layer for n in load_model(out).nodes if getattr(n.layer, "w_codes", None) is not None]
+    assert macs and {L.w_range for L in macs} == {CodeRange(3, True, True)}
+    assert any(int(L.w_codes.min()) == -4 for L in macs)
+
+
 def test_programs_and_state_dict_give_the_same_float_module(user):
     from nupes_sim.reference.pipeline import load_user_model
 
