@@ -6,6 +6,7 @@
 // parameters are the ones of the layer's generated header (layers__NNN_<name>__params.vh).
 //
 //   operand datapath (PRODUCT = 0): p = w_lut[t(o,k)][q_w - W_LUT_QMIN] * x_lut[q_x - X_LUT_QMIN]
+//                                   (W_SIGNED = 0: unsigned weight codes, e.g. codebook indices)
 //   product datapath (PRODUCT = 1): p = sign(q_w) sign(q_x) p_lut[t(o,k)][idx],
 //                                   idx = |q_w||q_x| (P_BY_PRODUCT) or |q_w|(P_MX+1) + |q_x|
 //   accumulator: ACC_W bits, bias first; SATURATE = 0: wrap (mod 2^ACC_W);
@@ -33,6 +34,7 @@ module nupes_linear #(
     parameter integer X_SIGNED = 0,
     parameter integer X_LUT_QMIN = 0,
     parameter integer W_BITS = 4,
+    parameter integer W_SIGNED = 1,
     parameter integer W_LUT_QMIN = -7,
     parameter integer PRODUCT = 0,
     parameter integer W_LUT_ROWS = 1,
@@ -108,7 +110,7 @@ module nupes_linear #(
 
     // sign-extend raw words to SW bits
     function signed [SW-1:0] sx_w(input [W_BITS-1:0] q);
-        sx_w = $signed({{(SW-W_BITS){q[W_BITS-1]}}, q});
+        sx_w = W_SIGNED ? $signed({{(SW-W_BITS){q[W_BITS-1]}}, q}) : $signed({{(SW-W_BITS){1'b0}}, q});
     endfunction
     function signed [SW-1:0] sx_x(input [X_BITS-1:0] q);
         sx_x = X_SIGNED ? $signed({{(SW-X_BITS){q[X_BITS-1]}}, q}) : $signed({{(SW-X_BITS){1'b0}}, q});

@@ -14,7 +14,7 @@ module nupes_linear_top(clk, rst, x_we, x_addr, x_data, start, busy, out_valid, 
 
     nupes_linear #(
         .K(K), .O(O), .X_BITS(X_BITS), .X_SIGNED(X_SIGNED), .X_LUT_QMIN(X_LUT_QMIN),
-        .W_BITS(W_BITS), .W_LUT_QMIN(W_LUT_QMIN), .PRODUCT(PRODUCT),
+        .W_BITS(W_BITS), .W_SIGNED(W_SIGNED), .W_LUT_QMIN(W_LUT_QMIN), .PRODUCT(PRODUCT),
         .W_LUT_ROWS(W_LUT_ROWS), .W_LUT_COLS(W_LUT_COLS), .W_LUT_W(W_LUT_W),
         .X_LUT_COLS(X_LUT_COLS), .X_LUT_W(X_LUT_W),
         .P_LUT_ROWS(P_LUT_ROWS), .P_LUT_COLS(P_LUT_COLS), .P_LUT_W(P_LUT_W), .P_BY_PRODUCT(P_BY_PRODUCT), .P_MX(P_MX),

@@ -1,7 +1,7 @@
 """Layer configurations the reference RTL (hdl/nupes_linear.v) is checked on."""
 import numpy as np
 
-from nupes_sim.formats import PowerFormat
+from nupes_sim.formats import CodebookFormat, PowerFormat
 from nupes_sim.graph import Graph
 from nupes_sim.layers import Accumulator, Linear
 
@@ -33,5 +33,25 @@ CONFIGS = {
 }
 
 
+def codebook(name, seed, k=16, o=6, g=8):
+    """Unsigned 4-bit codes indexing a table of 16 reals per (channel, group) (#14 item 3: any
+    LUT-decoded weight, e.g. NF4 per group): the RTL must read the codes as unsigned."""
+    rng = np.random.default_rng(seed)
+    xf = PowerFormat(4, False, 0.7, 0.05)
+    wf = CodebookFormat(4, rng.normal(0, 0.5, (o, k // g, 16)), "group", g)
+    fc = Linear.build("fc", rng.integers(0, 16, (o, k)), wf, xf, w_frac_bits=5, x_frac_bits=4,
+                      acc=Accumulator(11, "saturate"), out_fmt=PowerFormat(4, True, 0.7, 0.3),
+                      bias=rng.normal(size=o) * 0.3, tensor_id=3)
+    return Graph([fc])
+
+
+#: configurations built by another function than `linear`
+OTHER = {"operand_codebook": (codebook, dict(seed=5))}
+CONFIGS = {**CONFIGS, **{n: kw for n, (_, kw) in OTHER.items()}}
+
+
 def graph(name):
+    if name in OTHER:
+        fn, kw = OTHER[name]
+        return fn(name, **kw)
     return linear(name, **CONFIGS[name])
