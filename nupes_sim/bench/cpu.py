@@ -372,8 +372,9 @@ exporter's (`reference.export.ExportConfig`: largest weight entry 20 bits, activ
 product 24; 48-bit saturating accumulator, which no clamp can reach here); `8-bit` = int8 table
 entries (largest magnitude 7 bits), what hardware usually has. Times are medians of the repeats
 after a warm-up (JIT compilation excluded). The CPU backend time is a whole
-`nupes_sim.cpu.run_layer` call (input checks, weight preparation, decode, MACs,
-requantization, all three outputs). PyTorch: `F.linear`/`F.conv2d` in float32 on the decoded
+`nupes_sim.cpu.run_layer` call (input checks, decode, MACs, requantization, all three
+outputs; the weight-side plan is built at the warm-up and then served by the per-layer plan
+cache, `nupes_sim/cpu/plancache.py`, as in any repeated use of a layer). PyTorch: `F.linear`/`F.conv2d` in float32 on the decoded
 weights and activations, `torch.set_num_threads({cores()})`. The oracle is timed on a slice
 (linear: 1 of the 256 samples; conv: 1 image cropped to 8x8) and scaled by the MAC ratio.
 "float path instead" (`--compare-float`): the same call with `CpuOptions(int8=False)`, the
