@@ -294,7 +294,8 @@ def main(argv=None):
 
 
 def write_section(path, text):
-    """Replace the CPU section of `path` (up to the next '# ' heading) by `text`, atomically."""
+    """Replace the generated CPU section of `path` (up to the next '# ' or '## ' heading: the
+    subsections others add under it, e.g. the transformer's, are kept) by `text`, atomically."""
     from nupes_sim.atomic import write_text
 
     try:
@@ -304,8 +305,8 @@ def write_section(path, text):
         old = ""
     rest = ""
     if old.startswith("# Performance of the CPU backend"):
-        i = old.find("\n# ", 1)
-        rest = old[i + 1 :] if i >= 0 else ""
+        ends = [i for i in (old.find("\n# ", 1), old.find("\n## ", 1)) if i >= 0]
+        rest = old[min(ends) + 1 :] if ends else ""
     elif old:
         rest = old
     write_text(path, text.rstrip("\n") + "\n\n" + rest if rest else text)
