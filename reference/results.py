@@ -1,6 +1,6 @@
 """Regenerate docs/RESULTS.md: every method on every model, measured in one run.
 
-    python -m nupes_sim.reference.results [--quick] [--only fashion,fashion_act,charlm,minilm,sweep] [--out docs/RESULTS.md]
+    python -m nupes_sim.reference.results [--quick] [--only fashion,fashion_act,charlm,minilm,sweep,charlm_int,minilm_int] [--out docs/RESULTS.md]
                                           [--json raw.json [--resume]]
 
 (also `nupes-sim eval`). Whatever is measured is written, including where NUPES loses.
@@ -22,6 +22,7 @@ from . import results_run as run
 from .results_models import ACT_SCOPE, SIM_IMAGES, charlm, fashion, fashion_act, minilm, sweep
 from .results_render import render
 from .results_run import _CHECKPOINT, _log
+from .results_transformers import TX_SCOPE, charlm_int, minilm_int
 
 SECTIONS = {
     "fashion": fashion,
@@ -29,6 +30,8 @@ SECTIONS = {
     "charlm": charlm,
     "minilm": minilm,
     "sweep": sweep,
+    "charlm_int": charlm_int,
+    "minilm_int": minilm_int,
 }
 
 
@@ -72,6 +75,22 @@ def main(argv=None):
         "--act-settings", default="W4A8,W4A4,W3A8", help="fashion_act: comma-separated WxAy settings"
     )
     p.add_argument("--act-seeds", type=int, default=3, help="fashion_act: calibration seeds 0..N-1")
+    p.add_argument(
+        "--tx-settings", default="W4A8,W8A8", help="charlm_int/minilm_int: comma-separated WxAy settings"
+    )
+    p.add_argument(
+        "--tx-methods",
+        default=",".join(TX_SCOPE["methods"]),
+        help="charlm_int/minilm_int: weight methods (powerquant, gptq, gptq_power, nupes)",
+    )
+    p.add_argument("--tx-chars", type=int, default=TX_SCOPE["chars"], help="charlm_int: held-out characters")
+    p.add_argument(
+        "--tx-sentences",
+        type=int,
+        default=TX_SCOPE["sentences"],
+        help="minilm_int: evaluation verses (<= 2000)",
+    )
+    p.add_argument("--tx-tokens", type=int, default=TX_SCOPE["tokens"], help="minilm_int: tokens per verse")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the header shows the command
     if args.sim_images < 1:
@@ -86,6 +105,25 @@ def main(argv=None):
         p.error(f"--act-settings: expected e.g. W4A4,W3A8, got {args.act_settings!r}")
     if args.act_images < 1 or args.act_seeds < 1:
         p.error(f"--act-images and --act-seeds must be >= 1, got {args.act_images} and {args.act_seeds}")
+    try:
+        tx_settings = tuple(
+            (int(w), int(a))
+            for w, a in (t.strip().upper()[1:].split("A") for t in args.tx_settings.split(","))
+        )
+    except ValueError:
+        p.error(f"--tx-settings: expected e.g. W4A8,W8A8, got {args.tx_settings!r}")
+    if not 1 <= args.tx_sentences <= 2000 or args.tx_chars < 1 or args.tx_tokens < 2:
+        p.error(
+            f"--tx-sentences must be in [1, 2000], --tx-chars >= 1 and --tx-tokens >= 2; got "
+            f"{args.tx_sentences}, {args.tx_chars}, {args.tx_tokens}"
+        )
+    TX_SCOPE.update(
+        settings=tx_settings,
+        methods=tuple(m.strip() for m in args.tx_methods.split(",") if m.strip()),
+        chars=args.tx_chars,
+        sentences=args.tx_sentences,
+        tokens=args.tx_tokens,
+    )
     ACT_SCOPE.update(images=args.act_images, settings=settings, seeds=tuple(range(args.act_seeds)))
     torch.manual_seed(0)
     t0 = time.perf_counter()

@@ -7,9 +7,10 @@ import statistics
 import torch
 
 from .results_run import COUNTS, SEEDS, TARGET
+from .results_transformers import render_transformers
 
 #: every section the generator can measure, in report order
-ALL_SECTIONS = ("fashion", "fashion_act", "charlm", "minilm", "sweep")
+ALL_SECTIONS = ("fashion", "fashion_act", "charlm", "minilm", "sweep", "charlm_int", "minilm_int")
 
 # ------------------------------------------------------------------------------ report
 
@@ -310,6 +311,7 @@ def render(results, args, seconds, pending=()):
         for r in results["sweep"]["rows"]:
             L.append(f"| {r['wbits']} | {r['exponent']} | {r['top1']:.2f} |")
         L.append("")
+    L += render_transformers(results)
     for name, err in results.get("_errors", {}).items():
         L += [f"## {name}: not measured", "", f"    {err}", ""]
     return "\n".join(L)

@@ -69,6 +69,35 @@ def pad_id(tokenizer):
     return tokenizer.token_to_id("[PAD]")
 
 
+class PaddedIds(torch.nn.Module):
+    """MiniLM called on padded token ids alone (the attention mask is `ids != pad`), so the
+    data-driven weight quantizers calibrate on one tensor of ids, as the integer graph sees
+    them (PadMask); `quantize_model` quantizes `.model`'s layers in place of a copy."""
+
+    def __init__(self, model, pad):
+        super().__init__()
+        self.model, self.pad = model, pad
+
+    def forward(self, ids):
+        ids = ids.long()  # quantize_model casts calibration batches to the model's float dtype
+        return self.model(ids, (ids != self.pad).long())
+
+
+def quantize_weights(name, model, method, wbits, calib, pad=None, progress=False, **kw):
+    """(quantized float model, report): data-driven methods calibrate on `calib` (MiniLM
+    through PaddedIds with pad id `pad`), NUPES data-driven starts from GPTQ-power; data-free
+    ones ignore it."""
+    from .api import quantize_model
+
+    if method not in DATA_DRIVEN:
+        return quantize_model(model, method=method, wbits=wbits, progress=progress, **kw)
+    if method == "nupes":
+        kw.setdefault("nupes_init", "gptq_power")
+    wrapped = model if name == "charlm" else PaddedIds(model, pad).eval()
+    q, rep = quantize_model(wrapped, method=method, wbits=wbits, calib=calib, progress=progress, **kw)
+    return (q if name == "charlm" else q.model), rep
+
+
 def quantize_builtin(
     name,
     *,
@@ -91,7 +120,6 @@ def quantize_builtin(
     weights too; the activation formats are always calibrated on them (the twin's run).
     full_range: signed weight codes [-2^(b-1), 2^(b-1)-1] (quantize_model's option)."""
     from ..layers import Accumulator
-    from .api import quantize_model
     from .export_transformer import TransformerExportConfig, export_charlm, export_minilm
 
     model, tok = load_builtin(name)
@@ -100,11 +128,18 @@ def quantize_builtin(
         if calib_ids is not None
         else builtin_inputs(name, n_calib, seq_len, "calib", model, tok, seed)
     )
-    kw = {"calib": calib, "steps": steps} if method in DATA_DRIVEN else {}
-    if method == "nupes":
-        kw["nupes_init"] = "gptq_power"
-    qmodel, _ = quantize_model(
-        model, method=method, wbits=wbits, progress=progress, seed=seed, full_range=full_range, **kw
+    kw = {"steps": steps} if method in DATA_DRIVEN else {}
+    qmodel, _ = quantize_weights(
+        name,
+        model,
+        method,
+        wbits,
+        calib,
+        None if tok is None else pad_id(tok),
+        progress,
+        seed=seed,
+        full_range=full_range,
+        **kw,
     )
     cfg = TransformerExportConfig(datapath=datapath, act_bits=act_bits, acc=Accumulator(acc_width, overflow))
     if name == "charlm":
@@ -114,4 +149,13 @@ def quantize_builtin(
     return model, ex, calib, tok
 
 
-__all__ = ["BUILTINS", "load_builtin", "builtin_inputs", "quantize_builtin", "pad_id", "check_builtin"]
+__all__ = [
+    "BUILTINS",
+    "load_builtin",
+    "builtin_inputs",
+    "quantize_builtin",
+    "quantize_weights",
+    "pad_id",
+    "PaddedIds",
+    "check_builtin",
+]

@@ -23,11 +23,11 @@ def _log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def charlm(wbits=4, method="nupes", chars=20480, n_calib=32, steps=None, backend="cpu", batch=16):
-    from .api import quantize_model
+def charlm(wbits=4, method="nupes", chars=20480, n_calib=32, steps=None, backend="cpu", batch=16, act_bits=8):
     from .data import kjv_split
     from .evaluate import load_charlm
-    from .export_transformer import export_charlm
+    from .export_transformer import TransformerExportConfig, export_charlm
+    from .transformer_pipeline import quantize_weights
 
     model = load_charlm()
     train, held = kjv_split()
@@ -37,17 +37,11 @@ def charlm(wbits=4, method="nupes", chars=20480, n_calib=32, steps=None, backend
     starts = torch.randint(0, ids.numel() - T - 1, (max(n_calib, 128),), generator=g)
     calib = torch.stack([ids[s : s + T] for s in starts.tolist()])
     t0 = time.perf_counter()
-    extra = {"nupes_init": "gptq_power"} if method == "nupes" else {}
-    if method == "powerquant":
-        qmodel, _ = quantize_model(model, method=method, wbits=wbits, progress=False)
-    else:
-        qmodel, _ = quantize_model(
-            model, method=method, wbits=wbits, calib=calib, progress=False, steps=steps, **extra
-        )
+    qmodel, _ = quantize_weights("charlm", model, method, wbits, calib, steps=steps)
     t_quant = time.perf_counter() - t0
     _log(f"quantized ({method}, W{wbits}) in {t_quant:.0f}s")
     t0 = time.perf_counter()
-    ex = export_charlm(qmodel, calib[:n_calib])
+    ex = export_charlm(qmodel, calib[:n_calib], TransformerExportConfig(act_bits=act_bits))
     _log(f"exported {len(ex.graph.nodes)} nodes in {time.perf_counter() - t0:.0f}s")
     h = model.encode(held)
     n_win = math.ceil(chars / T)
@@ -67,30 +61,47 @@ def charlm(wbits=4, method="nupes", chars=20480, n_calib=32, steps=None, backend
     n = n_win * T
     res = {k: math.exp(v / n) for k, v in nll.items()}
     res.update(
-        chars=n, wbits=wbits, method=method, seconds_integer=time.perf_counter() - t0, seconds_quant=t_quant
+        chars=n,
+        wbits=wbits,
+        act_bits=act_bits,
+        method=method,
+        seconds_integer=time.perf_counter() - t0,
+        seconds_quant=t_quant,
     )
     res["int_vs_twin_pct"] = 100 * (res["integer"] / res["twin"] - 1)
     res["int_vs_float_pct"] = 100 * (res["integer"] / res["float"] - 1)
     return res
 
 
-def minilm(wbits=4, method="powerquant", n_sent=200, T=48, backend="cpu", batch=16):
+def minilm(
+    wbits=4,
+    method="powerquant",
+    n_sent=200,
+    T=48,
+    backend="cpu",
+    batch=16,
+    act_bits=8,
+    n_calib=32,
+    steps=None,
+):
     """Sentence-embedding cosine (mean pooling over the mask, as models.embed) of the integer
     simulator against the float model and the twin, on the first n_sent of the 2000 verses
-    results.py evaluates, padded/truncated to T tokens (the float reference sees the same T)."""
+    results.py evaluates, padded/truncated to T tokens (the float reference sees the same T).
+    Calibration (activation formats; the weights too for data-driven methods): n_calib of the
+    2000 other verses, padded the same way."""
     import numpy as np
 
-    from .api import quantize_model
     from .data import load_kjv_verses
     from .evaluate import embedding_agreement
-    from .export_transformer import export_minilm
+    from .export_transformer import TransformerExportConfig, export_minilm
     from .models import load_minilm
+    from .transformer_pipeline import quantize_weights
 
     model, tok = load_minilm()
     verses = load_kjv_verses()
     pick = np.random.default_rng(0).choice(len(verses), 4000, replace=False)
     ev = [verses[i] for i in pick[:n_sent]]
-    cal = [verses[i] for i in pick[2000 : 2000 + 32]]
+    cal = [verses[i] for i in pick[2000 : 2000 + n_calib]]
     tok.enable_truncation(max_length=T)
     tok.enable_padding(pad_id=tok.token_to_id("[PAD]"), pad_token="[PAD]", length=T)
 
@@ -98,9 +109,13 @@ def minilm(wbits=4, method="powerquant", n_sent=200, T=48, backend="cpu", batch=
         return torch.tensor([e.ids for e in tok.encode_batch(sents)], dtype=torch.long)
 
     t0 = time.perf_counter()
-    qmodel, _ = quantize_model(model, method=method, wbits=wbits, progress=False)
-    ex = export_minilm(qmodel, ids_of(cal), pad_id=tok.token_to_id("[PAD]"))
-    _log(f"quantized + exported in {time.perf_counter() - t0:.0f}s")
+    qmodel, _ = quantize_weights(
+        "minilm", model, method, wbits, ids_of(cal), tok.token_to_id("[PAD]"), steps=steps
+    )
+    cfg = TransformerExportConfig(act_bits=act_bits)
+    ex = export_minilm(qmodel, ids_of(cal), cfg, pad_id=tok.token_to_id("[PAD]"))
+    t_quant = time.perf_counter() - t0
+    _log(f"quantized + exported in {t_quant:.0f}s")
     ids = ids_of(ev)
     mask = (ids != tok.token_to_id("[PAD]")).double()
     pooled = {"float": [], "twin": [], "integer": []}
@@ -120,8 +135,11 @@ def minilm(wbits=4, method="powerquant", n_sent=200, T=48, backend="cpu", batch=
         "n_sentences": len(ev),
         "T": T,
         "wbits": wbits,
+        "act_bits": act_bits,
         "method": method,
+        "n_calib": n_calib,
         "seconds_eval": time.perf_counter() - t0,
+        "seconds_quant": t_quant,
     }
     for a, b in (("integer", "float"), ("integer", "twin"), ("twin", "float")):
         d = embedding_agreement(emb[b], emb[a])

@@ -84,3 +84,37 @@ def test_minilm_shaped_export_with_padding_mask():
     cos = lambda a, b: (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)  # noqa: E731
     assert cos(twin[keep], ref[keep]).mean() > 0.95
     assert cos(integer[keep], twin[keep]).mean() > 0.98
+
+
+def test_data_driven_minilm_weights_calibrate_on_padded_ids_and_export_bit_exact():
+    """quantize_weights: a data-driven method on MiniLM calibrates on padded ids through
+    PaddedIds (mask = ids != pad), and the result exports to a graph whose oracle and CPU
+    backend agree on every stage of a sample."""
+    from nupes_sim.reference.transformer_pipeline import PaddedIds, quantize_weights
+
+    torch.manual_seed(0)
+    model = MiniLM(
+        vocab_size=20,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=8,
+        layer_norm_eps=1e-12,
+    ).eval()
+    ids = torch.randint(1, 20, (8, 8), generator=torch.Generator().manual_seed(3))
+    ids[0, 4:] = 0
+    with torch.no_grad():  # the wrapper is the model with the padding mask
+        assert torch.equal(PaddedIds(model, 0)(ids), model(ids, (ids != 0).long()))
+    qm, rep = quantize_weights("minilm", model, "gptq_power", 4, ids, pad=0)
+    assert len(rep["layers"]) == 6 and all(r["loss_kind"] == "output_rel_mse" for r in rep["layers"])
+    assert isinstance(qm, MiniLM) and qm.encoder.layer[0].attention.self.query.nupes_quant.bits == 4
+    ex = export_minilm(qm.eval(), ids)
+    a = ex.graph.run(ids[:1].numpy(), backend="numpy", intermediates=True)
+    b = ex.graph.run(ids[:1].numpy(), backend="cpu", intermediates=True)
+    n = 0
+    for name, st in a.stages.items():
+        for k, v in st.items():
+            assert (b.stages[name][k] == v).all(), (name, k)
+            n += v.size
+    assert n > 1000

@@ -95,3 +95,25 @@ def test_activation_section_renders_graph_against_float_activations():
     assert "results --only fashion_act`" in text and "first 500 of those images" in text
     assert "graph activations +1.00 points against float activations (spread 0.50) → better" in text
     assert "not measured in this run (left out by its options, so not in this file): fashion, charlm" in text
+
+
+def test_integer_transformer_sections_render_targets_and_scope():
+    from nupes_sim.reference.results_transformers import render_transformers
+
+    c = dict(setting="W4A8", method="nupes", float=3.767, twin=3.80, integer=3.81, chars=20480)
+    c.update(int_vs_twin_pct=100 * (3.81 / 3.80 - 1), int_vs_float_pct=100 * (3.81 / 3.767 - 1))
+    c.update(seconds_quant=1.0, seconds_integer=2.0)
+    m = dict(setting="W4A8", method="gptq_power", seconds_quant=1.0, seconds_eval=2.0)
+    m.update(cos_integer_vs_float=0.969, cos_integer_vs_twin=0.996, cos_twin_vs_float=0.97)
+    m.update(nn_integer_vs_float=0.8, nn_integer_vs_twin=0.9, nn_twin_vs_float=0.8)
+    results = {
+        "charlm_int": {"rows": [c], "chars": 20480},
+        "minilm_int": {"rows": [m], "sentences": 200, "tokens": 48},
+    }
+    text = "\n".join(render_transformers(results))
+    assert "| W4A8 | nupes | 3.7670 | 3.8000 | 3.8100 | +0.26 % | +1.14 % |" in text
+    assert "twin met, float met" in text
+    assert "| 0.9690 / 80.0 % | 0.9960 / 90.0 % | 0.9700 / 80.0 % |" in text
+    assert "float **missed**, twin met" in text and "first 200 of the 2000" in text
+    full = results_render.render(results, argparse.Namespace(quick=False, steps=5, argv=["--only", "x"]), 1.0)
+    assert "this run measured charlm_int, minilm_int; not measured in this run" in full
