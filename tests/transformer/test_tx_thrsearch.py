@@ -1,5 +1,6 @@
-"""thrsearch's directory (claim (D)) gives count_ge's codes for every value, and the CPU
-transformer kernels give the oracle's stages with the threshold pass off too."""
+"""thrsearch (the CPU backend's bucket index applied to a stage) gives count_ge's codes for
+every value, and the CPU transformer kernels give the oracle's stages with the threshold pass
+off too."""
 
 import numpy as np
 import pytest
@@ -33,7 +34,7 @@ def check(thr, qmin=-3):
         out = np.empty_like(v)
         thrsearch.requantize(rq, v, out, use_directory=use)
         assert (out == want).all(), (use, v[out != want][:5], out[out != want][:5], want[out != want][:5])
-    return thrsearch.directory(rq)
+    return int(thrsearch._tables(rq)[1][0, 0])  # the index's shift; -1: binary search
 
 
 @st.composite
@@ -59,12 +60,12 @@ def test_directory_equals_binary_search(thr):
 
 
 def test_directory_edges():
-    assert check([5]) is not None  # one threshold: only the two end cases
-    assert check([7, 7, 7, 7]) is not None  # all equal
-    assert check([-(2**61), 2**61]) is None  # span = 2^62: binary search
-    assert check([-(2**61), 2**61 - 1]) is not None  # span just below 2^62
-    d = check(list(range(-5000, 5000, 3)) + [2**50])  # a wide span: shift > 0, scans of several
-    assert d[2] > 0
+    assert check([5]) == -1  # short rows (< 16 entries) binary search
+    assert check([7] * 20) == 0  # all equal: every value is below or at/after the row
+    assert check([-(2**61)] + [0] * 15 + [2**61 - 1]) == -1  # |thr[0]| = 2^61: binary search
+    assert check([-(2**60)] + [0] * 15 + [2**60]) == -1  # span 2^61: binary search
+    assert check([-(2**60) + 1] + [0] * 15 + [2**60]) > 0  # span 2^61 - 1: the index
+    assert check(list(range(-5000, 5000, 3)) + [2**50]) > 0  # a wide span: shift > 0, scans
 
 
 @pytest.mark.parametrize("op", ["matmul", "softmax", "layernorm"])
