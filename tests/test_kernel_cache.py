@@ -41,6 +41,20 @@ def test_source_hash_covers_primitives_and_every_kernel_module():
     assert {p.name for p in (ROOT / "nupes_sim" / "cpu").glob("*.py")} <= names
 
 
+def test_source_hash_covers_every_module_with_cached_kernels():
+    """A module whose kernels jit.kernel caches (the transformer's too) is in the key, with the
+    scalar sources they compile in, so editing any of them never serves a stale kernel."""
+    from nupes_sim.cpu import jit
+
+    sources = {p.resolve() for p in jit.SOURCES}
+    assert all(p.is_file() for p in sources)
+    users = {p.resolve() for p in (ROOT / "nupes_sim").rglob("*.py") if "jit import kernel" in p.read_text()}
+    assert users and {p.parent.name for p in users} >= {"cpu", "transformer"}
+    assert users <= sources, sorted(str(p) for p in users - sources)
+    tx = ROOT / "nupes_sim" / "transformer"
+    assert {(tx / "bodies.py").resolve(), (tx / "prims.py").resolve()} <= sources
+
+
 @pytest.mark.slow
 def test_cache_hits_and_an_edited_primitive_is_recompiled(tmp_path):
     site = tmp_path / "site"

@@ -5,11 +5,13 @@ remove that, but it keys a cached kernel on the kernel's own source file only, w
 kernels inline the primitives of nupes_sim/primitives.py and read constants of their
 modules: an edited primitive would be served stale. So every kernel is cached under
 
-    <root>/<h>/...      h = SHA-256 of primitives.py and of every module of nupes_sim/cpu/
+    <root>/<h>/...      h = SHA-256 of primitives.py, of every module of nupes_sim/cpu/ and
+                        of the transformer kernel modules (TRANSFORMER_KERNELS)
 
 computed once at import from the files' bytes (the cache index inside also keys on the
 kernel's file, the signature, the numba version and the CPU, as numba does). Any edit of a
-primitive or of a kernel module changes h, so the old entries are never looked at.
+primitive or of a kernel module (CPU or transformer) changes h, so the old entries are never
+looked at.
 
 root: $NUPES_CACHE_DIR, else $XDG_CACHE_HOME/nupes-sim (default ~/.cache/nupes-sim);
 NUPES_NUMBA_CACHE=0 turns the cache off (compile in every process, as numba does by default).
@@ -24,7 +26,15 @@ from pathlib import Path
 from numba import njit
 
 _PKG = Path(__file__).resolve().parent
-SOURCES = tuple(sorted(_PKG.glob("*.py"))) + (_PKG.parent / "primitives.py",)
+# The transformer's cached kernels (transformer/cpu.py, cpu_matmul.py, thrsearch.py) and the
+# scalar sources they compile in (bodies.py, prims.py); tests/test_kernel_cache.py checks that
+# every module using jit.kernel is covered.
+TRANSFORMER_KERNELS = ("bodies.py", "cpu.py", "cpu_matmul.py", "prims.py", "thrsearch.py")
+SOURCES = (
+    tuple(sorted(_PKG.glob("*.py")))
+    + (_PKG.parent / "primitives.py",)
+    + tuple(_PKG.parent / "transformer" / n for n in TRANSFORMER_KERNELS)
+)
 
 
 def source_hash(paths=SOURCES):

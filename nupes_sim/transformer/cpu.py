@@ -2,7 +2,8 @@
 
 Integers only (int64; no floats, no fastmath). What one output element or row computes is
 transformer.bodies (with the primitives it calls), compiled here with numba.njit from the
-bytecode cuda/transformer.py compiles; this file holds the loops and the host side. Pure data
+bytecode cuda/transformer.py compiles; this file holds the loops (jit.kernel: cached on disk under
+a key that covers this file, the bodies and the primitives) and the host side. Pure data
 movement (embedding lookup, element-wise table lookup, layout ops) is NumPy indexing: no
 arithmetic.
 """
@@ -10,6 +11,7 @@ arithmetic.
 import numpy as np
 from numba import njit, prange
 
+from ..cpu.jit import kernel
 from ..primitives import OVERFLOW_IDS
 from ..tables import Thresholds
 from . import bodies, cpu_matmul, thrsearch
@@ -58,7 +60,7 @@ def _threshold_pass(thr, v, out):
 
 
 # ---- MatMul -------------------------------------------------------------------------------------------
-@njit(parallel=True)
+@kernel(parallel=True)
 def _matmul(
     a, b, dp, alut, aq0, blut, bq0, plut, pbase, pstep, mode, width, tile, lo, hi,
     kind, thr, qmin, m, sh, zp, rlo, rhi, rmode, seed, tid, exact, acc, out,
@@ -103,7 +105,7 @@ def matmul(layer, a, b, fast=None, gemm="auto"):
 
 
 # ---- Softmax ------------------------------------------------------------------------------------------
-@njit(parallel=True)
+@kernel(parallel=True)
 def _softmax(
     x, keep, lut, pbits, prmode, mode, width, lo, hi,
     kind, thr, qmin, m, sh, zp, rlo, rhi, rmode, seed, tid, exact, acc, prob, out,
@@ -157,7 +159,7 @@ def softmax(layer, x, mask=None):
 
 
 # ---- LayerNorm ----------------------------------------------------------------------------------------
-@njit(parallel=True)
+@kernel(parallel=True)
 def _layernorm(
     x, lut, q0, eps, R, G, Bt, mrmode,
     kind, thr, qmin, m, sh, zp, rlo, rhi, rmode, seed, tid, mean, inv, y, out,
@@ -205,7 +207,7 @@ def layernorm(layer, x):
 
 
 # ---- element-wise tables: out = table[x - qmin], a gather (the oracle's rule, one pass) ---------------
-@njit(parallel=True)
+@kernel(parallel=True)
 def _gather(x, table, q0, out):
     for i in prange(x.size):
         out[i] = table[x[i] - q0]

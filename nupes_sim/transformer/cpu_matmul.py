@@ -24,6 +24,7 @@ scalar kernel too (its product is a table entry per (|qa|, |qb|), not a GEMM of 
 import numpy as np
 from numba import njit, prange
 
+from ..cpu.jit import kernel
 from ..primitives import OVERFLOW_IDS
 
 F64_EXACT = 2**53
@@ -38,7 +39,7 @@ def applies(layer):
     return layer.acc.overflow != "saturate" or int(layer.bound[0]) <= layer.acc.hi
 
 
-@njit(parallel=True)
+@kernel(parallel=True)
 def _gemm_i64(A, B, S):
     """S[g] = A[g] @ B[g], int64 (G, M, K) x (G, K, N): exact by (E); rows in parallel."""
     G, M, K = A.shape

@@ -11,8 +11,9 @@ implementation to a transformer stage and keeps the index of each (frozen) table
 import weakref
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from ..cpu.jit import kernel
 from ..cpu.kernels import count_ge, count_ge_ix
 from ..cpu.requant import threshold_index
 
@@ -29,14 +30,14 @@ def _tables(requant):
     return tabs
 
 
-@njit(parallel=True)
+@kernel(parallel=True)
 def _by_index(v, thr, qmin, tix, out):
     n = thr.shape[1]
     for i in prange(v.size):
         out[i] = qmin + count_ge_ix(v[i], thr, 0, n, tix)
 
 
-@njit(parallel=True)
+@kernel(parallel=True)
 def _by_search(v, thr, qmin, out):
     n = thr.shape[1]
     for i in prange(v.size):
