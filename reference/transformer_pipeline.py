@@ -70,17 +70,19 @@ def pad_id(tokenizer):
 
 
 class PaddedIds(torch.nn.Module):
-    """MiniLM called on padded token ids alone (the attention mask is `ids != pad`), so the
-    data-driven weight quantizers calibrate on one tensor of ids, as the integer graph sees
-    them (PadMask); `quantize_model` quantizes `.model`'s layers in place of a copy."""
+    """A transformer called on token ids alone, so the data-driven weight quantizers calibrate
+    on one tensor of ids: MiniLM with the attention mask `ids != pad` (as the integer graph's
+    PadMask), the char LM (pad None) as is. The ids are cast back to long: quantize_model
+    casts calibration batches to the model's float dtype. `quantize_model` quantizes
+    `.model`'s layers in a copy."""
 
-    def __init__(self, model, pad):
+    def __init__(self, model, pad=None):
         super().__init__()
         self.model, self.pad = model, pad
 
     def forward(self, ids):
-        ids = ids.long()  # quantize_model casts calibration batches to the model's float dtype
-        return self.model(ids, (ids != self.pad).long())
+        ids = ids.long()
+        return self.model(ids) if self.pad is None else self.model(ids, (ids != self.pad).long())
 
 
 def quantize_weights(name, model, method, wbits, calib, pad=None, progress=False, **kw):
@@ -93,9 +95,9 @@ def quantize_weights(name, model, method, wbits, calib, pad=None, progress=False
         return quantize_model(model, method=method, wbits=wbits, progress=progress, **kw)
     if method == "nupes":
         kw.setdefault("nupes_init", "gptq_power")
-    wrapped = model if name == "charlm" else PaddedIds(model, pad).eval()
+    wrapped = PaddedIds(model, None if name == "charlm" else pad).eval()
     q, rep = quantize_model(wrapped, method=method, wbits=wbits, calib=calib, progress=progress, **kw)
-    return (q if name == "charlm" else q.model), rep
+    return q.model, rep
 
 
 def quantize_builtin(

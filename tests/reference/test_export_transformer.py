@@ -54,6 +54,18 @@ def test_charlm_oracle_equals_cpu_on_a_sample(charlm):
     assert n > 1000
 
 
+def test_data_driven_charlm_weights_calibrate_on_ids(charlm):
+    """quantize_weights: a data-driven method calibrates the char LM on its ids (quantize_model
+    casts them to float; PaddedIds casts them back) and the result exports."""
+    from nupes_sim.reference.transformer_pipeline import quantize_weights
+
+    model, _, _, ids = charlm
+    qm, rep = quantize_weights("charlm", model, "gptq_power", 4, ids)
+    assert isinstance(qm, CharTransformer) and all(r["loss_kind"] == "output_rel_mse" for r in rep["layers"])
+    ex = export_charlm(qm.eval(), ids)
+    assert np.isfinite(ex.integer(ids[:2].numpy())).all()
+
+
 def test_charlm_refuses_long_sequences(charlm):
     _, qm, _, _ = charlm
     with pytest.raises(ValueError, match="exceeds the model's context"):
