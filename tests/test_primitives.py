@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from numba import njit
 
 from nupes_sim import oracle
 from nupes_sim import primitives as P
@@ -164,3 +165,35 @@ def test_hash32_numpy_twin_and_uniformity():
     assert chi2 < 370
     # different seeds/tensors give different streams
     assert (hash_words(7, 4, np.arange(64)) != hash_words(7, 3, np.arange(64))).mean() > 0.9
+
+
+# Stochastic rounding on its boundary: rounds up iff the compared fraction bits exceed r
+# strictly (ARITHMETIC.md §7). Random draws meet equality with probability 2^-32, so these
+# literal cases put the fraction exactly on r and one step above, in both branches (s <= 32:
+# rem vs r >> (32 - s); s > 32: rem >> (s - 32) vs r) and both signs of x.
+STOCHASTIC_EDGES = [  # (x, s, r, expected)
+    ((3 << 8) + 0xAB, 8, 0xAB << 24, 3),
+    ((3 << 8) + 0xAC, 8, 0xAB << 24, 4),
+    (-(3 << 8) + 0xAB, 8, 0xAB << 24, -3),
+    (-(3 << 8) + 0xAC, 8, 0xAB << 24, -2),
+    ((7 << 32) + 1000, 32, 1000, 7),
+    ((7 << 32) + 1001, 32, 1000, 8),
+    ((2 << 33) + 2001, 33, 1000, 2),
+    ((2 << 33) + 2002, 33, 1000, 3),
+    ((5 << 40) + (12345 << 8) + 255, 40, 12345, 5),
+    ((5 << 40) + (12346 << 8), 40, 12345, 6),
+    (-(3 << 40) + (12345 << 8), 40, 12345, -3),
+    (-(3 << 40) + (12346 << 8), 40, 12345, -2),
+    (7 << 30, 62, 7, 0),
+    (8 << 30, 62, 7, 1),
+    ((1 << 1) + 1, 1, 2**31 - 1, 2),  # s = 1: r >> 31 = 0 < rem = 1: up
+    ((1 << 1) + 1, 1, 2**31, 1),  # r >> 31 = 1 = rem: not up
+]
+
+
+@pytest.mark.parametrize("x, s, r, want", STOCHASTIC_EDGES)
+def test_stochastic_rounding_on_its_boundary(x, s, r, want):
+    fast = P.compile_all(njit)
+    assert oracle.round_div_pow2(x, s, P.STOCHASTIC, r) == want
+    assert P.round_shift(x, s, P.STOCHASTIC, r) == want
+    assert fast.round_shift(x, s, P.STOCHASTIC, r) == want
