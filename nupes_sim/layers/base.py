@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..formats import CodebookFormat, CodeRange, PowerFormat, UniformFormat, UniformWeightFormat
+from ..formats import CodeRange, PowerFormat, UniformFormat
 from ..rounding import DEFAULT
 from ..rounding import NAMES as ROUNDING_NAMES
 from ..tables import DecodeTable, Rescale, Thresholds, rescale_table, threshold_table
@@ -54,6 +54,7 @@ from ..validate import (
     frozen_float_array,
     set_fields,
 )
+from .format_meta import format_from_meta, format_meta, meta_format  # noqa: F401 (re-exported)
 
 OVERFLOW_MODES = ("wrap", "saturate", "exact")
 INT64_LIMIT = 2**63 - 1
@@ -103,86 +104,6 @@ class Accumulator:
     @property
     def hi(self):
         return 2 ** (self.width - 1) - 1
-
-
-# ---- real formats in layer.meta (host only) ---------------------------------------------
-
-
-def format_meta(fmt):
-    """JSON-able description of a real-valued format (None stays None); see `meta` on layers."""
-    if fmt is None:
-        return None
-    if isinstance(fmt, PowerFormat):
-        return {
-            "kind": "power",
-            "bits": int(fmt.bits),
-            "signed": bool(fmt.signed),
-            "exponent": float(fmt.exponent),
-            "scale": np.asarray(fmt.scale, np.float64).tolist(),
-            "scale_shape": list(fmt.scale.shape),
-            "granularity": fmt.granularity,
-            "group_size": int(fmt.group_size),
-            **({"full_range": True} if fmt.full_range else {}),  # absent: meta (and hash) as before
-        }
-    if isinstance(fmt, CodebookFormat):
-        return {
-            "kind": "codebook",
-            "bits": int(fmt.bits),
-            "values": fmt.values.tolist(),
-            "granularity": fmt.granularity,
-            "group_size": int(fmt.group_size),
-        }
-    if isinstance(fmt, UniformWeightFormat):
-        return {
-            "kind": "uniform_weight",
-            "bits": int(fmt.bits),
-            "signed": bool(fmt.signed),
-            "scale": fmt.scale.tolist(),
-            "zero_point": fmt.zero_point.tolist(),
-            "granularity": fmt.granularity,
-        }
-    if isinstance(fmt, UniformFormat):
-        return {
-            "kind": "uniform",
-            "bits": int(fmt.bits),
-            "signed": bool(fmt.signed),
-            "scale": float(fmt.scale),
-            "zero_point": int(fmt.zero_point),
-        }
-    raise TypeError(f"unknown format type {type(fmt).__name__}")
-
-
-def format_from_meta(d):
-    """Inverse of format_meta."""
-    if d is None:
-        return None
-    if d["kind"] == "power":
-        scale = np.asarray(d["scale"], np.float64).reshape(d["scale_shape"])
-        return PowerFormat(
-            d["bits"],
-            d["signed"],
-            d["exponent"],
-            scale,
-            d["granularity"],
-            d["group_size"],
-            d.get("full_range", False),
-        )
-    if d["kind"] == "codebook":
-        return CodebookFormat(
-            d["bits"], np.asarray(d["values"], np.float64), d["granularity"], d["group_size"]
-        )
-    if d["kind"] == "uniform_weight":
-        zp = np.asarray(d["zero_point"], np.int64)
-        return UniformWeightFormat(
-            d["bits"], d["signed"], np.asarray(d["scale"], np.float64), zp, d["granularity"]
-        )
-    return UniformFormat(d["bits"], d["signed"], d["scale"], d["zero_point"])
-
-
-def meta_format(layer, key):
-    """The real format stored under `key` of layer.meta, or None."""
-    meta = getattr(layer, "meta", None) or {}
-    return format_from_meta(meta.get(key)) if meta.get(key) else None
 
 
 # ---- requantization -----------------------------------------------------------------------
