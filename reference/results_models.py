@@ -214,13 +214,16 @@ def charlm(quick, steps):
 
 
 class _IdsOnly(torch.nn.Module):
-    """MiniLM on unpadded, equal-length token batches (calibration input is one tensor)."""
+    """MiniLM on unpadded, equal-length token batches (calibration input is one tensor). The
+    ids are cast back to long: quantize_model casts calibration batches to the model's float
+    dtype (transformer_pipeline.PaddedIds does the same for padded batches)."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
     def forward(self, ids):
+        ids = ids.long()
         return self.model(ids, torch.ones_like(ids))
 
 

@@ -117,3 +117,27 @@ def test_integer_transformer_sections_render_targets_and_scope():
     assert "float **missed**, twin met" in text and "first 200 of the 2000" in text
     full = results_render.render(results, argparse.Namespace(quick=False, steps=5, argv=["--only", "x"]), 1.0)
     assert "this run measured charlm_int, minilm_int; not measured in this run" in full
+
+
+def test_minilm_section_wrapper_calibrates_data_driven_methods():
+    """The MiniLM weight section's wrapper takes the float-cast calibration ids that
+    quantize_model feeds it (it used to pass them to nn.Embedding as floats and fail)."""
+    from nupes_sim.reference.api import quantize_model
+    from nupes_sim.reference.models import MiniLM
+    from nupes_sim.reference.results_models import _IdsOnly
+
+    torch.manual_seed(0)
+    model = MiniLM(
+        vocab_size=20,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=8,
+        layer_norm_eps=1e-12,
+    ).eval()
+    ids = torch.randint(1, 20, (8, 8), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(_IdsOnly(model)(ids.double()), model(ids, torch.ones_like(ids)))
+    q, rep = quantize_model(_IdsOnly(model).eval(), method="gptq_power", wbits=4, calib=ids)
+    assert len(rep["layers"]) == 6 and q.model.encoder.layer[0].attention.self.query.nupes_quant.bits == 4
