@@ -18,6 +18,8 @@ from nupes_sim.reference.export_fx import SUPPORTED, export_module
 from nupes_sim.reference.export_transformer import export_charlm, export_minilm
 from nupes_sim.reference.models import CharTransformer, MiniLM
 
+from .toy import tiny_minilm
+
 PAD = 0
 
 
@@ -149,16 +151,7 @@ def test_shipped_charlm_through_the_tracer_equals_the_structural_export():
 
 
 def test_shipped_minilm_through_the_tracer_equals_the_structural_export():
-    torch.manual_seed(0)
-    model = MiniLM(
-        vocab_size=20,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=8,
-        layer_norm_eps=1e-12,
-    ).eval()
+    model = tiny_minilm(2)
     qm = _quantized(model)
     ids = torch.randint(1, 20, (6, 8), generator=torch.Generator().manual_seed(2))
     ids[0, 5:] = PAD

@@ -10,6 +10,8 @@ from nupes_sim.reference.api import quantize_model
 from nupes_sim.reference.export_transformer import export_charlm, export_minilm
 from nupes_sim.reference.models import CharTransformer, MiniLM
 
+from .toy import tiny_minilm
+
 
 def _quantized(model, wbits=8):
     qm, _ = quantize_model(model, method="rtn", wbits=wbits, exponent=1.0, progress=False)
@@ -73,16 +75,7 @@ def test_charlm_refuses_long_sequences(charlm):
 
 
 def test_minilm_shaped_export_with_padding_mask():
-    torch.manual_seed(0)
-    model = MiniLM(
-        vocab_size=20,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=8,
-        layer_norm_eps=1e-12,
-    ).eval()
+    model = tiny_minilm()
     qm = _quantized(model)
     ids = torch.randint(1, 20, (6, 8), generator=torch.Generator().manual_seed(2))
     ids[0, 5:] = 0  # padded
@@ -104,16 +97,7 @@ def test_data_driven_minilm_weights_calibrate_on_padded_ids_and_export_bit_exact
     backend agree on every stage of a sample."""
     from nupes_sim.reference.transformer_pipeline import PaddedIds, quantize_weights
 
-    torch.manual_seed(0)
-    model = MiniLM(
-        vocab_size=20,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=8,
-        layer_norm_eps=1e-12,
-    ).eval()
+    model = tiny_minilm()
     ids = torch.randint(1, 20, (8, 8), generator=torch.Generator().manual_seed(3))
     ids[0, 4:] = 0
     with torch.no_grad():  # the wrapper is the model with the padding mask

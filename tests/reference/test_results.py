@@ -123,19 +123,11 @@ def test_minilm_section_wrapper_calibrates_data_driven_methods():
     """The MiniLM weight section's wrapper takes the float-cast calibration ids that
     quantize_model feeds it (it used to pass them to nn.Embedding as floats and fail)."""
     from nupes_sim.reference.api import quantize_model
-    from nupes_sim.reference.models import MiniLM
     from nupes_sim.reference.results_models import _IdsOnly
 
-    torch.manual_seed(0)
-    model = MiniLM(
-        vocab_size=20,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=8,
-        layer_norm_eps=1e-12,
-    ).eval()
+    from .toy import tiny_minilm
+
+    model = tiny_minilm()
     ids = torch.randint(1, 20, (8, 8), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert torch.equal(_IdsOnly(model)(ids.double()), model(ids, torch.ones_like(ids)))

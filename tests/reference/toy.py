@@ -57,3 +57,20 @@ def power_rtn(model, bits=4, a=0.7):
                 group_size=0,
             )
     return model
+
+
+def tiny_minilm(layers=1):
+    """A MiniLM of the shipped architecture at toy size (vocabulary 20, width 16, 2 heads,
+    context 8), seeded: what the transformer exporter and results tests run on."""
+    from nupes_sim.reference.models import MiniLM
+
+    torch.manual_seed(0)
+    return MiniLM(
+        vocab_size=20,
+        hidden_size=16,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=8,
+        layer_norm_eps=1e-12,
+    ).eval()
