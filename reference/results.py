@@ -12,6 +12,7 @@ top) and finished rows are checkpointed to --json, so an interrupted run resumes
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,20 +20,52 @@ from pathlib import Path
 import torch
 
 from . import results_run as run
-from .results_models import ACT_SCOPE, SIM_IMAGES, charlm, fashion, fashion_act, minilm, sweep
+from .results_models import (
+    ACT_SCOPE,
+    MINILM_SCOPE,
+    SIM_IMAGES,
+    W2,
+    charlm,
+    fashion,
+    fashion_act,
+    minilm,
+    sweep,
+)
 from .results_render import render
 from .results_run import _CHECKPOINT, _log
 from .results_transformers import TX_SCOPE, charlm_int, minilm_int
 
+#: the sections in the order a run measures them: the most important first, so that an
+#: interrupted run has them (the report orders them its own way, results_render.ALL_SECTIONS)
 SECTIONS = {
     "fashion": fashion,
-    "fashion_act": fashion_act,
     "charlm": charlm,
     "minilm": minilm,
-    "sweep": sweep,
     "charlm_int": charlm_int,
     "minilm_int": minilm_int,
+    "fashion_act": fashion_act,
+    "sweep": sweep,
 }
+W2_MODELS = ("fashion", "charlm", "minilm")
+
+
+def generator_commit():
+    """The git commit of the generator's checkout, '+dirty' when tracked files differ from it
+    (the header names it); None outside a git checkout."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
 
 
 def _write(out, text):
@@ -91,8 +124,27 @@ def main(argv=None):
         help="minilm_int: evaluation verses (<= 2000)",
     )
     p.add_argument("--tx-tokens", type=int, default=TX_SCOPE["tokens"], help="minilm_int: tokens per verse")
+    p.add_argument(
+        "--minilm-sentences",
+        type=int,
+        default=MINILM_SCOPE["sentences"],
+        help="minilm: evaluation verses of the weight-only rows (<= 2000)",
+    )
+    p.add_argument(
+        "--w2",
+        default=",".join(W2_MODELS),
+        help="weight sections with W2 rows: comma-separated subset of fashion,charlm,minilm, or 'none'",
+    )
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the header shows the command
+    args.commit = generator_commit()
+    w2 = tuple(m.strip() for m in args.w2.split(",") if m.strip() and m.strip() != "none")
+    if any(m not in W2_MODELS for m in w2):
+        p.error(f"--w2: expected a subset of {','.join(W2_MODELS)} or 'none', got {args.w2!r}")
+    W2["models"] = w2
+    if not 2 <= args.minilm_sentences <= 2000:
+        p.error(f"--minilm-sentences must be in [2, 2000], got {args.minilm_sentences}")
+    MINILM_SCOPE["sentences"] = args.minilm_sentences
     if args.sim_images < 1:
         p.error(f"--sim-images must be >= 1, got {args.sim_images}")
     SIM_IMAGES["n"] = args.sim_images

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import torch
 
-from .results_run import COUNTS, METHODS, TARGET, _exponents, _log, _method_rows, _quantize
+from .results_run import COUNTS, FULL, METHODS, TARGET, _exponents, _log, _method_rows, _quantize
 
 # ------------------------------------------------------------------------------ Fashion
 
@@ -17,6 +17,13 @@ from .results_run import COUNTS, METHODS, TARGET, _exponents, _log, _method_rows
 DATAFREE_BN = "NUPES data-free, BN statistics"
 #: the same for pre-LN transformers, from LayerNorm statistics and weights (the char LM)
 DATAFREE_LN = "NUPES data-free, LayerNorm statistics"
+#: models whose weight sections include the W2 settings (results.py --w2); the others say so
+W2 = {"models": ("fashion", "charlm", "minilm")}
+
+
+def _settings(name, settings, w2):
+    """settings, plus the W2 ones when this model's W2 rows are in scope (else noted)."""
+    return settings + w2 if name in W2["models"] else settings
 
 
 def fashion(quick, steps):
@@ -38,10 +45,14 @@ def fashion(quick, steps):
     def top1(m):
         return 100.0 * fashion_top1(m, xte, yte)
 
-    out = {"float": top1(model), "n_test": len(xte)}
-    settings = [{"label": "W4 per-channel", "wbits": 4}, {"label": "W3 per-channel", "wbits": 3}]
+    out = {"float": top1(model), "n_test": len(xte), "chance": 10.0, "w2": "fashion" in W2["models"]}
+    settings = _settings(
+        "fashion",
+        [{"label": "W4 per-channel", "wbits": 4}, {"label": "W3 per-channel", "wbits": 3}],
+        [{"label": "W2 per-channel", "wbits": 2}],
+    )
     hessians = bn_input_hessians(load_fashion_model())  # data-free: the unfolded model's batch norms
-    bn_row = (DATAFREE_BN, "nupes", False, {"nupes_init": "powerquant", "input_hessians": hessians})
+    bn_row = (DATAFREE_BN, "nupes", False, {"nupes_init": "powerquant", "input_hessians": hessians, **FULL})
     rows = _method_rows("fashion", model, top1, calib_fn, settings, steps, extra_methods=[bn_row])
     out["weight_only"] = rows
     return out
@@ -162,10 +173,10 @@ def sweep(quick, steps):
     rows = []
     for wbits in (3, 4):
         for a in (0.5, 0.6, 0.7, 0.8, 0.9, 1.0):
-            q, _, _ = _quantize(model, "powerquant", wbits, None, {}, exponent=a)
+            q, _, _ = _quantize(model, "powerquant", wbits, None, FULL, exponent=a)
             rows.append(dict(wbits=wbits, exponent=a, top1=100.0 * fashion_top1(q, xte, yte)))
         for search in ("network", "layer"):
-            q, rep, _ = _quantize(model, "powerquant", wbits, None, {}, exponent_search=search)
+            q, rep, _ = _quantize(model, "powerquant", wbits, None, FULL, exponent_search=search)
             rows.append(
                 dict(
                     wbits=wbits,
@@ -200,17 +211,35 @@ def charlm(quick, steps):
     def ppl(m):
         return char_perplexity(m, held)
 
-    out = {"float": ppl(model), "held_out_chars": len(held)}
-    settings = [{"label": "W4 per-channel", "wbits": 4}, {"label": "W3 per-channel", "wbits": 3}]
+    out = {"float": ppl(model), "held_out_chars": len(held), "w2": "charlm" in W2["models"]}
+    out["vocab"], out["unigram"] = len(model.vocab), _unigram_perplexity(model, train, held)
+    settings = _settings(
+        "charlm",
+        [{"label": "W4 per-channel", "wbits": 4}, {"label": "W3 per-channel", "wbits": 3}],
+        [{"label": "W2 per-channel", "wbits": 2}],
+    )
     if quick:
-        settings = settings[1:]
+        settings = settings[1:2]
     hessians = layernorm_input_hessians(model)  # data-free: its LayerNorms and weights
-    ln_row = (DATAFREE_LN, "nupes", False, {"nupes_init": "powerquant", "input_hessians": hessians})
+    ln_row = (DATAFREE_LN, "nupes", False, {"nupes_init": "powerquant", "input_hessians": hessians, **FULL})
     out["rows"] = _method_rows("charlm", model, ppl, calib_fn, settings, steps, extra_methods=[ln_row])
     return out
 
 
+def _unigram_perplexity(model, train, held):
+    """Perplexity on the held-out text of the training text's character frequencies (add-one
+    smoothed): what a model that ignores its context can reach (a chance level)."""
+    import math
+
+    counts = torch.bincount(model.encode(train), minlength=len(model.vocab)).double() + 1.0
+    logp = torch.log(counts / counts.sum())
+    return math.exp(-float(logp[model.encode(held)].mean()))
+
+
 # ------------------------------------------------------------------------------ MiniLM
+
+#: MiniLM weight-section scope (results.py --minilm-sentences): evaluation verses
+MINILM_SCOPE = {"sentences": 1000}
 
 
 class _IdsOnly(torch.nn.Module):
@@ -236,7 +265,7 @@ def minilm(quick, steps):
     verses = load_kjv_verses()
     rng = np.random.default_rng(0)
     pick = rng.choice(len(verses), 4000, replace=False)
-    n_eval = 500 if quick else 1000
+    n_eval = 500 if quick else MINILM_SCOPE["sentences"]
     eval_s = [verses[i] for i in pick[:n_eval]]
 
     def calib_fn(seed):  # 128 of the 2000 verses kept out of the evaluation, drawn by seed
@@ -258,11 +287,27 @@ def minilm(quick, steps):
         d = embedding_agreement(ref, embed(m.model, tok, eval_s))
         return f"cos {d['mean_cos']:.4f} / NN {100 * d['nn_agreement']:.1f}%"
 
-    settings = [
-        {"label": "W4 per-channel", "wbits": 4},  # CPU time: the two settings #14 sets targets for
-        {"label": "W3 g128", "wbits": 3, "granularity": "group", "group_size": 128},
-    ]
+    g128 = {"granularity": "group", "group_size": 128}
+    settings = _settings(
+        "minilm",
+        [
+            {"label": "W4 per-channel", "wbits": 4},
+            {"label": "W4 g128", "wbits": 4, **g128},
+            {"label": "W3 per-channel", "wbits": 3},
+            {"label": "W3 g128", "wbits": 3, **g128},
+        ],
+        [{"label": "W2 g128", "wbits": 2, **g128}],
+    )
     if quick:
         settings = settings[:1]
     rows = _method_rows("minilm", wrapped, agree, calib_fn, settings, steps)
-    return {"rows": rows, "n_sentences": n_eval}
+    return {"rows": rows, "n_sentences": n_eval, "w2": "minilm" in W2["models"], **_embedding_chance(ref)}
+
+
+def _embedding_chance(ref):
+    """Chance levels of the MiniLM metrics: the cosine of a model that ignores its input and
+    outputs the mean float embedding, and the nearest-neighbour agreement of a random
+    neighbour, 1/(n-1)."""
+    a = torch.nn.functional.normalize(ref.double(), dim=1)
+    mean = torch.nn.functional.normalize(a.mean(0, keepdim=True), dim=1)
+    return {"chance_cos": float((a * mean).sum(1).mean()), "chance_nn": 1.0 / (len(a) - 1)}

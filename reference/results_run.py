@@ -8,16 +8,20 @@ import statistics
 import sys
 import time
 
+#: signed codes [-2^(b-1), 2^(b-1)-1] (all 2^b levels, ARITHMETIC.md §1) for every power and
+#: symmetric-uniform row, like the IST-DASLab reference's symmetric grid; the codebook (NF,
+#: k-means) and asymmetric rows keep their own grids
+FULL = {"full_range": True}
 METHODS = [  # (label, method, needs data, extra kwargs); data-driven rows all use target 'float'
-    ("RTN (uniform)", "rtn", False, {}),
-    ("PowerQuant", "powerquant", False, {}),
+    ("RTN (uniform, full range)", "rtn", False, FULL),
+    ("PowerQuant", "powerquant", False, FULL),
     ("NF RTN", "nf", False, {}),
-    ("NUPES data-free", "nupes", False, {"nupes_init": "powerquant"}),
-    ("GPTQ (uniform, symmetric)", "gptq", True, {}),
+    ("NUPES data-free", "nupes", False, {"nupes_init": "powerquant", **FULL}),
+    ("GPTQ (uniform, full range)", "gptq", True, FULL),
     ("GPTQ (standard asymmetric grid)", "gptq_asym", True, {}),
     ("k-means, Hessian-weighted", "kmeans", True, {}),
-    ("GPTQ (power grid)", "gptq_power", True, {}),
-    ("NUPES data-driven", "nupes", True, {"nupes_init": "gptq_power"}),
+    ("GPTQ (power grid)", "gptq_power", True, FULL),
+    ("NUPES data-driven", "nupes", True, {"nupes_init": "gptq_power", **FULL}),
 ]
 SEEDS = (0, 1, 2)  # calibration-sampling seeds of the data-driven rows
 #: data-driven baselines measured at seed 0 only (CPU time); their spread is not measured
@@ -50,6 +54,18 @@ def _exponents(report):
     if len(set(round(e, 4) for e in ex)) == 1:
         return f"{ex[0]:.3f}"
     return f"{min(ex):.3f}–{statistics.median(ex):.3f}–{max(ex):.3f}"
+
+
+def _grid(method, wbits, extra):
+    """The weight grid of a row, for the table: its code range, or its codebook."""
+    if method == "nf":
+        return f"NF codebook, {2**wbits} values"
+    if method == "kmeans":
+        return f"k-means codebook, {2**wbits} values"
+    if method == "gptq_asym":
+        return f"[0, {2**wbits - 1}] + zero point"
+    m = 2 ** (wbits - 1) - 1
+    return f"[{-m - 1}, {m}]" if extra.get("full_range") else f"[{-m}, {m}]"
 
 
 def _score(metric):
@@ -122,6 +138,7 @@ def _method_rows(name, model, evaluate, calib_fn, settings, steps, extra_methods
                 seconds=statistics.mean(secs),
                 exponents=exps,
                 data=needs_data,
+                grid=_grid(method, setting["wbits"], extra),
             )
             if layers is not None:
                 row["layers"] = layers

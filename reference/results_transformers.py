@@ -16,6 +16,8 @@ TX_SCOPE = {
     "sentences": 2000,
     "tokens": 48,
 }
+#: weight codes [-2^(b-1), 2^(b-1)-1], as the weight sections' power and uniform rows
+FULL_RANGE = True
 TARGETS = {
     "charlm_twin_pct": 1.0,
     "charlm_float_pct": 3.0,
@@ -49,7 +51,10 @@ def charlm_int(quick, steps):
 
     chars = 2048 if quick else TX_SCOPE["chars"]
     rows = _rows(
-        "charlm_int", lambda w, a, m: charlm(w, m, chars, steps=steps if m == "nupes" else None, act_bits=a)
+        "charlm_int",
+        lambda w, a, m: charlm(
+            w, m, chars, steps=steps if m == "nupes" else None, act_bits=a, full_range=FULL_RANGE
+        ),
     )
     return {"rows": rows, "chars": chars}
 
@@ -61,9 +66,18 @@ def minilm_int(quick, steps):
     T = TX_SCOPE["tokens"]
     rows = _rows(
         "minilm_int",
-        lambda w, a, m: minilm(w, m, n, T, act_bits=a, steps=steps if m == "nupes" else None),
+        lambda w, a, m: minilm(
+            w, m, n, T, act_bits=a, steps=steps if m == "nupes" else None, full_range=FULL_RANGE
+        ),
     )
     return {"rows": rows, "sentences": n, "tokens": T}
+
+
+def _codes(rows):
+    full = {bool(r.get("full_range")) for r in rows}
+    if full == {True}:
+        return "[-2^(b-1), 2^(b-1)-1] (full range)"
+    return "[-(2^(b-1)-1), 2^(b-1)-1] (symmetric)" if full == {False} else "full range on some rows only"
 
 
 def _met(ok):
@@ -79,7 +93,8 @@ def render_transformers(results):
             "",
             f"Held-out perplexity on {c['rows'][0]['chars'] if c['rows'] else c['chars']} characters "
             "(non-overlapping windows of the model's context) of the float model, the float64 fake-quant twin "
-            "and the integer graph on the Numba CPU backend (48-bit saturating accumulators); calibration: "
+            "and the integer graph on the Numba CPU backend (48-bit saturating accumulators); weight codes "
+            f"{_codes(c['rows'])}; calibration: "
             "32 training windows for the activation formats, 128 for the data-driven weights. Targets (issue "
             f"#10, W4A8 NUPES data-driven): integer within {TARGETS['charlm_twin_pct']:.0f} % of the twin and "
             f"{TARGETS['charlm_float_pct']:.0f} % of float.",
@@ -105,8 +120,10 @@ def render_transformers(results):
             f"Mean cosine and nearest-neighbour agreement of the mean-pooled last hidden state on the first "
             f"{m['sentences']} of the 2000 evaluation verses, {m['tokens']} tokens each (padded/truncated; the "
             "float model sees the same tokens): integer graph on the Numba CPU backend against the float model and "
-            "against the float64 fake-quant twin, and the twin against float. Calibration: 32 other verses "
-            "(activation formats and data-driven weights). Targets (issue #10, W4A8): integer vs float cosine "
+            "against the float64 fake-quant twin, and the twin against float. Weight codes "
+            f"{_codes(m['rows'])}. Calibration: "
+            f"{m['rows'][0].get('n_calib', 32) if m['rows'] else '-'} other verses (activation formats and "
+            "data-driven weights). Targets (issue #10, W4A8): integer vs float cosine "
             f"≥ {TARGETS['minilm_cos_float']}, integer vs twin ≥ {TARGETS['minilm_cos_twin']}.",
             "",
             "| setting | weights | int vs float cos / NN | int vs twin cos / NN | twin vs float cos / NN | "

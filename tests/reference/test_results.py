@@ -33,6 +33,12 @@ def test_method_rows_and_render_on_a_tiny_model(monkeypatch):
         assert r["n"] == (2 if r["data"] and r["method"] not in one else 1) and len(r["metrics"]) == r["n"]
     nupes = rows[-1]
     assert nupes["layers"] and all(x["after"] <= x["before"] for x in nupes["layers"])
+    # the power and symmetric-uniform rows use all 2^b codes; codebook and asymmetric rows their own
+    grids = {r["method"]: r["grid"] for r in rows}
+    assert grids["GPTQ (uniform, full range)"] == grids["NUPES data-driven"] == "[-4, 3]"
+    assert grids["NF RTN"] == "NF codebook, 8 values" and grids["GPTQ (standard asymmetric grid)"].startswith(
+        "[0, 7]"
+    )
     # resume: the checkpointed rows are reused, not recomputed
     again = results_run._method_rows(
         "toy", net, lambda m: 1 / 0, lambda s: X, [{"label": "W3 per-channel", "wbits": 3}], 5
@@ -45,7 +51,7 @@ def test_method_rows_and_render_on_a_tiny_model(monkeypatch):
         pending=["charlm"],
     )
     assert "NUPES vs its GPTQ-power start, per layer" in text and "Incomplete run" in text
-    assert "mean ± std" in text and "Beats" in text
+    assert "mean ± std" in text and "Beats" in text and "| W3 per-channel | PowerQuant | [-4, 3] |" in text
 
 
 def test_verdict_needs_the_difference_to_exceed_the_spread():
@@ -58,6 +64,35 @@ def test_verdict_needs_the_difference_to_exceed_the_spread():
     rows[1]["mean"] = 90.7
     assert "→ NUPES wins" in results_render._verdicts(rows, True, 2)[0]
     assert "**loses**" in results_render._verdicts(rows, False, 2)[0]  # lower is better: 90.7 is worse
+
+
+def test_time_line_flags_nupes_over_three_times_gptq():
+    base = dict(setting="s", n=3, std=0.1, mean=1.0, exponents="-")
+    rows = [
+        dict(base, method="GPTQ (uniform, full range)", seconds=10.0),
+        dict(base, method="GPTQ (power grid)", seconds=12.0),
+        dict(base, method="NUPES data-driven", seconds=30.0),
+    ]
+    (line,) = [x for x in results_render._verdicts(rows, True, 2) if "Time:" in x]
+    assert "3.0× GPTQ (uniform, full range) (10.0s) (≤ 3×)" in line and "2.5× GPTQ (power grid)" in line
+    rows[2]["seconds"] = 30.5  # just over the budget
+    (line,) = [x for x in results_render._verdicts(rows, True, 2) if "Time:" in x]
+    assert "3.0× GPTQ (uniform, full range) (10.0s) **over 3×**" in line
+
+
+def test_w2_rows_are_judged_against_the_chance_level():
+    base = dict(n=1, std=0.0, seconds=1.0, exponents="-")
+    rows = [
+        dict(base, setting="W3 per-channel", method="RTN (uniform, full range)", mean=50.0),
+        dict(base, setting="W2 per-channel", method="RTN (uniform, full range)", mean=10.0),
+        dict(base, setting="W2 per-channel", method="NUPES data-driven", mean=35.0),
+    ]
+    (line,) = results_render._chance_lines(rows, 10.0, True, 2, "10 classes")
+    assert (
+        line.startswith("- W2 per-channel: chance is 10.00") and "above it: NUPES data-driven (1/2;" in line
+    )
+    (line,) = results_render._chance_lines(rows, 5.0, False, 2, "perplexity")  # lower is better
+    assert "**no method**" in line
 
 
 def test_datafree_verdict_uses_the_test_subset_sampling_error():
@@ -115,8 +150,31 @@ def test_integer_transformer_sections_render_targets_and_scope():
     assert "twin met, float met" in text
     assert "| 0.9690 / 80.0 % | 0.9960 / 90.0 % | 0.9700 / 80.0 % |" in text
     assert "float **missed**, twin met" in text and "first 200 of the 2000" in text
-    full = results_render.render(results, argparse.Namespace(quick=False, steps=5, argv=["--only", "x"]), 1.0)
+    assert "Calibration: 32 other verses" in text  # rows without n_calib: the old default
+    m["n_calib"], m["full_range"], c["full_range"] = 128, True, True
+    text = "\n".join(render_transformers(results))
+    assert "Calibration: 128 other verses" in text and text.count("[-2^(b-1), 2^(b-1)-1] (full range)") == 2
+    ns = argparse.Namespace(quick=False, steps=5, argv=["--only", "x"], commit="abc123+dirty")
+    full = results_render.render(results, ns, 1.0)
     assert "this run measured charlm_int, minilm_int; not measured in this run" in full
+    assert "generator commit abc123+dirty" in full
+
+
+def test_a_run_measures_the_important_sections_first_and_names_its_commit():
+    from nupes_sim.reference import results
+
+    assert list(results.SECTIONS) == [
+        "fashion",
+        "charlm",
+        "minilm",
+        "charlm_int",
+        "minilm_int",
+        "fashion_act",
+        "sweep",
+    ]
+    assert set(results.SECTIONS) == set(results_render.ALL_SECTIONS)
+    commit = results.generator_commit()
+    assert commit is None or len(commit.split("+")[0]) == 40
 
 
 def test_minilm_section_wrapper_calibrates_data_driven_methods():
