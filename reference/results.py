@@ -1,7 +1,7 @@
 """Regenerate docs/RESULTS.md: every method on every model, measured in one run.
 
     python -m nupes_sim.reference.results [--quick] [--only fashion,fashion_act,charlm,minilm,sweep,charlm_int,minilm_int] [--out docs/RESULTS.md]
-                                          [--json raw.json [--resume]]
+                                          [--json raw.json [--resume]] [--jobs 2]
 
 (also `nupes-sim eval`). Whatever is measured is written, including where NUPES loses.
 RESULTS.md is rewritten after every section (with the sections still pending named at the
@@ -75,7 +75,9 @@ def _write(out, text):
     os.replace(tmp, out)
 
 
-def main(argv=None):
+def configure(argv=None):
+    """Parse the command line and set the sections' scopes (module-level dicts) from it; a
+    --jobs worker calls it with the same argv. Returns (args, section names to run)."""
     p = argparse.ArgumentParser(
         prog="nupes-sim eval",
         description=__doc__,
@@ -135,7 +137,15 @@ def main(argv=None):
         default=",".join(W2_MODELS),
         help="weight sections with W2 rows: comma-separated subset of fashion,charlm,minilm, or 'none'",
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="worker processes (spawn) measuring settings of the sections in parallel (results_jobs.py)",
+    )
     args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error(f"--jobs must be >= 1, got {args.jobs}")
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the header shows the command
     args.commit = generator_commit()
     w2 = tuple(m.strip() for m in args.w2.split(",") if m.strip() and m.strip() != "none")
@@ -177,15 +187,28 @@ def main(argv=None):
         tokens=args.tx_tokens,
     )
     ACT_SCOPE.update(images=args.act_images, settings=settings, seeds=tuple(range(args.act_seeds)))
-    torch.manual_seed(0)
-    t0 = time.perf_counter()
-    results, errors = {}, {}
     names = [s.strip() for s in args.only.split(",") if s.strip()]
     for name in names:
         if name not in SECTIONS:
             p.error(f"--only: unknown section {name!r}; choose from {', '.join(SECTIONS)}")
     if args.no_activations:
         names = [n for n in names if n != "fashion_act"]
+    return args, names
+
+
+def _write_json(path, data):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    args, names = configure(argv)
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    results, errors = {}, {}
     if args.resume and args.json and Path(args.json).is_file():
         saved = json.loads(Path(args.json).read_text())
         _CHECKPOINT["rows"].update(saved.get("_rows", {}))
@@ -194,13 +217,23 @@ def main(argv=None):
 
     def save():
         if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(
-                json.dumps(dict(results, _rows=_CHECKPOINT["rows"]), indent=1, default=str)
-            )
+            _write_json(args.json, dict(results, _rows=_CHECKPOINT["rows"]))
 
     _CHECKPOINT["save"] = save
     out = Path(args.out)
+    if args.jobs > 1:
+        from .results_jobs import run_parallel
+
+        def report(pending):
+            results["_errors"] = errors
+            _write(out, render(results, args, time.perf_counter() - t0, pending))
+            del results["_errors"]
+
+        for name in names:
+            if name in results:
+                _log(f"[{name}] taken from {args.json}")
+        run_parallel(args, [n for n in names if n not in results], results, errors, save, report)
+        names = []
     for i, name in enumerate(names):
         if name in results:
             _log(f"[{name}] taken from {args.json}")

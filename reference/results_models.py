@@ -21,9 +21,58 @@ DATAFREE_LN = "NUPES data-free, LayerNorm statistics"
 W2 = {"models": ("fashion", "charlm", "minilm")}
 
 
-def _settings(name, settings, w2):
-    """settings, plus the W2 ones when this model's W2 rows are in scope (else noted)."""
-    return settings + w2 if name in W2["models"] else settings
+_G128 = {"granularity": "group", "group_size": 128}
+#: weight sections' settings: (W4/W3 settings, W2 settings, the --quick subset)
+WEIGHT_SETTINGS = {
+    "fashion": (
+        [{"label": "W4 per-channel", "wbits": 4}, {"label": "W3 per-channel", "wbits": 3}],
+        [{"label": "W2 per-channel", "wbits": 2}],
+        slice(None),
+    ),
+    "charlm": (
+        [{"label": "W4 per-channel", "wbits": 4}, {"label": "W3 per-channel", "wbits": 3}],
+        [{"label": "W2 per-channel", "wbits": 2}],
+        slice(1, 2),
+    ),
+    "minilm": (
+        [
+            {"label": "W4 per-channel", "wbits": 4},
+            {"label": "W4 g128", "wbits": 4, **_G128},
+            {"label": "W3 per-channel", "wbits": 3},
+            {"label": "W3 g128", "wbits": 3, **_G128},
+        ],
+        [{"label": "W2 g128", "wbits": 2, **_G128}],
+        slice(0, 1),
+    ),
+}
+#: the settings one worker of `results --jobs` measures (None: all; results_jobs.py sets it)
+UNIT = {"setting": None}
+
+
+def _settings(name, quick):
+    """A weight section's settings: W4/W3, plus W2 when this model's W2 rows are in scope
+    (--w2; the report says where they were left out), the --quick subset, and with --jobs the
+    one setting of this worker."""
+    base, w2, sub = WEIGHT_SETTINGS[name]
+    settings = (base + w2 if name in W2["models"] else base)[sub if quick else slice(None)]
+    return [x for x in settings if UNIT["setting"] in (None, x["label"])]
+
+
+def setting_labels(name, quick):
+    """Labels of the settings a section measures, the units `results --jobs` splits it into
+    ([None]: one unit)."""
+    from .results_transformers import TX_SCOPE
+
+    if name in WEIGHT_SETTINGS:
+        base, w2, sub = WEIGHT_SETTINGS[name]
+        return [
+            x["label"] for x in (base + w2 if name in W2["models"] else base)[sub if quick else slice(None)]
+        ]
+    if name in ("charlm_int", "minilm_int"):
+        return [f"W{w}A{a}" for w, a in TX_SCOPE["settings"]]
+    if name == "fashion_act":
+        return [f"W{w}A{a}" for w, a in ACT_SCOPE["settings"]]
+    return [None]
 
 
 def fashion(quick, steps):
@@ -46,11 +95,7 @@ def fashion(quick, steps):
         return 100.0 * fashion_top1(m, xte, yte)
 
     out = {"float": top1(model), "n_test": len(xte), "chance": 10.0, "w2": "fashion" in W2["models"]}
-    settings = _settings(
-        "fashion",
-        [{"label": "W4 per-channel", "wbits": 4}, {"label": "W3 per-channel", "wbits": 3}],
-        [{"label": "W2 per-channel", "wbits": 2}],
-    )
+    settings = _settings("fashion", quick)
     hessians = bn_input_hessians(load_fashion_model())  # data-free: the unfolded model's batch norms
     bn_row = (DATAFREE_BN, "nupes", False, {"nupes_init": "powerquant", "input_hessians": hessians, **FULL})
     rows = _method_rows("fashion", model, top1, calib_fn, settings, steps, extra_methods=[bn_row])
@@ -101,6 +146,8 @@ def fashion_act(quick, steps):
         variants += [(by_method[key], False), (by_method[key], True)]
     rows = []
     for wbits, abits in ACT_SCOPE["settings"]:
+        if UNIT["setting"] not in (None, f"W{wbits}A{abits}"):
+            continue
         for (label, method, needs_data, extra), aware in variants:
             acts = "-" if aware is None else ("graph" if aware else "float")
             fq, secs, seed0 = [], [], None
@@ -213,13 +260,7 @@ def charlm(quick, steps):
 
     out = {"float": ppl(model), "held_out_chars": len(held), "w2": "charlm" in W2["models"]}
     out["vocab"], out["unigram"] = len(model.vocab), _unigram_perplexity(model, train, held)
-    settings = _settings(
-        "charlm",
-        [{"label": "W4 per-channel", "wbits": 4}, {"label": "W3 per-channel", "wbits": 3}],
-        [{"label": "W2 per-channel", "wbits": 2}],
-    )
-    if quick:
-        settings = settings[1:2]
+    settings = _settings("charlm", quick)
     hessians = layernorm_input_hessians(model)  # data-free: its LayerNorms and weights
     ln_row = (DATAFREE_LN, "nupes", False, {"nupes_init": "powerquant", "input_hessians": hessians, **FULL})
     out["rows"] = _method_rows("charlm", model, ppl, calib_fn, settings, steps, extra_methods=[ln_row])
@@ -287,19 +328,7 @@ def minilm(quick, steps):
         d = embedding_agreement(ref, embed(m.model, tok, eval_s))
         return f"cos {d['mean_cos']:.4f} / NN {100 * d['nn_agreement']:.1f}%"
 
-    g128 = {"granularity": "group", "group_size": 128}
-    settings = _settings(
-        "minilm",
-        [
-            {"label": "W4 per-channel", "wbits": 4},
-            {"label": "W4 g128", "wbits": 4, **g128},
-            {"label": "W3 per-channel", "wbits": 3},
-            {"label": "W3 g128", "wbits": 3, **g128},
-        ],
-        [{"label": "W2 g128", "wbits": 2, **g128}],
-    )
-    if quick:
-        settings = settings[:1]
+    settings = _settings("minilm", quick)
     rows = _method_rows("minilm", wrapped, agree, calib_fn, settings, steps)
     return {"rows": rows, "n_sentences": n_eval, "w2": "minilm" in W2["models"], **_embedding_chance(ref)}
 

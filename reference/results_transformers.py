@@ -28,7 +28,11 @@ TARGETS = {
 
 def _rows(section, fn):
     rows = []
+    from .results_models import UNIT
+
     for wbits, abits in TX_SCOPE["settings"]:
+        if UNIT["setting"] not in (None, f"W{wbits}A{abits}"):
+            continue
         for method in TX_SCOPE["methods"]:
             key = f"{section}|W{wbits}A{abits}|{method}"
             if key in _CHECKPOINT["rows"]:

@@ -191,3 +191,30 @@ def test_minilm_section_wrapper_calibrates_data_driven_methods():
         assert torch.equal(_IdsOnly(model)(ids.double()), model(ids, torch.ones_like(ids)))
     q, rep = quantize_model(_IdsOnly(model).eval(), method="gptq_power", wbits=4, calib=ids)
     assert len(rep["layers"]) == 6 and q.model.encoder.layer[0].attention.self.query.nupes_quant.bits == 4
+
+
+def test_jobs_split_sections_into_settings_and_merge_them_in_order(monkeypatch):
+    from nupes_sim.reference import results_jobs, results_models
+
+    monkeypatch.setitem(results_models.W2, "models", ("fashion",))
+    assert results_models.setting_labels("fashion", False) == [
+        "W4 per-channel",
+        "W3 per-channel",
+        "W2 per-channel",
+    ]
+    assert results_models.setting_labels("charlm", False) == ["W4 per-channel", "W3 per-channel"]  # no W2
+    assert results_models.setting_labels("minilm", True) == ["W4 per-channel"]
+    assert results_models.setting_labels("sweep", False) == [None]
+    monkeypatch.setitem(results_models.UNIT, "setting", "W3 g128")
+    assert [s["label"] for s in results_models._settings("minilm", False)] == ["W3 g128"]
+    a = {"float": 1.0, "weight_only": [{"setting": "W4"}]}
+    b = {"float": 1.0, "weight_only": [{"setting": "W3"}, {"setting": "W3"}]}
+    assert results_jobs.merge([a, None, b]) == {
+        "float": 1.0,
+        "weight_only": [a["weight_only"][0]] + b["weight_only"],
+    }
+    assert results_jobs.merge([None]) is None
+    assert (
+        results_jobs._part_path("/x/raw.json", "minilm", "W3 g128").name
+        == "raw.json.part-minilm-W3_g128.json"
+    )
