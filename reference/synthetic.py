@@ -29,9 +29,17 @@ from torch import nn
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
-def _positive_int(name, v):
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"synthetic: {name} must be a positive int, got {v!r}")
+def _int(name, v, lo=None):
+    """v if it is an int (not a bool) and >= lo; else a ValueError naming the field."""
+    if isinstance(v, bool) or not isinstance(v, int) or (lo is not None and v < lo):
+        what = "an int" if lo is None else ("a positive int" if lo == 1 else f"an int >= {lo}")
+        raise ValueError(f"synthetic: {name} must be {what}, got {v!r}")
+    return v
+
+
+def _positive_number(name, v):
+    if not (isinstance(v, (int, float)) and v > 0):
+        raise ValueError(f"synthetic: {name} must be a positive number, got {v!r}")
     return v
 
 
@@ -54,10 +62,11 @@ def _input_shape(model):
     raise ValueError("synthetic: the model has no Conv2d/Linear layer to infer the input shape from")
 
 
-def bn_matching_loss(model, x):
+def bn_matching_loss(model, x, bns=None):
     """(loss, per-BN list of losses) of images x under `model` (eval mode): see the module
-    docstring. Differentiable in x."""
-    bns = _batchnorms(model)
+    docstring. Differentiable in x. bns: the model's (name, BatchNorm) list, found once by the
+    caller that evaluates the loss many times (default: found here)."""
+    bns = _batchnorms(model) if bns is None else bns
     if not bns:
         raise ValueError(f"synthetic: {type(model).__name__} has no BatchNorm1d/2d layers to match")
     acts = {}
@@ -83,12 +92,10 @@ def bn_distilled_images(model, n=256, seed=0, steps=200, lr=0.2, shape=None):
     module docstring). shape: one input's shape without the batch dimension, e.g. (1, 28, 28)
     (needed for conv models; a linear-first model's is (in_features,)). info: dict with
     loss_start, loss_end (the matching loss of the whole batch before/after) and steps."""
-    _positive_int("n", n)
-    _positive_int("steps", steps)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"synthetic: seed must be an int, got {seed!r}")
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"synthetic: lr must be a positive number, got {lr!r}")
+    _int("n", n, 1)
+    _int("steps", steps, 1)
+    _int("seed", seed)
+    _positive_number("lr", lr)
     if shape is None:
         shape = _input_shape(model)
         if shape is None:
@@ -96,6 +103,9 @@ def bn_distilled_images(model, n=256, seed=0, steps=200, lr=0.2, shape=None):
     shape = tuple(int(s) for s in shape)
     if not shape or any(s < 1 for s in shape):
         raise ValueError(f"synthetic: shape must be positive sizes, got {shape!r}")
+    bns = _batchnorms(model)
+    if not bns:
+        raise ValueError(f"synthetic: {type(model).__name__} has no BatchNorm1d/2d layers to match")
     was_training = model.training
     model.eval()
     req = [p.requires_grad for p in model.parameters()]
@@ -106,14 +116,14 @@ def bn_distilled_images(model, n=256, seed=0, steps=200, lr=0.2, shape=None):
         x = torch.randn((n, *shape), generator=g).requires_grad_(True)
         opt = torch.optim.Adam([x], lr=lr)
         with torch.no_grad():
-            loss_start = float(bn_matching_loss(model, x)[0])
+            loss_start = float(bn_matching_loss(model, x, bns)[0])
         for _ in range(steps):
             opt.zero_grad()
-            loss, _ = bn_matching_loss(model, x)
+            loss, _ = bn_matching_loss(model, x, bns)
             loss.backward()
             opt.step()
         with torch.no_grad():
-            loss_end = float(bn_matching_loss(model, x)[0])
+            loss_end = float(bn_matching_loss(model, x, bns)[0])
     finally:
         for p, r in zip(model.parameters(), req):
             p.requires_grad_(r)
@@ -126,22 +136,19 @@ def sampled_windows(model, n=128, seed=0, length=None, burn_in=32, temperature=1
     """(n, length) int64 windows sampled from a generative LM `model` (forward(idx) -> logits
     (B, T, vocab), attribute `context`), see the module docstring. length defaults to the
     model's context."""
-    _positive_int("n", n)
+    _int("n", n, 1)
     ctx = getattr(model, "context", None)
     vocab = getattr(model, "vocab", None)
     if ctx is None or vocab is None:
         raise ValueError(
             f"synthetic: {type(model).__name__} is not a generative LM (needs .context and .vocab)"
         )
-    length = ctx if length is None else _positive_int("length", length)
+    length = ctx if length is None else _int("length", length, 1)
     if length > ctx:
         raise ValueError(f"synthetic: length {length} exceeds the model's context {ctx}")
-    if isinstance(burn_in, bool) or not isinstance(burn_in, int) or burn_in < 0:
-        raise ValueError(f"synthetic: burn_in must be an int >= 0, got {burn_in!r}")
-    if not (isinstance(temperature, (int, float)) and temperature > 0):
-        raise ValueError(f"synthetic: temperature must be a positive number, got {temperature!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"synthetic: seed must be an int, got {seed!r}")
+    _int("burn_in", burn_in, 0)
+    _positive_number("temperature", temperature)
+    _int("seed", seed)
     was_training = model.training
     model.eval()
     try:
