@@ -120,3 +120,49 @@ def refine_exponent(obj, m, M, codes, shape_rgg, a0, bounds, width=0.05, iters=1
             x2 = lo + r * (hi - lo)
     a = min(cache, key=lambda k: (cache[k], abs(k - a0)))
     return a, cache[a]
+
+
+def refine_magnitudes(obj, m, a, M, codes, shape_rgg, full_range=False, rounds=1):
+    """Exact per-slice magnitude (scale) refinement with the codes fixed.
+
+    With codes and exponent fixed, a slice's decoded weights are m·u (u = the unit-magnitude
+    level of each code, `levels(1, a, M)`), so the loss is a quadratic in the slice's m:
+    moving m by t changes D by t·u_slice and L·norm by 2t⟨u, R⟩ + t²⟨u, u·H⟩ (R = D·H + G₀).
+    Each round visits the slices' groups in order (Gauss-Seidel: channel granularity has
+    one group per row, so one round is the exact per-row optimum; tensor sums over rows)
+    and moves m to the minimizer where it stays > 0. Then the exact loss of the level table
+    at the new magnitudes (the contract decode of s = m^a/M) is compared with the old one
+    and the new m kept only where it is lower. Returns (m, loss)."""
+    R, G, g = shape_rgg
+    C, K = obj.W.shape
+    unit = levels(torch.ones(1, 1, dtype=torch.float64), a, M, full_range)  # (1, 1, L)
+    U = gather(unit, codes, shape_rgg).reshape(C, K)
+    l_old = hard_loss(obj, m, a, M, codes, shape_rgg, full_range)
+    m_new = m.clone()
+    for _ in range(rounds):
+        D = gather(levels(m_new, a, M, full_range), codes, shape_rgg).reshape(C, K) - obj.W
+        Res = obj.residual(D)
+        for gi in range(G):
+            cols = slice(gi * g, (gi + 1) * g) if G > 1 else slice(0, K)
+            P = _rows_times_h(obj, U[:, cols], cols)
+            quad = (P[:, cols] * U[:, cols]).sum(1)
+            lin = (U[:, cols] * Res[:, cols]).sum(1)
+            if R != C:
+                quad, lin = quad.sum(0, keepdim=True), lin.sum(0, keepdim=True)
+            ok = quad > 0
+            t = torch.where(ok, -lin / torch.where(ok, quad, torch.ones_like(quad)), torch.zeros_like(quad))
+            cur = m_new[:, gi]
+            t = torch.where(cur + t > 0, t, torch.zeros_like(t))
+            m_new[:, gi] = cur + t
+            tt = t if R == C else t.expand(C)
+            Res += tt.unsqueeze(1) * P
+    l_new = hard_loss(obj, m_new, a, M, codes, shape_rgg, full_range)
+    if l_new < l_old:
+        return m_new, l_new
+    return m, l_old
+
+
+def _rows_times_h(obj, Uc, cols):
+    """(C, K) = Uc · H[cols, :] per conv group (Uc holds the columns `cols` of a (C, K) matrix)."""
+    parts = [Uc[gi * obj.O : (gi + 1) * obj.O] @ H[cols, :] for gi, H in enumerate(obj.hessians)]
+    return torch.cat(parts, 0) if len(parts) > 1 else parts[0]

@@ -24,8 +24,12 @@ Schedule (one documented scheme, `NupesConfig`):
    `harden_every` steps the hard point (round ε, a) is evaluated exactly and the best hard
    point seen is kept: the hardened result is what was optimized, never a fresh rounding.
 2. code phase: exact coordinate descent over the whole code range on the hard codes
-   (codesearch.py, `sweeps` sweeps), then a golden-section refinement of a with the codes
-   fixed, then one more sweep if a moved.
+   (codesearch.py, `sweeps` sweeps), alternated `rounds` times with the exact per-slice
+   magnitude refinement (the loss is quadratic in each slice's magnitude m with codes and
+   exponent fixed: closed-form minimizer, kept where the contract decode's loss drops; the
+   scales s = m^a/M are per channel/group, so this is executable as any start's scales),
+   then a golden-section refinement of a with the codes fixed, then one more
+   (magnitudes, sweep) round if a moved. Each round can only lower the exact loss.
 3. the better of the start and the result is returned (≤ by construction); info says
    which, and how far codes moved (histogram of |code − start code|).
 
@@ -58,8 +62,9 @@ class NupesConfig:
     """steps: Adam steps of the dsq phase; lr: on ε (code units); lr_exponent: on a; beta:
     (start, end) of the geometric β schedule; reg: final weight of the rounding regularizer
     (loss units); harden_every: steps between exact hard evaluations; sweeps: coordinate
-    descent sweeps of the code phase (0: none); refine_exponent: golden-section refinement
-    of a in the code phase; grad_clip: max global gradient norm (None: off); learn_exponent:
+    descent sweeps of the code phase (0: none); rounds: alternations of exact per-slice
+    magnitude (scale) refinement and `sweeps` descent sweeps (0: descent only, the scales
+    stay the start's); refine_exponent: golden-section refinement of a in the code phase; grad_clip: max global gradient norm (None: off); learn_exponent:
     train a in the dsq phase; dtype: dsq-phase dtype (hard evaluations are float64);
     max_rows: cap on the calibration samples used (first ones), None = all."""
 
@@ -70,6 +75,7 @@ class NupesConfig:
     reg: float = 1.0
     harden_every: int = 5
     sweeps: int = 1
+    rounds: int = 4
     refine_exponent: bool = True
     grad_clip: float = None
     learn_exponent: bool = True
@@ -77,7 +83,7 @@ class NupesConfig:
     max_rows: int = None
 
     def check(self):
-        for k in ("steps", "sweeps"):
+        for k in ("steps", "sweeps", "rounds"):
             v = getattr(self, k)
             if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
                 raise ValueError(f"{k}={v!r} is not allowed; must be an integer >= 0")
@@ -256,12 +262,12 @@ def nupes_layer(
     m64 = torch.where(live, codesearch._t_pow(s_init * M, 1.0 / a_init), torch.zeros_like(s_init))
     l_init = obj.value(init.decode())
     _check(name, f"initial loss ({l_init})", 0, torch.tensor(l_init))
-    best = (l_init, codes0, a_init)
+    best = (l_init, codes0, a_init, m64)
 
-    def consider(codes, a, loss):
+    def consider(codes, a, loss, mags=m64):
         nonlocal best
         if loss < best[0]:
-            best = (loss, codes.clone(), a)
+            best = (loss, codes.clone(), a, mags.clone())
 
     # ---- 1. dsq phase ---------------------------------------------------------------------
     dt = config.dtype
@@ -316,21 +322,31 @@ def nupes_layer(
                 consider(hc, ah, codesearch.hard_loss(obj, m64, ah, M, hc, rgg, full))
     loss_dsq = best[0]
 
-    # ---- 2. code phase: exact coordinate descent and exponent refinement --------------------
+    # ---- 2. code phase: exact coordinate descent, magnitudes and exponent refinement -------
     if config.sweeps:
-        _, codes, a1 = best
-        codes, l1, _ = codesearch.coordinate_descent(
-            obj, codes, codesearch.levels(m64, a1, M, full), rgg, config.sweeps
-        )
-        consider(codes, a1, l1)
+        _, codes, a1, mm = best
+
+        def code_round(codes, a, mm, refine_m):
+            if refine_m:
+                mm, lm = codesearch.refine_magnitudes(obj, mm, a, M, codes, rgg, full)
+                consider(codes, a, lm, mm)
+            codes, lc, _ = codesearch.coordinate_descent(
+                obj, codes, codesearch.levels(mm, a, M, full), rgg, config.sweeps
+            )
+            consider(codes, a, lc, mm)
+            return codes, mm, lc
+
+        codes, mm, l1 = code_round(codes, a1, mm, False)
+        for _ in range(config.rounds):
+            codes, mm, l_r = code_round(codes, a1, mm, True)
+            if not l_r < l1 * (1 - 1e-6):
+                break
+            l1 = l_r
         if config.refine_exponent:
-            a2, l2 = codesearch.refine_exponent(obj, m64, M, codes, rgg, a1, EXPONENT_BOUNDS, full=full)
+            a2, l2 = codesearch.refine_exponent(obj, mm, M, codes, rgg, a1, EXPONENT_BOUNDS, full=full)
             if a2 != a1 and l2 < l1:
-                consider(codes, a2, l2)
-                codes, l3, _ = codesearch.coordinate_descent(
-                    obj, codes, codesearch.levels(m64, a2, M, full), rgg, 1
-                )
-                consider(codes, a2, l3)
+                consider(codes, a2, l2, mm)
+                code_round(codes, a2, mm, config.rounds > 0)
     l_hard = best[0]
 
     # ---- 3. the exact result (or the start) --------------------------------------------------
@@ -339,9 +355,9 @@ def nupes_layer(
         out = init
         l_final = l_init
     else:
-        _, codes, a_f = best
+        _, codes, a_f, m_f = best
         q = spec.with_exponent(a_f)
-        s = codesearch.scales_for(m64, a_f, M).reshape(spec.scales_shape(shape))
+        s = codesearch.scales_for(m_f, a_f, M).reshape(spec.scales_shape(shape))
         out = QuantizedWeight.from_codes(q, codes.reshape(shape), s, "nupes")
         l_final = obj.value(out.decode())  # exact contract decode: the number reported
         if not l_final <= l_init:  # cannot happen (the level table is the decode); keep the guarantee anyway
