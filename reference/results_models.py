@@ -17,6 +17,11 @@ from .results_run import COUNTS, FULL, METHODS, TARGET, _exponents, _log, _metho
 DATAFREE_BN = "NUPES data-free, BN statistics"
 #: the same for pre-LN transformers, from LayerNorm statistics and weights (the char LM)
 DATAFREE_LN = "NUPES data-free, LayerNorm statistics"
+#: the data-free NUPES row on synthetic inputs made from the model alone (synthetic.py): GPTQ-power
+#: start and NUPES on them, per seed like a data-driven row, no real data
+DATAFREE_SYN = "NUPES data-free, synthetic inputs"
+#: synthetic inputs: distilled images (number, Adam steps on the images) and sampled LM windows
+SYNTH = {"images": 256, "steps": 50, "windows": 128}
 #: models whose weight sections include the W2 settings (results.py --w2); the others say so
 W2 = {"models": ("fashion", "charlm", "minilm")}
 
@@ -98,7 +103,17 @@ def fashion(quick, steps):
     settings = _settings("fashion", quick)
     hessians = bn_input_hessians(load_fashion_model())  # data-free: the unfolded model's batch norms
     bn_row = (DATAFREE_BN, "nupes", False, {"nupes_init": "powerquant", "input_hessians": hessians, **FULL})
-    rows = _method_rows("fashion", model, top1, calib_fn, settings, steps, extra_methods=[bn_row])
+
+    def distilled(seed):  # from the unfolded model's batch norms (the folded one has none)
+        from .synthetic import bn_distilled_images
+
+        shape = (1, 28, 28)
+        return bn_distilled_images(load_fashion_model(), SYNTH["images"], seed, SYNTH["steps"], shape=shape)[
+            0
+        ]
+
+    syn_row = (DATAFREE_SYN, "nupes", True, {"nupes_init": "gptq_power", "calib_fn": distilled, **FULL})
+    rows = _method_rows("fashion", model, top1, calib_fn, settings, steps, extra_methods=[bn_row, syn_row])
     out["weight_only"] = rows
     return out
 
@@ -263,7 +278,16 @@ def charlm(quick, steps):
     settings = _settings("charlm", quick)
     hessians = layernorm_input_hessians(model)  # data-free: its LayerNorms and weights
     ln_row = (DATAFREE_LN, "nupes", False, {"nupes_init": "powerquant", "input_hessians": hessians, **FULL})
-    out["rows"] = _method_rows("charlm", model, ppl, calib_fn, settings, steps, extra_methods=[ln_row])
+
+    def sampled(seed):  # windows the model itself generates
+        from .synthetic import sampled_windows
+
+        return sampled_windows(model, SYNTH["windows"], seed)
+
+    syn_row = (DATAFREE_SYN, "nupes", True, {"nupes_init": "gptq_power", "calib_fn": sampled, **FULL})
+    out["rows"] = _method_rows(
+        "charlm", model, ppl, calib_fn, settings, steps, extra_methods=[ln_row, syn_row]
+    )
     return out
 
 

@@ -102,9 +102,12 @@ def _method_rows(name, model, evaluate, calib_fn, settings, steps, extra_methods
         methods.insert(1 + max(i for i, x in enumerate(methods) if not x[2]), m)
     caches = {seed: {} for seed in SEEDS}  # float-network layer inputs, shared across methods and settings
     calibs = {seed: calib_fn(seed) for seed in SEEDS}
+    own = {}  # label -> (inputs, caches, seconds) per seed of a row with its own "calib_fn" (synthetic)
     for setting in settings:
         for label, method, needs_data, extra in methods:
             key = f"{name}|{setting['label']}|{label}"
+            row_calib = extra.get("calib_fn")  # the row's own calibration inputs per seed
+            extra = {k: v for k, v in extra.items() if k != "calib_fn"}
             if key in _CHECKPOINT["rows"]:
                 rows.append(_CHECKPOINT["rows"][key])
                 COUNTS["reused"] += 1
@@ -116,11 +119,18 @@ def _method_rows(name, model, evaluate, calib_fn, settings, steps, extra_methods
             metrics, secs, layers, exps = [], [], None, "-"
             for seed in (SEEDS if method not in ONE_SEED else SEEDS[:1]) if needs_data else (0,):
                 _log(f"[{name}] {setting['label']} {label} seed {seed} ...")
+                calib, cache = (calibs[seed], caches[seed]) if needs_data else (None, None)
+                if row_calib is not None:  # made once per seed, shared across settings
+                    ins, cs, made = own.setdefault(label, ({}, {}, {}))
+                    if seed not in ins:
+                        t0 = time.perf_counter()
+                        ins[seed], cs[seed] = row_calib(seed), {}
+                        made[seed] = time.perf_counter() - t0
+                        _log(f"    {label}: calibration inputs of seed {seed} made in {made[seed]:.1f}s")
+                    calib, cache = ins[seed], cs[seed]
                 if needs_data:
-                    kw.update(target=TARGET, float_inputs=caches[seed], seed=seed)
-                qmodel, report, sec = _quantize(
-                    model, method, setting["wbits"], calibs[seed] if needs_data else None, extra, **kw
-                )
+                    kw.update(target=TARGET, float_inputs=cache, seed=seed)
+                qmodel, report, sec = _quantize(model, method, setting["wbits"], calib, extra, **kw)
                 metrics.append(_score(evaluate(qmodel)))
                 secs.append(sec)
                 if seed == 0:
@@ -142,6 +152,8 @@ def _method_rows(name, model, evaluate, calib_fn, settings, steps, extra_methods
             )
             if layers is not None:
                 row["layers"] = layers
+            if row_calib is not None:  # seconds to make its inputs (once per seed, not in 'seconds')
+                row["calib_seconds"] = statistics.mean(own[label][2].values())
             rows.append(row)
             COUNTS["measured"] += 1
             _CHECKPOINT["rows"][key] = row

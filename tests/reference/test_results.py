@@ -218,3 +218,68 @@ def test_jobs_split_sections_into_settings_and_merge_them_in_order(monkeypatch):
         results_jobs._part_path("/x/raw.json", "minilm", "W3 g128").name
         == "raw.json.part-minilm-W3_g128.json"
     )
+
+
+def test_a_row_with_its_own_calibration_inputs_makes_them_once_per_seed(monkeypatch):
+    """A synthetic-input row (extra "calib_fn") calibrates on its own inputs, made once per seed
+    and shared across settings; the other data-driven rows keep the section's real inputs."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    real, fake = torch.randn(64, 8), torch.randn(64, 8) + 3.0
+    made, seen = [], []
+
+    def synth(seed):
+        made.append(seed)
+        return fake
+
+    def quantize(model, method, wbits, calib, extra, **kw):
+        assert "calib_fn" not in extra
+        seen.append((method, extra.get("nupes_init"), calib))
+        return model, {"layers": []}, 0.0
+
+    monkeypatch.setattr(results_run, "SEEDS", (0, 1))
+    monkeypatch.setattr(
+        results_run, "METHODS", [m for m in results_run.METHODS if m[1] in ("powerquant", "gptq")]
+    )
+    monkeypatch.setattr(results_run, "_CHECKPOINT", {"rows": {}, "save": None})
+    monkeypatch.setattr(results_run, "_quantize", quantize)
+    syn = (
+        "NUPES data-free, synthetic inputs",
+        "nupes",
+        True,
+        {"nupes_init": "gptq_power", "calib_fn": synth},
+    )
+    settings = [{"label": "W4", "wbits": 4}, {"label": "W3", "wbits": 3}]
+    rows = results_run._method_rows(
+        "toy", net, lambda m: 50.0, lambda s: real, settings, 5, extra_methods=[syn]
+    )
+    assert made == [0, 1]  # once per seed, not once per setting
+    assert [r["method"] for r in rows[:3]] == [
+        "PowerQuant",
+        "NUPES data-free, synthetic inputs",
+        "GPTQ (uniform, full range)",
+    ]
+    for method, init, calib in seen:
+        if method == "nupes":
+            assert calib is fake
+        elif method == "gptq":
+            assert calib is real
+        else:
+            assert calib is None
+    assert all(r["n"] == 2 and "calib_seconds" in r for r in rows if r["method"].endswith("synthetic inputs"))
+
+
+def test_synthetic_input_verdicts_add_the_seed_spread():
+    base = dict(setting="W3", n=1, std=0.0, seconds=1.0, exponents="-")
+    syn = dict(base, method="NUPES data-free, synthetic inputs", n=3, std=1.0, calib_seconds=30.0)
+    # p ≈ 0.81, n = 2000: 2 SE = 2.48; + seed std 1.0 = 3.48 points
+    rows = [dict(base, method="PowerQuant", mean=80.0), dict(syn, mean=83.0)]
+    (line,) = results_render._datafree_verdicts(rows, 2000)
+    assert "is **not** better" in line and "+ its seed std 1.00 = 3.4" in line and "30s per seed" in line
+    rows[1]["mean"] = 84.0
+    assert "it beats PowerQuant" in results_render._datafree_verdicts(rows, 2000)[0]
+    lm = [dict(base, method="PowerQuant", mean=4.48), dict(syn, mean=4.40, std=0.05)]
+    (line,) = results_render._datafree_lm_lines(lm, 20000)
+    assert "beats PowerQuant beyond its seed spread" in line
+    lm[1]["std"] = 0.1
+    assert "is **not** better" in results_render._datafree_lm_lines(lm, 20000)[0]
