@@ -17,11 +17,12 @@ class _Stop(Exception):
 def as_batches(calib, batch_size=64, dtype=None):
     """A tensor or NumPy array (split along dim 0) or an iterable of batches (tensors or arrays,
     or tuples/lists whose first element is the input) → list of input tensors, cast to `dtype`
-    (the model's floating dtype) when given, so float64 data feeds a float32 model."""
+    (the model's floating dtype) when given, so float64 data feeds a float32 model; integer
+    batches (token ids) are never cast."""
     if calib is None:
         return None
     if dtype is not None:
-        return [b.to(dtype) for b in as_batches(calib, batch_size)]
+        return [b.to(dtype) if b.is_floating_point() else b for b in as_batches(calib, batch_size)]
     if isinstance(calib, np.ndarray):
         calib = torch.from_numpy(np.ascontiguousarray(calib))
     if torch.is_tensor(calib):

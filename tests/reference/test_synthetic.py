@@ -177,3 +177,15 @@ def test_bad_arguments_are_refused_clearly():
         synthetic_calibration(nn.Linear(2, 2), 2, 0)
     with torch.no_grad():  # a constant batch (zero variance) stays finite (eps)
         assert math.isfinite(float(bn_matching_loss(net, torch.zeros(2, *SHAPE))[0]))
+
+
+def test_token_windows_calibrate_a_language_model_unchanged():
+    """as_batches casts float calibration data to the model's dtype but never token ids: the
+    char LM's data-driven rows (real or sampled windows) crashed in embedding before."""
+    from nupes_sim.reference.calibrate import as_batches
+
+    ids = torch.randint(0, 10, (5, 7))
+    (b,) = as_batches(ids, 64, dtype=torch.float32)
+    assert b.dtype == torch.int64 and torch.equal(b, ids)
+    (f,) = as_batches(ids.double(), 64, dtype=torch.float32)
+    assert f.dtype == torch.float32
