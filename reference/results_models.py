@@ -101,16 +101,14 @@ def fashion(quick, steps):
 
     out = {"float": top1(model), "n_test": len(xte), "chance": 10.0, "w2": "fashion" in W2["models"]}
     settings = _settings("fashion", quick)
-    hessians = bn_input_hessians(load_fashion_model())  # data-free: the unfolded model's batch norms
+    unfolded = load_fashion_model()  # data-free rows use its batch norms (the folded model has none)
+    hessians = bn_input_hessians(unfolded)
     bn_row = (DATAFREE_BN, "nupes", False, {"nupes_init": "powerquant", "input_hessians": hessians, **FULL})
 
-    def distilled(seed):  # from the unfolded model's batch norms (the folded one has none)
+    def distilled(seed):  # bn_distilled_images restores the model it is given
         from .synthetic import bn_distilled_images
 
-        shape = (1, 28, 28)
-        return bn_distilled_images(load_fashion_model(), SYNTH["images"], seed, SYNTH["steps"], shape=shape)[
-            0
-        ]
+        return bn_distilled_images(unfolded, SYNTH["images"], seed, SYNTH["steps"], shape=(1, 28, 28))[0]
 
     syn_row = (DATAFREE_SYN, "nupes", True, {"nupes_init": "gptq_power", "calib_fn": distilled, **FULL})
     rows = _method_rows("fashion", model, top1, calib_fn, settings, steps, extra_methods=[bn_row, syn_row])

@@ -102,7 +102,7 @@ def _method_rows(name, model, evaluate, calib_fn, settings, steps, extra_methods
         methods.insert(1 + max(i for i, x in enumerate(methods) if not x[2]), m)
     caches = {seed: {} for seed in SEEDS}  # float-network layer inputs, shared across methods and settings
     calibs = {seed: calib_fn(seed) for seed in SEEDS}
-    own = {}  # label -> (inputs, caches, seconds) per seed of a row with its own "calib_fn" (synthetic)
+    own = {}  # label -> {seed: (inputs, float-input cache, seconds to make)} of rows with a "calib_fn"
     for setting in settings:
         for label, method, needs_data, extra in methods:
             key = f"{name}|{setting['label']}|{label}"
@@ -121,13 +121,12 @@ def _method_rows(name, model, evaluate, calib_fn, settings, steps, extra_methods
                 _log(f"[{name}] {setting['label']} {label} seed {seed} ...")
                 calib, cache = (calibs[seed], caches[seed]) if needs_data else (None, None)
                 if row_calib is not None:  # made once per seed, shared across settings
-                    ins, cs, made = own.setdefault(label, ({}, {}, {}))
-                    if seed not in ins:
+                    made = own.setdefault(label, {})
+                    if seed not in made:
                         t0 = time.perf_counter()
-                        ins[seed], cs[seed] = row_calib(seed), {}
-                        made[seed] = time.perf_counter() - t0
-                        _log(f"    {label}: calibration inputs of seed {seed} made in {made[seed]:.1f}s")
-                    calib, cache = ins[seed], cs[seed]
+                        made[seed] = (row_calib(seed), {}, time.perf_counter() - t0)
+                        _log(f"    {label}: calibration inputs of seed {seed} made in {made[seed][2]:.1f}s")
+                    calib, cache, _ = made[seed]
                 if needs_data:
                     kw.update(target=TARGET, float_inputs=cache, seed=seed)
                 qmodel, report, sec = _quantize(model, method, setting["wbits"], calib, extra, **kw)
@@ -153,7 +152,7 @@ def _method_rows(name, model, evaluate, calib_fn, settings, steps, extra_methods
             if layers is not None:
                 row["layers"] = layers
             if row_calib is not None:  # seconds to make its inputs (once per seed, not in 'seconds')
-                row["calib_seconds"] = statistics.mean(own[label][2].values())
+                row["calib_seconds"] = statistics.mean(v[2] for v in own[label].values())
             rows.append(row)
             COUNTS["measured"] += 1
             _CHECKPOINT["rows"][key] = row

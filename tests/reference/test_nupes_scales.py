@@ -1,7 +1,5 @@
 """NUPES code phase: exact per-slice magnitude (scale) refinement alternated with descent."""
 
-import math
-
 import pytest
 import torch
 from torch import nn
@@ -12,13 +10,7 @@ from nupes_sim.reference.nupes import NupesConfig, nupes_layer
 from nupes_sim.reference.objective import LayerObjective
 from nupes_sim.reference.quantizer import PowerQuantizer
 
-
-def _correlated(n, k, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    A = torch.randn(k, k, generator=g, dtype=torch.float64) / math.sqrt(k)
-    return torch.randn(n, k, generator=g, dtype=torch.float64) @ A + 0.5 * torch.randn(
-        n, 1, generator=g, dtype=torch.float64
-    )
+from .toy import correlated
 
 
 def test_known_answer_weight_error_one_row():
@@ -48,7 +40,7 @@ def _case(gran, gs, seed, bits=3, a=0.75, full=False, zero_row=False):
     if zero_row:
         with torch.no_grad():
             lin.weight[2] = 0.0
-    x = _correlated(60, 16, seed).float()
+    x = correlated(60, 16, seed).float()
     obj = LayerObjective.from_inputs(lin, x, x + 0.05 * torch.randn_like(x), "float")
     q = PowerQuantizer(bits, True, a, gran, gs, full)
     rgg = q.blocks_shape(lin.weight.shape)
@@ -89,7 +81,7 @@ def test_rounds_lower_the_loss_of_the_old_code_phase():
         for gran, gs in (("channel", None), ("group", 8)):
             torch.manual_seed(seed)
             lin = nn.Linear(32, 12)
-            x = _correlated(80, 32, seed).float()
+            x = correlated(80, 32, seed).float()
             obj = LayerObjective.from_inputs(lin, x, x + 0.05 * torch.randn_like(x), "float")
             for bits, full in ((3, True), (4, False)):
                 init = gptq_layer(

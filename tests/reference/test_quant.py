@@ -22,18 +22,11 @@ from nupes_sim.reference.quantizer import PowerQuantizer
 from nupes_sim.reference.rtn import rtn_quantize
 
 from .strategies import bits, exponents, quantizers, weight_matrices
+from .toy import correlated
 
 
 def _out_err(X, W, W_hat):
     return float(((X @ (W - W_hat).T) ** 2).mean())
-
-
-def _correlated(n, k, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    A = torch.randn(k, k, generator=g, dtype=torch.float64) / math.sqrt(k)
-    return torch.randn(n, k, generator=g, dtype=torch.float64) @ A + 0.5 * torch.randn(
-        n, 1, generator=g, dtype=torch.float64
-    )
 
 
 # ---- dsq --------------------------------------------------------------------------------------
@@ -206,7 +199,7 @@ def test_gptq_with_identity_hessian_equals_rtn(a, gran, g, actorder):
 def test_gptq_beats_rtn_on_correlated_inputs_uniform_and_power():
     torch.manual_seed(1)
     K, C = 96, 24
-    X = _correlated(128, K)
+    X = correlated(128, K)
     lin = nn.Linear(K, C).double()
     W = lin.weight.detach()
     acc = HessianAccumulator(K)
@@ -264,7 +257,7 @@ def test_exponent_gradient_is_finite_with_zero_weights_and_zero_codes():
 def test_nupes_never_worse_than_its_init(seed):
     torch.manual_seed(seed)
     lin = nn.Linear(48, 16)
-    X = _correlated(64, 48, seed).float()
+    X = correlated(64, 48, seed).float()
     for cfg in (NupesConfig(steps=30), NupesConfig(steps=30, lr=2.0, lr_exponent=0.5), NupesConfig(steps=5)):
         for x in (X, None):
             q, info = nupes_layer(lin, 3, x_fp=x, config=cfg, seed=seed)

@@ -1,6 +1,7 @@
 """A tiny ResNet-style model (BN, residual add, pools) and a stand-in power quantizer,
 for exporter tests that must not depend on the optimizer or on trained weights."""
 
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -74,3 +75,13 @@ def tiny_minilm(layers=1):
         max_position_embeddings=8,
         layer_norm_eps=1e-12,
     ).eval()
+
+
+def correlated(n, k, seed=0):
+    """(n, k) float64 inputs with correlated features and a per-sample offset (a Hessian far
+    from diagonal), for optimizer tests."""
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(k, k, generator=g, dtype=torch.float64) / math.sqrt(k)
+    return torch.randn(n, k, generator=g, dtype=torch.float64) @ A + 0.5 * torch.randn(
+        n, 1, generator=g, dtype=torch.float64
+    )
